@@ -1,0 +1,401 @@
+"""Typed, validated configuration: dataclasses, YAML presets, dotted overrides.
+
+A config is built from (1) the dataclass defaults, (2) a preset YAML under
+experiments/configs/ (or any YAML file), (3) `key=value` overrides with dotted
+keys (`model.width=256`, `model.levels.0.chunk=2`, `train.steps=100`). Every
+step goes through `from_dict`, which rejects unknown keys and wrong types, and
+`Config.validate`, which checks cross-field constraints with one-line errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from photon_jax.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelConfig:
+    """One level of the PHOTON hierarchy (level 1 is closest to the tokens)."""
+
+    chunk: int = 4  # C_l: level-(l-1) units per level-l unit
+    fanout: int = 2  # R_l: conditioning rows the converter emits
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    # "concat": parameter-free concatenation (needs chunk * input width == width);
+    # "norm_linear": RMSNorm over the concatenation + Linear(with bias);
+    # "auto": concat when the widths fit, else norm_linear.
+    chunker: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str = "photon"  # "photon" (levels >= 1; one level = Block Transformer) or "vanilla"
+    vocab_size: int = 32000
+    width: int = 512  # D, shared by every stack
+    ffn_width: int = 1408  # F (SwiGLU hidden width)
+    num_heads: int = 8
+    num_kv_heads: int = 0  # 0 = num_heads (multi-head); fewer = grouped-query attention
+    head_dim: int = 0  # 0 = width // num_heads
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    # vanilla only
+    num_layers: int = 8
+    # photon only
+    levels: tuple[LevelConfig, ...] = (LevelConfig(), LevelConfig())
+    encoder_embed_width: int = 0  # 0 = width // levels[0].chunk (the paper's narrow embedder)
+    alignment: str = "A"  # PHOTON.md 3.3: "A" top-shift, "B" shift-every-level, "C" literal recursion
+    block_local_lower: bool = False  # lower encoders attend only inside their meta-context (5.5)
+    # "zero": the converter sees a zero vector, so the first chunk's rows are the converter
+    # bias (learned, and the paper's exact parameter counts); "learned": a D-vector parameter.
+    start_latent: str = "zero"
+    rec_alpha: float = 0.0  # weight of L_rec (paper eq. 1)
+    rec_stop_gradient: bool = True  # stop gradients through the encoder target of L_rec
+    dtype: str = "bfloat16"  # compute dtype
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs)
+    attention_impl: str = "auto"  # "auto" | "xla" | "pallas"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_width(self) -> int:
+        return self.head_dim or self.width // self.num_heads
+
+    @property
+    def embed_width(self) -> int:
+        return self.encoder_embed_width or self.width // self.levels[0].chunk
+
+    @property
+    def meta_context(self) -> int:
+        """B = C_1 * ... * C_L: tokens per top-level unit (1 for vanilla)."""
+        if self.family == "vanilla":
+            return 1
+        return math.prod(level.chunk for level in self.levels)
+
+    def chunker_kind(self, level_index: int) -> str:
+        level = self.levels[level_index]
+        in_width = self.embed_width if level_index == 0 else self.width
+        if level.chunker != "auto":
+            return level.chunker
+        return "concat" if level.chunk * in_width == self.width else "norm_linear"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "shakespeare"  # "shakespeare" (bundled) or a path to text / dir / JSONL
+    data_dir: str = ""  # prepared shards; "" = <workdir>/data
+    tokenizer: str = ""  # a sentencepiece .model to use instead of training one
+    vocab_size: int = 0  # tokenizer size when trained in-process; 0 = model.vocab_size
+    seq_len: int = 128
+    validation_fraction: float = 0.05
+    seed: int = 0
+    worker_count: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 16  # global, in sequences
+    grad_accum: int = 1
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 60
+    b1: float = 0.9
+    b2: float = 0.95
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 200
+    eval_batches: int = 8
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    nonfinite: str = "skip"  # "skip" the update or "halt" on a non-finite loss / gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1 = all remaining devices
+    fsdp: int = 1
+    tensor: int = 1
+    # logical axis name -> mesh axes (None = replicated). Model code names only logical axes.
+    rules: tuple[tuple[str, Any], ...] = (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("head_dim", None),
+        ("layers", None),
+        ("length", None),
+        ("cache_seq", None),
+        ("level", None),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "custom"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
+
+    def validate(self) -> "Config":
+        validate_model(self.model)
+        d, t = self.data, self.train
+        _require(d.seq_len > 1, f"data.seq_len must be > 1, got {d.seq_len}")
+        b = self.model.meta_context
+        _require(
+            d.seq_len % b == 0,
+            f"data.seq_len={d.seq_len} is not a multiple of the chunk product {b} "
+            f"(model.levels chunks {[lv.chunk for lv in self.model.levels]})",
+        )
+        _require(0.0 <= d.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)")
+        _require(d.vocab_size >= 0, f"data.vocab_size must be >= 0, got {d.vocab_size}")
+        for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches",
+                    "checkpoint_every", "keep_checkpoints"):
+            _require(getattr(t, key) > 0, f"train.{key} must be > 0, got {getattr(t, key)}")
+        _require(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+        _require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
+        _require(t.batch_size % t.grad_accum == 0,
+                 f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
+        _require(t.nonfinite in ("skip", "halt"), f"train.nonfinite must be skip or halt, got {t.nonfinite!r}")
+        for axis in ("data", "fsdp", "tensor"):
+            size = getattr(self.mesh, axis)
+            _require(size == -1 or size >= 1, f"mesh.{axis} must be -1 or >= 1, got {size}")
+        return self
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate_model(m: ModelConfig) -> None:
+    _require(m.family in ("photon", "vanilla"), f"model.family must be photon or vanilla, got {m.family!r}")
+    for key in ("vocab_size", "width", "ffn_width", "num_heads"):
+        _require(getattr(m, key) > 0, f"model.{key} must be > 0, got {getattr(m, key)}")
+    _require(m.num_kv_heads >= 0 and m.head_dim >= 0, "model.num_kv_heads and model.head_dim must be >= 0")
+    if not m.head_dim:
+        _require(m.width % m.num_heads == 0,
+                 f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
+    _require(m.num_heads % m.kv_heads == 0,
+             f"model.num_kv_heads={m.kv_heads} does not divide model.num_heads={m.num_heads}")
+    _require(m.head_width % 2 == 0, f"head dimension {m.head_width} must be even for rotary embeddings")
+    _require(m.rope_theta > 0 and m.norm_eps > 0, "model.rope_theta and model.norm_eps must be > 0")
+    _require(m.dtype in ("bfloat16", "float32", "float16"), f"model.dtype {m.dtype!r} is not a float dtype")
+    _require(m.param_dtype in ("bfloat16", "float32"), f"model.param_dtype {m.param_dtype!r} is not supported")
+    _require(m.remat in ("none", "full", "dots"), f"model.remat must be none, full or dots, got {m.remat!r}")
+    _require(m.attention_impl in ("auto", "xla", "pallas"),
+             f"model.attention_impl must be auto, xla or pallas, got {m.attention_impl!r}")
+    if m.family == "vanilla":
+        _require(m.num_layers > 0, f"model.num_layers must be > 0, got {m.num_layers}")
+        return
+    _require(len(m.levels) >= 1, "model.levels must have at least one level (L = 0 is not a hierarchy)")
+    _require(m.alignment in ("A", "B", "C"), f"model.alignment must be A, B or C, got {m.alignment!r}")
+    _require(m.start_latent in ("zero", "learned"), f"model.start_latent must be zero or learned, got {m.start_latent!r}")
+    _require(m.rec_alpha >= 0, f"model.rec_alpha must be >= 0, got {m.rec_alpha}")
+    _require(m.encoder_embed_width >= 0, f"model.encoder_embed_width must be >= 0, got {m.encoder_embed_width}")
+    _require(m.embed_width > 0, f"encoder embedding width is 0 (width {m.width} < chunk {m.levels[0].chunk})")
+    for i, level in enumerate(m.levels):
+        name = f"model.levels.{i}"
+        _require(level.chunk >= 2, f"{name}.chunk must be >= 2, got {level.chunk}")
+        _require(level.fanout >= 1, f"{name}.fanout must be >= 1, got {level.fanout}")
+        _require(level.encoder_layers >= 1 and level.decoder_layers >= 1,
+                 f"{name}: encoder_layers and decoder_layers must be >= 1")
+        _require(level.chunker in ("auto", "concat", "norm_linear"),
+                 f"{name}.chunker must be auto, concat or norm_linear, got {level.chunker!r}")
+        in_width = m.embed_width if i == 0 else m.width
+        if m.chunker_kind(i) == "concat":
+            _require(level.chunk * in_width == m.width,
+                     f"{name}.chunker=concat needs chunk*input width == width ({level.chunk}*{in_width} != {m.width})")
+
+
+# ----------------------------------------------------------------------------- dict <-> dataclass
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_to_plain(x) for x in obj]
+    return obj
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML/JSON value to the annotated field type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return from_dict(annotation, value, where)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}.{i}") for i, v in enumerate(value))
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- presets + overrides
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _merge(_read_yaml(_preset_path(base)), data)
+    return data
+
+
+def _preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(list_presets())})")
+    return path
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['model.width=256', 'model.levels.0.chunk=2'] -> nested dict (list indices kept as str)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = value
+    return tree
+
+
+def _apply_tree(data: Any, tree: dict, where: str) -> Any:
+    """Merge an override tree into plain config data, supporting list indices."""
+    if isinstance(data, list):
+        out = list(data)
+        for key, value in tree.items():
+            if not key.isdigit() or int(key) >= len(out):
+                raise ConfigError(f"override {where}.{key}: no such list element (length {len(out)})")
+            i = int(key)
+            out[i] = _apply_tree(out[i], value, f"{where}.{key}") if isinstance(value, dict) else value
+        return out
+    if not isinstance(data, dict):
+        raise ConfigError(f"override {where} goes into a value that is not a mapping")
+    out = dict(data)
+    for key, value in tree.items():
+        if key not in out:
+            raise ConfigError(f"unknown key {where}.{key}")
+        if isinstance(value, dict) and isinstance(out[key], (dict, list)):
+            out[key] = _apply_tree(out[key], value, f"{where}.{key}")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(preset: str | None = None, path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- preset or YAML file <- overrides, validated."""
+    data = Config().to_dict()
+    if preset and path:
+        raise ConfigError("give either a preset or a config file, not both")
+    if preset:
+        data = _merge(data, _read_yaml(_preset_path(preset)))
+        data.setdefault("name", preset)
+        if data["name"] == "custom":
+            data["name"] = preset
+    elif path:
+        data = _merge(data, _read_yaml(Path(path)))
+    data = from_dict(Config, data).to_dict()  # materialise nested defaults (e.g. levels)
+    if overrides:
+        data = _apply_tree(data, parse_overrides(list(overrides)), "config")
+    return from_dict(Config, data).validate()
+
+
+def config_from_json(text: str) -> Config:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"saved config is not valid JSON: {e}") from None
+    return from_dict(Config, data).validate()

@@ -1,0 +1,212 @@
+"""LLaMA building blocks: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Every parameter carries logical axis names (embed, heads, kv_heads, head_dim, mlp,
+vocab); the sharding rules map them to mesh axes. No mesh axis is named here.
+
+Attention takes an optional per-layer KV cache {"k", "v"} of shape
+(batch, cache_len, kv_heads, head_dim): new keys/values are written at each row's
+`write_index_b`, and the caller's mask says which cache slots each query may read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from photon_jax.config import ModelConfig
+
+Dtype = Any
+
+
+def dtype_of(name: str) -> Dtype:
+    return jnp.dtype(name)
+
+
+def logical_init(init, axes):
+    return nn.with_logical_partitioning(init, axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class StackSpec:
+    """What one Transformer stack needs from the model config."""
+
+    width: int
+    ffn_width: int
+    num_heads: int
+    kv_heads: int
+    head_dim: int
+    rope_theta: float
+    norm_eps: float
+    dtype: str
+    param_dtype: str
+    scan_layers: bool
+    remat: str
+    attention_impl: str = "xla"
+
+    @classmethod
+    def from_model(cls, m: ModelConfig) -> "StackSpec":
+        return cls(m.width, m.ffn_width, m.num_heads, m.kv_heads, m.head_width, m.rope_theta, m.norm_eps,
+                   m.dtype, m.param_dtype, m.scan_layers, m.remat, m.attention_impl)
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-5
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", logical_init(nn.initializers.ones, ("embed",)), (x.shape[-1],),
+                           dtype_of(self.param_dtype))
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * scale.astype(jnp.float32)).astype(dtype_of(self.dtype))
+
+
+def apply_rope(x_bthd, positions_bt, theta: float):
+    """Rotary embedding on the last axis (split-half convention), computed in fp32."""
+    half = x_bthd.shape[-1] // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+    sin, cos = jnp.sin(angles_bth)[:, :, None, :], jnp.cos(angles_bth)[:, :, None, :]
+    x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_bthd.dtype)
+
+
+def causal_mask(q_pos_bt, kv_pos_bs, kv_valid_bs=None, block: int = 0):
+    """(batch, q, kv) bool: kv position <= q position, optionally within the same block of `block`."""
+    mask = kv_pos_bs[:, None, :] <= q_pos_bt[:, :, None]
+    if block:
+        mask &= (kv_pos_bs[:, None, :] // block) == (q_pos_bt[:, :, None] // block)
+    if kv_valid_bs is not None:
+        mask &= kv_valid_bs[:, None, :]
+    return mask
+
+
+def attend(q_bthd, k_bskd, v_bskd, mask_bts):
+    """Grouped-query softmax attention in fp32; fully masked rows return zeros."""
+    b, t, h, d = q_bthd.shape
+    kv_heads = k_bskd.shape[2]
+    q_btkgd = q_bthd.reshape(b, t, kv_heads, h // kv_heads, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q_btkgd.astype(jnp.float32), k_bskd.astype(jnp.float32))
+    logits = logits * (d ** -0.5)
+    mask = mask_bts[:, None, None, :, :]
+    logits = jnp.where(mask, logits, -1e30)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jnp.where(mask, probs, 0.0)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd.astype(jnp.float32))
+    return out.reshape(b, t, h, d).astype(q_bthd.dtype)
+
+
+def write_cache(cache_bskd, new_btkd, write_index_b):
+    """Write each row's new entries at its own offset."""
+    def one(row_skd, new_tkd, index):
+        return jax.lax.dynamic_update_slice(row_skd, new_tkd.astype(row_skd.dtype), (index, 0, 0))
+    return jax.vmap(one)(cache_bskd, new_btkd, write_index_b)
+
+
+class Attention(nn.Module):
+    spec: StackSpec
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, mask_bts, cache=None, write_index_b=None):
+        s = self.spec
+        dtype, pdtype = dtype_of(s.dtype), dtype_of(s.param_dtype)
+        init = nn.initializers.normal(stddev=s.width ** -0.5)
+
+        def proj(name, heads, axes):
+            return nn.DenseGeneral((heads, s.head_dim), use_bias=False, dtype=dtype, param_dtype=pdtype,
+                                   kernel_init=logical_init(init, axes), name=name)(x_btd)
+
+        q = proj("query", s.num_heads, ("embed", "heads", "head_dim"))
+        k = proj("key", s.kv_heads, ("embed", "kv_heads", "head_dim"))
+        v = proj("value", s.kv_heads, ("embed", "kv_heads", "head_dim"))
+        q = apply_rope(q, positions_bt, s.rope_theta)
+        k = apply_rope(k, positions_bt, s.rope_theta)
+        new_cache = None
+        if cache is not None:
+            k_all = write_cache(cache["k"], k, write_index_b)
+            v_all = write_cache(cache["v"], v, write_index_b)
+            new_cache = {"k": k_all, "v": v_all}
+            k, v = k_all, v_all
+        out = attend(q, k, v, mask_bts)
+        out_init = nn.initializers.normal(stddev=(s.num_heads * s.head_dim) ** -0.5)
+        y = nn.DenseGeneral(s.width, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=pdtype,
+                            kernel_init=logical_init(out_init, ("heads", "head_dim", "embed")), name="out")(out)
+        return y, new_cache
+
+
+class SwiGLU(nn.Module):
+    spec: StackSpec
+
+    @nn.compact
+    def __call__(self, x_btd):
+        s = self.spec
+        dtype, pdtype = dtype_of(s.dtype), dtype_of(s.param_dtype)
+        init_in = logical_init(nn.initializers.normal(stddev=s.width ** -0.5), ("embed", "mlp"))
+        init_out = logical_init(nn.initializers.normal(stddev=s.ffn_width ** -0.5), ("mlp", "embed"))
+        gate = nn.Dense(s.ffn_width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_in, name="gate")(x_btd)
+        up = nn.Dense(s.ffn_width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_in, name="up")(x_btd)
+        hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return nn.Dense(s.width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_out, name="down")(hidden)
+
+
+class Block(nn.Module):
+    """Pre-norm LLaMA block. Signature fits nn.scan: (x, *broadcast, cache) -> (x, cache)."""
+
+    spec: StackSpec
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, mask_bts, write_index_b, cache):
+        s = self.spec
+        norm = lambda name: RMSNorm(s.norm_eps, s.dtype, s.param_dtype, name=name)  # noqa: E731
+        attn_out, new_cache = Attention(s, name="attention")(norm("attention_norm")(x_btd), positions_bt, mask_bts,
+                                                             cache, write_index_b)
+        x_btd = x_btd + attn_out
+        x_btd = x_btd + SwiGLU(s, name="mlp")(norm("mlp_norm")(x_btd))
+        x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
+        return x_btd, new_cache
+
+
+class Stack(nn.Module):
+    """num_layers Blocks (scanned or unrolled, optionally rematerialised) + a final RMSNorm.
+
+    cache, when given, is {"k", "v"} with a leading layer axis.
+    """
+
+    spec: StackSpec
+    num_layers: int
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, mask_bts, cache=None, write_index_b=None):
+        s = self.spec
+        block_cls = Block
+        if s.remat != "none":
+            policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if s.remat == "dots" else None
+            block_cls = nn.remat(Block, policy=policy, prevent_cse=not s.scan_layers)
+        x_btd = x_btd.astype(dtype_of(s.dtype))
+        if s.scan_layers:
+            scanned = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_btd, new_cache = scanned(s, name="layers")(x_btd, positions_bt, mask_bts, write_index_b, cache)
+        else:
+            new_layers = []
+            for i in range(self.num_layers):
+                layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+                x_btd, layer_new = block_cls(s, name=f"layers_{i}")(x_btd, positions_bt, mask_bts, write_index_b,
+                                                                     layer_cache)
+                new_layers.append(layer_new)
+            new_cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_layers)
+        x_btd = RMSNorm(s.norm_eps, s.dtype, s.param_dtype, name="final_norm")(x_btd)
+        return x_btd, new_cache
