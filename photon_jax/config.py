@@ -57,9 +57,11 @@ class ModelConfig:
     encoder_embed_width: int = 0  # 0 = width // levels[0].chunk (the paper's narrow embedder)
     alignment: str = "A"  # PHOTON.md 3.3: "A" top-shift, "B" shift-every-level, "C" literal recursion
     block_local_lower: bool = False  # lower encoders attend only inside their meta-context (5.5)
-    # "zero": the converter sees a zero vector, so the first chunk's rows are the converter
-    # bias (learned, and the paper's exact parameter counts); "learned": a D-vector parameter.
-    start_latent: str = "zero"
+    # Conditioning of the first unit of a shifted stream. "fixed": a constant all-ones vector (the
+    # first chunk's rows are still learned, through the converter's weight and bias; this keeps the
+    # paper's exact parameter counts); "learned": a D-vector parameter. Never zeros: an all-zero
+    # window keeps the decoder's residual stream at exactly 0, where RMSNorm's gradient explodes.
+    start_latent: str = "fixed"
     rec_alpha: float = 0.0  # weight of L_rec (paper eq. 1)
     rec_stop_gradient: bool = True  # stop gradients through the encoder target of L_rec
     dtype: str = "bfloat16"  # compute dtype
@@ -216,7 +218,8 @@ def validate_model(m: ModelConfig) -> None:
         return
     _require(len(m.levels) >= 1, "model.levels must have at least one level (L = 0 is not a hierarchy)")
     _require(m.alignment in ("A", "B", "C"), f"model.alignment must be A, B or C, got {m.alignment!r}")
-    _require(m.start_latent in ("zero", "learned"), f"model.start_latent must be zero or learned, got {m.start_latent!r}")
+    _require(m.start_latent in ("fixed", "learned"),
+             f"model.start_latent must be fixed or learned, got {m.start_latent!r}")
     _require(m.rec_alpha >= 0, f"model.rec_alpha must be >= 0, got {m.rec_alpha}")
     _require(m.encoder_embed_width >= 0, f"model.encoder_embed_width must be >= 0, got {m.encoder_embed_width}")
     _require(m.embed_width > 0, f"encoder embedding width is 0 (width {m.width} < chunk {m.levels[0].chunk})")

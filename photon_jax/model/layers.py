@@ -110,18 +110,35 @@ def write_cache(cache_bskd, new_btkd, write_index_b):
     return jax.vmap(one)(cache_bskd, new_btkd, write_index_b)
 
 
+class Einsum(nn.Module):
+    """A bias-free projection with an explicit N-d kernel (DenseGeneral reshapes its kernel during
+    init, which breaks logical sharding constraints on multi-axis kernels)."""
+
+    shape: tuple[int, ...]
+    equation: str
+    axes: tuple[str, ...]
+    stddev: float
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x):
+        init = logical_init(nn.initializers.normal(stddev=self.stddev), self.axes)
+        kernel = self.param("kernel", init, self.shape, dtype_of(self.param_dtype))
+        dtype = dtype_of(self.dtype)
+        return jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+
+
 class Attention(nn.Module):
     spec: StackSpec
 
     @nn.compact
     def __call__(self, x_btd, positions_bt, mask_bts, cache=None, write_index_b=None):
         s = self.spec
-        dtype, pdtype = dtype_of(s.dtype), dtype_of(s.param_dtype)
-        init = nn.initializers.normal(stddev=s.width ** -0.5)
 
         def proj(name, heads, axes):
-            return nn.DenseGeneral((heads, s.head_dim), use_bias=False, dtype=dtype, param_dtype=pdtype,
-                                   kernel_init=logical_init(init, axes), name=name)(x_btd)
+            return Einsum((s.width, heads, s.head_dim), "btd,dhk->bthk", axes, s.width ** -0.5, s.dtype,
+                          s.param_dtype, name=name)(x_btd)
 
         q = proj("query", s.num_heads, ("embed", "heads", "head_dim"))
         k = proj("key", s.kv_heads, ("embed", "kv_heads", "head_dim"))
@@ -134,10 +151,14 @@ class Attention(nn.Module):
             v_all = write_cache(cache["v"], v, write_index_b)
             new_cache = {"k": k_all, "v": v_all}
             k, v = k_all, v_all
-        out = attend(q, k, v, mask_bts)
-        out_init = nn.initializers.normal(stddev=(s.num_heads * s.head_dim) ** -0.5)
-        y = nn.DenseGeneral(s.width, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=pdtype,
-                            kernel_init=logical_init(out_init, ("heads", "head_dim", "embed")), name="out")(out)
+        if cache is not None and "shared_k" in cache:
+            # Multi-query decode: a prompt cache shared by several samples (generation/multiquery.py).
+            from photon_jax.generation.multiquery import shared_prefix_attention
+            out = shared_prefix_attention(q, k, v, mask_bts, cache)
+        else:
+            out = attend(q, k, v, mask_bts)
+        y = Einsum((s.num_heads, s.head_dim, s.width), "bthk,hkd->btd", ("heads", "head_dim", "embed"),
+                   (s.num_heads * s.head_dim) ** -0.5, s.dtype, s.param_dtype, name="out")(out)
         return y, new_cache
 
 

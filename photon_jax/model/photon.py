@@ -65,8 +65,10 @@ def shift_right(x_bmd, first_d):
 
 
 def cosine_distance(pred_bmd, target_bmd, weight_bm):
+    """Weighted mean of 1 - cos; the eps sits inside the sqrt so the gradient stays finite at 0."""
     pred, target = pred_bmd.astype(jnp.float32), target_bmd.astype(jnp.float32)
-    cos = jnp.sum(pred * target, -1) / (jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(target, axis=-1) + 1e-6)
+    inv_norms = jax.lax.rsqrt(jnp.sum(pred * pred, -1) * jnp.sum(target * target, -1) + 1e-12)
+    cos = jnp.sum(pred * target, -1) * inv_norms
     return jnp.sum((1.0 - cos) * weight_bm) / jnp.maximum(jnp.sum(weight_bm), 1.0)
 
 
@@ -97,7 +99,7 @@ class PhotonLM(nn.Module):
         """Conditioning for the first unit when the stream is shifted."""
         if self.cfg.start_latent == "learned":
             return self.starts[i]
-        return jnp.zeros((self.cfg.width,), dtype_of(self.cfg.dtype))
+        return jnp.ones((self.cfg.width,), dtype_of(self.cfg.dtype))
 
     def units_per_meta_context(self, i: int) -> int:
         """Level-(i+1) units inside one top-level unit."""
@@ -204,4 +206,6 @@ class PhotonLM(nn.Module):
                 cond = xhat if m.alignment == "A" else shift_right(xhat, self.start(i - 1))
         logits = self.logits(xhat)
         rec = jnp.sum(jnp.stack(rec_terms)) if rec_terms else jnp.zeros((), jnp.float32)
+        if m.rec_alpha == 0:  # reported as a metric only: no backward pass through it
+            rec = jax.lax.stop_gradient(rec)
         return logits, {"rec_loss": rec}

@@ -1,0 +1,72 @@
+"""Layout helpers shared by the GPU and TPU decode-attention kernels.
+
+Both kernels work on "grouped" queries: all query heads that read one kv head,
+for all queries of a row, are stacked into one matrix of M = num_queries * group
+rows, so one program loads each K/V block once for the whole group (GQA).
+Queries are tiny next to the cache, so rearranging them in the wrapper is free;
+the cache itself is never copied or transposed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.reference import merge_partials
+
+
+def round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def next_power_of_2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+def check_shapes(q_bqhd, k_bskd, v_bskd, lengths_b):
+    b, nq, h, d = q_bqhd.shape
+    if k_bskd.ndim != 4 or k_bskd.shape != v_bskd.shape:
+        raise ValueError(f"k {k_bskd.shape} and v {v_bskd.shape} must both be (batch, cache_len, kv_heads, head_dim)")
+    bk, s, kh, dk = k_bskd.shape
+    if bk != b or dk != d:
+        raise ValueError(f"q {q_bqhd.shape} does not match cache {k_bskd.shape}")
+    if h % kh:
+        raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({kh})")
+    if jnp.shape(lengths_b) != (b,):
+        raise ValueError(f"lengths must have shape ({b},), got {jnp.shape(lengths_b)}")
+    return b, nq, h, d, s, kh
+
+
+def group_queries(q_bqhd, kv_heads: int, m_padded: int):
+    """(b, nq, h, d) -> (b, kv_heads, m_padded, d), row m = query * group + head_in_group."""
+    b, nq, h, d = q_bqhd.shape
+    g = h // kv_heads
+    q = q_bqhd.reshape(b, nq, kv_heads, g, d).transpose(0, 2, 1, 3, 4).reshape(b, kv_heads, nq * g, d)
+    return jnp.pad(q, ((0, 0), (0, 0), (0, m_padded - nq * g), (0, 0)))
+
+
+def ungroup(out_bkmd, lse_bkm, num_queries: int, heads: int, dtype):
+    """Inverse of group_queries for (out, lse); drops the padding rows."""
+    b, kh, _, d = out_bkmd.shape
+    g = heads // kh
+    m = num_queries * g
+    out = out_bkmd[:, :, :m].reshape(b, kh, num_queries, g, d).transpose(0, 2, 1, 3, 4)
+    lse = lse_bkm[:, :, :m].reshape(b, kh, num_queries, g).transpose(0, 2, 1, 3)
+    return out.reshape(b, num_queries, heads, d).astype(dtype), lse.reshape(b, num_queries, heads)
+
+
+def combine_splits(out_bs_md, lse_bs_m):
+    """Merge per-split partials stacked on axis 1: (b, splits, ..., d), (b, splits, ...)."""
+    if out_bs_md.shape[1] == 1:
+        return out_bs_md[:, 0], lse_bs_m[:, 0]
+    return merge_partials(out_bs_md, lse_bs_m, axis=1)
+
+
+def clip_lengths(lengths_b, cache_len: int):
+    return jnp.clip(jnp.asarray(lengths_b).astype(jnp.int32), 0, cache_len)
+
+
+def on_platform() -> str:
+    """'gpu', 'tpu' or 'cpu' for the default backend."""
+    platform = jax.default_backend()
+    return {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)

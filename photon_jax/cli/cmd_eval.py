@@ -1,0 +1,56 @@
+"""`photon-jax eval`: loss, perplexity and bits per byte of a trained run; multiple-choice accuracy."""
+
+from __future__ import annotations
+
+import json
+
+from photon_jax.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint (held-out split, a text file, or choices)")
+    p.add_argument("--workdir", required=True, help="the training run directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", default=None, help="a UTF-8 text file to score")
+    src.add_argument("--data", default=None, help="a prepared data dir (same tokenizer) to score")
+    p.add_argument("--split", default="validation", choices=["train", "validation"])
+    p.add_argument("--choices", default=None, help="JSONL of {context, choices, answer} to score")
+    p.add_argument("--max-batches", type=int, default=0, help="0 = the whole split")
+    p.add_argument("--batch-size", type=int, default=0, help="0 = train.batch_size")
+    p.add_argument("--mesh", default=None, help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run)
+
+
+def parse_mesh(text: str | None):
+    if text is None:
+        return None
+    from photon_jax.config import MeshConfig, from_dict
+
+    values = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in ("data", "fsdp", "tensor") or not value.lstrip("-").isdigit():
+            raise UserError(f"--mesh {text!r}: expected data=N,fsdp=N,tensor=N")
+        values[key] = int(value)
+    return from_dict(MeshConfig, {"data": 1, "fsdp": 1, "tensor": 1, **values}, "mesh")
+
+
+def run(args) -> int:
+    from photon_jax.evaluation_runs import evaluate_run
+
+    if args.max_batches < 0 or args.batch_size < 0:
+        raise UserError("--max-batches and --batch-size must be >= 0")
+    results = evaluate_run(args.workdir, step=args.step, text=args.text, data=args.data, split=args.split,
+                           choices=args.choices, max_batches=args.max_batches or None,
+                           batch_size=args.batch_size or None, mesh_cfg=parse_mesh(args.mesh))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for name, value in results.items():
+        if isinstance(value, dict):
+            print(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()))
+        else:
+            print(f"{name}: {value}")
+    return 0

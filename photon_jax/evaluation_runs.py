@@ -1,0 +1,85 @@
+"""Evaluate a trained work directory on its held-out split, another prepared dir, a text file,
+or a multiple-choice JSONL file, on whatever mesh is asked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from photon_jax.data import pipeline
+from photon_jax.data.prepare import load_manifest
+from photon_jax.data.tokenizer import check_vocab
+from photon_jax.errors import UserError
+from photon_jax.evaluate import evaluate_batches, load_choice_file, score_choices
+from photon_jax.inference import load_run
+from photon_jax.sharding import batch_sharding
+from photon_jax.train.step import make_eval_step
+
+
+def pack_text_batches(token_ids: list[int], seq_len: int, batch_size: int, pad_id: int):
+    """One token stream -> consecutive windows, the last padded and masked; batches of `batch_size` rows."""
+    n_windows = -(-len(token_ids) // seq_len)
+    tokens = np.full((n_windows * seq_len,), pad_id, np.int32)
+    tokens[: len(token_ids)] = token_ids
+    mask = np.zeros_like(tokens, np.float32)
+    mask[: len(token_ids)] = 1.0
+    tokens, mask = tokens.reshape(n_windows, seq_len), mask.reshape(n_windows, seq_len)
+    for start in range(0, n_windows, batch_size):
+        t, m = tokens[start:start + batch_size], mask[start:start + batch_size]
+        if len(t) < batch_size:  # pad with fully masked rows to keep one compiled shape
+            fill = batch_size - len(t)
+            t = np.concatenate([t, np.full((fill, seq_len), pad_id, np.int32)])
+            m = np.concatenate([m, np.zeros((fill, seq_len), np.float32)])
+        yield {"tokens": t, "mask": m}
+
+
+def read_text(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    if not text.strip():
+        raise UserError(f"{path} is empty")
+    return text
+
+
+def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation", choices=None,
+                 max_batches=None, batch_size=None, mesh_cfg=None) -> dict:
+    run = load_run(workdir, step=step, mesh_cfg=mesh_cfg)
+    cfg, tok = run.cfg, run.tokenizer
+    batch_size = batch_size or cfg.train.batch_size
+    seq_len = cfg.data.seq_len
+    if batch_size % jax.process_count():
+        raise UserError(f"batch size {batch_size} is not divisible by {jax.process_count()} processes")
+    results = {"run": {"workdir": str(Path(workdir).resolve()), "step": run.step, "model": cfg.name,
+                       "mesh": ",".join(f"{k}={v}" for k, v in run.mesh.shape.items())}}
+    byte_lengths = tok.byte_lengths()
+    in_sharding = batch_sharding(run.mesh, run.rules)
+    to_device = lambda b: {k: jax.make_array_from_process_local_data(in_sharding, np.asarray(v))  # noqa: E731
+                           for k, v in b.items()}
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+        eval_fn = jax.jit(make_eval_step(cfg))
+        if text is not None:
+            ids = tok.encode(read_text(text)) + [tok.eos_id]
+            batches = pack_text_batches(ids, seq_len, batch_size, tok.pad_id)
+            if max_batches:
+                batches = (b for i, b in zip(range(max_batches), batches))
+            results["text"] = evaluate_batches(eval_fn, run.params, batches, byte_lengths, to_device)
+        elif choices is None or data is not None:
+            data_dir = Path(data).expanduser().resolve() if data else run.data_dir
+            manifest = load_manifest(data_dir)
+            check_vocab(manifest, cfg.model.vocab_size, what="the checkpoint's model")
+            if manifest["tokenizer"]["sha256"] != tok.sha256:
+                raise UserError(f"data dir {data_dir} was tokenized with another tokenizer than the checkpoint's")
+            batches = pipeline.eval_batches(data_dir, split, seq_len, batch_size, max_batches,
+                                            jax.process_index(), jax.process_count())
+            results[split] = evaluate_batches(eval_fn, run.params, batches, byte_lengths, to_device)
+        if choices is not None:
+            rows = load_choice_file(choices)
+            results["choices"] = score_choices(cfg.model, run.params, tok.encode, rows, seq_len, tok.pad_id)
+    return results

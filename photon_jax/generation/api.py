@@ -1,0 +1,158 @@
+"""The Python API the CLI calls: generate(...) -> GenerationResult.
+
+    generate(model_cfg, params, prompts, mode=None, max_new_tokens=64, sampling=None, eos_id=None,
+             seed=0, num_samples=1, max_context=None, share_prompt=True, return_logits=False)
+
+prompts: list of token-id lists (ragged lengths are fine). Each prompt yields num_samples
+samples; with num_samples > 1 and share_prompt the prompt's caches are stored once
+(multiquery.py). Sample s of prompt p uses PRNG row p * num_samples + s, so the result is the
+same as passing the prompt num_samples times with num_samples=1.
+
+Finish reasons: "eos" (eos_id sampled; the EOS token is included in the tokens), "length"
+(max_new_tokens generated), "context" (prompt + generated reached max_context).
+
+Behaviour on bad input (UserError, one line): no prompts, an empty prompt (a model needs at
+least one token of context: PHOTON's prediction for position 1 is never trained, and a
+vanilla LM has no prediction there at all), token ids outside the vocabulary, a prompt
+longer than max_context, max_new_tokens <= 0, num_samples < 1, a mode the model cannot run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from photon_jax.config import ModelConfig
+from photon_jax.errors import UserError
+from photon_jax.generation.caches import round_up
+from photon_jax.generation.engine import RunSpec, run
+from photon_jax.generation.loop import FINISH_REASONS
+from photon_jax.generation.modes import check_mode
+from photon_jax.generation.sampling import SamplingConfig, sampling_kind
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    prompts: list[list[int]]
+    tokens: list[list[list[int]]]  # [prompt][sample] -> generated ids
+    finish_reasons: list[list[str]]  # [prompt][sample]
+    mode: str
+    timings: dict
+    logits: list[list[np.ndarray]] | None = None  # [prompt][sample] -> (generated, V): what each token was drawn from
+
+    @property
+    def sequences(self) -> list[list[list[int]]]:
+        return [[list(p) + t for t in per] for p, per in zip(self.prompts, self.tokens)]
+
+
+def _as_params(params):
+    if isinstance(params, dict) and set(params) == {"params"}:
+        return params["params"]
+    return params
+
+
+def check_prompts(cfg: ModelConfig, prompts, max_context: int | None) -> list[list[int]]:
+    if prompts is None or len(prompts) == 0:
+        raise UserError("no prompts given")
+    out = []
+    for i, prompt in enumerate(prompts):
+        arr = np.asarray(prompt)
+        if arr.size == 0:
+            raise UserError(f"prompt {i} is empty: give at least one token")
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise UserError(f"prompt {i} must be a flat list of integer token ids")
+        bad = arr[(arr < 0) | (arr >= cfg.vocab_size)]
+        if bad.size:
+            raise UserError(f"prompt {i} has token id {int(bad[0])} outside the vocabulary [0, {cfg.vocab_size})")
+        if max_context is not None and arr.size > max_context:
+            raise UserError(f"prompt {i} has {arr.size} tokens, more than the maximum context {max_context}")
+        out.append([int(x) for x in arr])
+    return out
+
+
+def plan(cfg: ModelConfig, mode: str | None, prompts, max_new_tokens: int, sampling: SamplingConfig | None,
+         eos_id: int | None, num_samples: int, max_context: int | None):
+    """Validate everything; return (mode, prompts, sampling)."""
+    mode = check_mode(cfg, mode)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
+        raise UserError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if num_samples < 1:
+        raise UserError(f"num_samples must be >= 1, got {num_samples}")
+    if max_context is not None and max_context < 1:
+        raise UserError(f"max_context must be >= 1, got {max_context}")
+    if eos_id is not None and not 0 <= eos_id < cfg.vocab_size:
+        raise UserError(f"eos_id {eos_id} is outside the vocabulary [0, {cfg.vocab_size})")
+    sampling = (sampling or SamplingConfig()).validate(cfg.vocab_size)
+    return mode, check_prompts(cfg, prompts, max_context), sampling
+
+
+def run_rows(cfg: ModelConfig, params, mode: str, prompts: list[list[int]], max_new_tokens: int,
+             sampling: SamplingConfig, eos_id: int | None, seed: int, num_samples: int = 1,
+             max_context: int | None = None, share_prompt: bool = True, record_logits: bool = False,
+             forced: list[list[int]] | None = None):
+    """Validated inputs -> (loop state as numpy, timings, prompt lengths per row). forced[r]: tokens
+    forced at the positions after row r's prompt (agreement.py); rows are prompt-major."""
+    b_meta = cfg.meta_context
+    lens = np.array([len(p) for p in prompts], np.int32)
+    max_prompt = int(lens.max())
+    limit = max_prompt + max_new_tokens if max_context is None else min(max_prompt + max_new_tokens, max_context)
+    if cfg.family == "vanilla":
+        prompt_pad = max_prompt
+        cap = limit
+    else:
+        prompt_pad = (max_prompt // b_meta + 1) * b_meta
+        cap = max(round_up(limit, b_meta), prompt_pad)
+    shared = num_samples > 1 and share_prompt
+    groups = len(prompts) if shared else len(prompts) * num_samples
+    samples = num_samples if shared else 1
+    rows_prompts = prompts if shared else [p for p in prompts for _ in range(num_samples)]
+    spec = RunSpec(cfg, mode, groups, samples, prompt_pad, cap, max_new_tokens if shared else 0, sampling_kind(sampling),
+                   record_logits)
+
+    prompt_bt = np.zeros((groups, prompt_pad), np.int32)
+    for r, p in enumerate(rows_prompts):
+        prompt_bt[r, : len(p)] = p
+    prompt_len = np.array([len(p) for p in rows_prompts], np.int32)
+    row_len = np.repeat(lens, num_samples)
+    budget = row_len + max_new_tokens
+    stop = budget if max_context is None else np.minimum(budget, max_context)
+    forced_bt = np.full((spec.rows, cap), -1, np.int32)
+    if forced is not None:
+        for r, f in enumerate(forced):
+            f = list(f)[: cap - row_len[r]]
+            forced_bt[r, row_len[r]: row_len[r] + len(f)] = f
+    loop, timings = run(spec, _as_params(params), prompt_bt, prompt_len, budget, stop,
+                        np.arange(spec.rows, dtype=np.int32), forced_bt, max_new_tokens, seed,
+                        -1 if eos_id is None else eos_id, sampling)
+    keep = ("tokens", "length", "finish", "logits_out")
+    out = {k: np.asarray(v) for k, v in loop.items() if k in keep}
+    out["model"] = loop["model"]
+    return out, timings, row_len
+
+
+def generate(model_cfg: ModelConfig, params, prompts, mode: str | None = None, max_new_tokens: int = 64,
+             sampling: SamplingConfig | None = None, eos_id: int | None = None, seed: int = 0,
+             num_samples: int = 1, max_context: int | None = None, share_prompt: bool = True,
+             return_logits: bool = False) -> GenerationResult:
+    mode, prompts, sampling = plan(model_cfg, mode, prompts, max_new_tokens, sampling, eos_id, num_samples,
+                                   max_context)
+    out, timings, row_len = run_rows(model_cfg, params, mode, prompts, max_new_tokens, sampling, eos_id, seed,
+                                     num_samples, max_context, share_prompt, return_logits)
+    tokens, reasons, logits = [], [], []
+    for p in range(len(prompts)):
+        tp, rp, lp = [], [], []
+        for s in range(num_samples):
+            r = p * num_samples + s
+            start, end = int(row_len[r]), int(out["length"][r])
+            tp.append([int(x) for x in out["tokens"][r, start:end]])
+            rp.append(FINISH_REASONS[int(out["finish"][r])] if out["finish"][r] else "length")
+            if return_logits:
+                lp.append(out["logits_out"][r, start:end])
+        tokens.append(tp)
+        reasons.append(rp)
+        logits.append(lp)
+    generated = int(sum(len(t) for per in tokens for t in per))
+    timings = dict(timings, generated_tokens=generated,
+                   tokens_per_s=generated / timings["decode_s"] if timings["decode_s"] > 0 else float("nan"))
+    return GenerationResult(prompts, tokens, reasons, mode, timings, logits if return_logits else None)

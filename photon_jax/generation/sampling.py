@@ -1,0 +1,77 @@
+"""Token sampling: greedy, temperature, top-k, top-p; one PRNG key per row and position.
+
+The key of the token at absolute position t of row r is fold_in(fold_in(key(seed), r), t),
+so a row's samples do not depend on the batch it runs in, on when other rows stop, or on
+whether its prompt cache is shared with other samples (multiquery.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from photon_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # <= 0 means greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    greedy: bool = False
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature <= 0.0
+
+    def validate(self, vocab_size: int) -> "SamplingConfig":
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.top_k <= vocab_size:
+            raise UserError(f"top_k must be in [0, {vocab_size}] (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        return self
+
+
+GREEDY = SamplingConfig(greedy=True)
+
+
+def position_keys(seed, row_ids_b, positions_b):
+    base = jax.random.key(seed)
+    return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(base, r), t))(row_ids_b, positions_b)
+
+
+def sampling_kind(cfg: SamplingConfig) -> str:
+    """The static part of a sampling config (compiled in); the values are traced."""
+    if cfg.is_greedy:
+        return "greedy"
+    return "filtered" if (cfg.top_k > 0 or cfg.top_p < 1.0) else "plain"
+
+
+def filter_logits(logits_bv, temperature, top_k, top_p):
+    """Temperature, then top-k (0 = off), then top-p (nucleus); dropped entries become -inf."""
+    x = logits_bv.astype(jnp.float32) / temperature
+    v = x.shape[-1]
+    sorted_x = -jnp.sort(-x, axis=-1)
+    rank = jnp.arange(v)[None, :]
+    k = jnp.where(top_k > 0, top_k, v)
+    sorted_x = jnp.where(rank < k, sorted_x, -jnp.inf)
+    probs = jax.nn.softmax(sorted_x, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each entry
+    keep = (before < top_p) & (rank < k)  # the smallest prefix whose mass reaches top_p
+    thresh = jnp.min(jnp.where(keep, sorted_x, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(x < thresh, -jnp.inf, x)
+
+
+def sample_tokens(logits_bv, keys_b, kind: str, temperature, top_k, top_p):
+    """(B, V) logits -> (B,) int32 tokens. kind from sampling_kind; the rest may be traced."""
+    if kind == "greedy":
+        return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    if kind == "filtered":
+        x = filter_logits(logits_bv, temperature, top_k, top_p)
+    else:
+        x = logits_bv.astype(jnp.float32) / temperature
+    return jax.vmap(jax.random.categorical)(keys_b, x).astype(jnp.int32)

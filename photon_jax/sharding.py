@@ -1,0 +1,98 @@
+"""Device mesh and the logical-to-mesh rules table (the only place mesh axes are named).
+
+Parameters, optimizer state, activations and caches carry logical axis names; the
+rules in MeshConfig map them to the mesh axes (data, fsdp, tensor). State shardings
+are derived from an abstract (jax.eval_shape) init, never written by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from photon_jax.config import MeshConfig
+from photon_jax.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    fills = [i for i, s in enumerate(sizes) if s == -1]
+    if len(fills) > 1:
+        raise ConfigError("at most one mesh axis may be -1 (fill)")
+    fixed = math.prod(s for s in sizes if s != -1)
+    if fills:
+        if num_devices % fixed:
+            raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices")
+        sizes[fills[0]] = num_devices // fixed
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(f"mesh data={sizes[0]},fsdp={sizes[1]},tensor={sizes[2]} needs {math.prod(sizes)} "
+                          f"devices, but {num_devices} are available")
+    return tuple(sizes)
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axis types (Linen logical constraints need them)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(cfg, len(devices))
+    try:
+        device_grid = mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # non-TPU/GPU topologies (fake CPU devices, odd counts): plain reshape
+        device_grid = np.array(devices).reshape(shape)
+    return Mesh(device_grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_rules(cfg: MeshConfig) -> tuple[tuple[str, object], ...]:
+    """Rules as Flax expects: (logical name, mesh axis | tuple of axes | None)."""
+    out = []
+    for entry in cfg.rules:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise ConfigError(f"mesh.rules entry {entry!r} must be [logical_name, mesh_axes]")
+        name, axes = entry
+        axes = tuple(axes) if isinstance(axes, list) else axes
+        for axis in (axes if isinstance(axes, tuple) else (axes,)):
+            if axis is not None and axis not in MESH_AXES:
+                raise ConfigError(f"mesh.rules maps {name!r} to unknown mesh axis {axis!r} (known: {MESH_AXES})")
+        out.append((name, axes))
+    return tuple(out)
+
+
+def logical_to_shardings(logical_specs, mesh: Mesh, rules):
+    """A tree of logical PartitionSpecs -> a tree of NamedShardings."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def check_divisible(abstract_tree, shardings) -> None:
+    """Fail with one line when a sharded dimension does not divide evenly."""
+    leaves, _ = jax.tree.flatten_with_path(abstract_tree)
+    shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    for (path, leaf), sharding in zip(leaves, shard_leaves):
+        for dim, axes in zip(leaf.shape, sharding.spec):
+            if axes is None:
+                continue
+            size = math.prod(sharding.mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+            if dim % size:
+                name = jax.tree_util.keystr(path)
+                raise ConfigError(f"dimension {dim} of {name} is not divisible by mesh axes {axes} (size {size})")
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+    """Sharding of a (batch, length) input array."""
+    spec = nn.logical_to_mesh_axes(("batch", "length"), rules)
+    return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def strip_boxes(tree):
+    """Replace Flax Partitioned boxes by their values (nn.unbox would also add sharding constraints)."""
+    is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+    return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)

@@ -1,0 +1,200 @@
+"""The training loop: data, mesh, state (fresh or resumed), AOT-compiled step, metrics, checkpoints.
+
+Resuming is automatic: if <workdir>/checkpoints holds a complete checkpoint, the
+state, the data iterator position and the step continue from it, so N steps + restart
++ N steps equals 2N straight steps bit for bit on CPU. SIGTERM (preemption) saves a
+checkpoint and returns cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from photon_jax.analysis import count_params, train_flops_per_token
+from photon_jax.config import Config
+from photon_jax.data import pipeline
+from photon_jax.errors import UserError
+from photon_jax.evaluate import evaluate_batches
+from photon_jax.sharding import batch_sharding, logical_rules, make_mesh
+from photon_jax.train import checkpoint as ckpt
+from photon_jax.train.data_setup import ensure_data, token_byte_lengths_for
+from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
+from photon_jax.train.state import init_state, learning_rate_schedule, make_optimizer, state_layout
+from photon_jax.train.step import make_eval_step, make_train_step
+
+
+class _StopFlag:
+    """Set by SIGTERM / SIGINT; the loop checkpoints and returns at the next step boundary."""
+
+    def __init__(self):
+        self.reason = None
+        self._previous = {}
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGTERM,):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.reason = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"work directory {workdir} is not writable: {e.strerror or e}") from None
+
+
+def _to_global(batch: dict, sharding) -> dict:
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def _compile(fn, *abstract_args):
+    """Ahead-of-time compile; returns the executable and its memory analysis (or None)."""
+    compiled = fn.lower(*abstract_args).compile()
+    try:
+        memory = compiled.memory_analysis()
+    except Exception:  # not every backend reports it
+        memory = None
+    return compiled, memory
+
+
+def _describe_memory(memory) -> str:
+    if memory is None:
+        return "memory analysis unavailable on this backend"
+    fields = [("arguments", "argument_size_in_bytes"), ("outputs", "output_size_in_bytes"),
+              ("temporaries", "temp_size_in_bytes"), ("code", "generated_code_size_in_bytes")]
+    parts = [f"{name} {getattr(memory, attr, 0) / 2**20:.1f} MiB" for name, attr in fields]
+    return "train step memory per device: " + ", ".join(parts)
+
+
+def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: int | None = None) -> dict:
+    """Train to cfg.train.steps (or stop_after more steps); returns a summary dict."""
+    workdir = Path(workdir).resolve()
+    _check_workdir(workdir)
+    is_main = jax.process_index() == 0
+    say = (lambda *a: None) if (quiet or not is_main) else print  # noqa: E731
+
+    manifest, data_dir = ensure_data(cfg, workdir, say)
+    mesh = make_mesh(cfg.mesh)
+    rules = logical_rules(cfg.mesh)
+    tx, schedule = make_optimizer(cfg), learning_rate_schedule(cfg)
+    layout = state_layout(cfg, tx, mesh, rules)
+    in_sharding = batch_sharding(mesh, rules)
+    manager = ckpt.make_manager(workdir, cfg.train.keep_checkpoints)
+    meta = {"tokenizer_sha256": manifest["tokenizer"]["sha256"], "vocab_size": manifest["vocab_size"]}
+
+    t = cfg.train
+    processes = jax.process_count()
+    if t.batch_size % processes:
+        raise UserError(f"train.batch_size={t.batch_size} is not divisible by {processes} processes")
+    iterator = pipeline.train_iterator(data_dir, cfg.data.seq_len, t.batch_size, cfg.data.seed,
+                                       jax.process_index(), processes, cfg.data.worker_count)
+    start = ckpt.latest_step(manager)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        if start is not None:
+            saved_cfg, saved_meta = ckpt.restore_metadata(manager, start)
+            mismatch = ckpt.model_mismatch(saved_cfg, cfg)
+            if mismatch:
+                raise UserError(f"checkpoint in {workdir} was trained with another model ({mismatch}); "
+                                f"use a fresh --workdir")
+            if saved_meta.get("tokenizer_sha256") != meta["tokenizer_sha256"]:
+                raise UserError(f"checkpoint in {workdir} was trained with another tokenizer "
+                                f"(sha256 {str(saved_meta.get('tokenizer_sha256'))[:12]} != "
+                                f"{str(meta['tokenizer_sha256'])[:12]})")
+            state, data_state = ckpt.restore_state(manager, start, layout.abstract, layout.shardings)
+            iterator.set_state(data_state)
+            say(f"resumed from step {start} in {workdir}")
+        else:
+            state = init_state(cfg, tx, layout)
+        (workdir / "config.json").write_text(cfg.to_json()) if is_main else None
+
+        step_fn = jax.jit(make_train_step(cfg, tx, schedule), in_shardings=(layout.shardings, in_sharding),
+                          out_shardings=(layout.shardings, None), donate_argnums=0)
+        abstract_batch = {k: jax.ShapeDtypeStruct((t.batch_size, cfg.data.seq_len), dt, sharding=in_sharding)
+                          for k, dt in (("tokens", jnp.int32), ("mask", jnp.float32))}
+        compiled, memory = _compile(step_fn, layout.abstract, abstract_batch)
+        say(_describe_memory(memory))
+        eval_fn = jax.jit(make_eval_step(cfg), in_shardings=(layout.shardings["params"], in_sharding))
+        byte_lengths = token_byte_lengths_for(data_dir, manifest)
+
+        n_params = count_params(cfg.model)
+        flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
+        peak, peak_source = peak_flops_per_device()
+        say(f"{cfg.name}: {n_params:,} params, {flops_per_token:.3e} train FLOPs/token, "
+            f"mesh {dict(mesh.shape)}, peak {peak:.3e} FLOP/s/device ({peak_source})")
+
+        writer = MetricWriter(workdir, enabled=is_main)
+        stop = _StopFlag().install()
+        step = int(jax.device_get(state["step"]))
+        end = t.steps if stop_after is None else min(t.steps, step + stop_after)
+        tokens_per_step = t.batch_size * cfg.data.seq_len
+        history, last_eval, last_saved = [], None, step
+        bar = tqdm(total=end, initial=step, disable=quiet or not is_main, desc="train", dynamic_ncols=True)
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            while step < end and stop.reason is None:
+                batch = _to_global(next(iterator), in_sharding)
+                state, metrics = compiled(state, batch)
+                step += 1
+                window_tokens += tokens_per_step
+                bar.update(1)
+                if step % t.log_every == 0 or step == end:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if values["finite"] < 1 and t.nonfinite == "halt":
+                        raise UserError(f"non-finite loss or gradient at step {step}; halting "
+                                        f"(train.nonfinite=halt); last checkpoint kept")
+                    elapsed = time.perf_counter() - window_start
+                    values["tokens_per_sec"] = window_tokens / elapsed
+                    values["mfu"] = values["tokens_per_sec"] * flops_per_token / (peak * jax.device_count())
+                    window_start, window_tokens = time.perf_counter(), 0
+                    writer.write(step, "train", values)
+                    history.append({"step": step, **values})
+                    bar.set_postfix(loss=f"{values['token_loss']:.3f}", tok_s=f"{values['tokens_per_sec']:.0f}")
+                if step % t.eval_every == 0 or step == end:
+                    batches = pipeline.eval_batches(data_dir, "validation", cfg.data.seq_len, t.batch_size,
+                                                    t.eval_batches, jax.process_index(), processes)
+                    last_eval = evaluate_batches(eval_fn, state["params"], batches, byte_lengths,
+                                                 to_device=lambda b: _to_global(b, in_sharding))
+                    writer.write(step, "validation", last_eval)
+                    bar.write(f"step {step}: validation loss {last_eval['token_loss']:.4f} "
+                              f"ppl {last_eval['perplexity']:.2f} bpb {last_eval.get('bits_per_byte', 0):.4f}") \
+                        if is_main and not quiet else None
+                if step % t.checkpoint_every == 0 or step == end:
+                    ckpt.save(manager, step, state, iterator.get_state(), cfg, meta)
+                    last_saved = step
+            if step != last_saved:  # stopped by a signal between checkpoints
+                ckpt.save(manager, step, state, iterator.get_state(), cfg, meta)
+        finally:
+            bar.close()
+            manager.wait_until_finished()
+            manager.close()
+            writer.close()
+            stop.restore()
+    if stop.reason:
+        say(f"received {stop.reason}: checkpoint saved at step {step}; rerun the same command to resume")
+    summary = {"step": step, "stopped_by": stop.reason, "train": history[-1] if history else None,
+               "validation": last_eval, "params": n_params, "workdir": str(workdir)}
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

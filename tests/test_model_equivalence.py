@@ -1,0 +1,289 @@
+"""Numerical equivalences of the forward: scan vs unrolled layers, remat policies, bf16 vs fp32,
+grouped-query attention, the L_rec term and its stop-gradient, and gradient reach (PHOTON.md 4, 10)."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from photon_jax import analysis
+from photon_jax.losses import loss_fn
+from photon_jax.model import build_model
+
+
+def random_params(model, seq_len, seed=0):
+    """Random values with the model's exact parameter structure (eval_shape of the real init)."""
+    abstract = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32)))["params"]
+    rng = np.random.default_rng(seed)
+    width = model.cfg.width
+
+    def fill(path, leaf):
+        name = path[-1].key
+        z = rng.standard_normal(leaf.shape)
+        if name == "scale":
+            z = 1.0 + 0.1 * z
+        elif name == "bias":
+            z = 0.1 * z
+        elif name != "embedding":
+            z = z / np.sqrt(width)
+        return jnp.asarray(z, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def real_params(model, seq_len, seed=0):
+    return nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, seq_len), jnp.int32)))["params"]
+
+
+def tokens_for(cfg, batch=2, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, cfg.model.vocab_size, (batch, cfg.data.seq_len)),
+                       jnp.int32)
+
+
+def forward(cfg):
+    model = build_model(cfg.model)
+    return jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
+def shapes(tree):
+    return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
+
+
+def unroll_scanned(tree):
+    """Scanned stacks keep every layer under "layers" with a leading layer axis; the unrolled
+    stacks name them "layers_0", "layers_1", ...  Convert the first layout into the second."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for key, value in tree.items():
+        if key == "layers":
+            n = jax.tree.leaves(value)[0].shape[0]
+            for i in range(n):
+                out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], value)
+        else:
+            out[key] = unroll_scanned(value)
+    return out
+
+
+def max_abs_diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ----------------------------------------------------------------------------- scan vs unrolled
+
+@pytest.mark.parametrize("family", ["photon", "vanilla"])
+def test_scan_and_unrolled_layers_agree(family):
+    scanned_cfg = tiny_config(family=family, chunks=(4, 4), layers=2, seq_mult=2)
+    unrolled_cfg = tiny_config(family=family, chunks=(4, 4), layers=2, seq_mult=2, model__scan_layers=False)
+    seq_len = scanned_cfg.data.seq_len
+    params = random_params(build_model(scanned_cfg.model), seq_len)
+    converted = unroll_scanned(params)
+    # the conversion produces exactly the unrolled model's parameter tree
+    unrolled_abstract = nn.unbox(jax.eval_shape(build_model(unrolled_cfg.model).init, jax.random.PRNGKey(0),
+                                                jnp.zeros((1, seq_len), jnp.int32)))["params"]
+    assert shapes(converted) == shapes(unrolled_abstract)
+    assert "layers_1" in str(jax.tree_util.tree_structure(converted))
+    tokens = tokens_for(scanned_cfg)
+    a = forward(scanned_cfg)(params, tokens)[0]
+    b = forward(unrolled_cfg)(converted, tokens)[0]
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # the layers are really distinct: swapping them changes the output
+    swapped = jax.tree.map(lambda x: x[::-1] if x.ndim and x.shape[0] == 2 else x, params)
+    assert not np.allclose(np.asarray(forward(scanned_cfg)(swapped, tokens)[0]), np.asarray(a), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- remat
+
+def _grad_cfg(family, alignment, chunks, start_latent, remat="none"):
+    extra = {"model__remat": remat}
+    if family == "photon":
+        extra["model__start_latent"] = start_latent
+    return tiny_config(family=family, chunks=chunks, alignment=alignment, layers=2, seq_mult=2, **extra)
+
+
+@functools.lru_cache(maxsize=None)
+def _params(family, alignment, chunks, start_latent, init):
+    cfg = _grad_cfg(family, alignment, chunks, start_latent)
+    make = real_params if init == "real" else random_params
+    return make(build_model(cfg.model), cfg.data.seq_len)
+
+
+@functools.lru_cache(maxsize=None)
+def _value_and_grads(family, remat, alignment="A", chunks=(4, 4), start_latent="learned", init="real"):
+    """(token loss, logits, grads, params) of the token loss for one config (cached: each costs a compile)."""
+    cfg = _grad_cfg(family, alignment, chunks, start_latent, remat)
+    model = build_model(cfg.model)
+    params = _params(family, alignment, chunks, start_latent, init)
+    tokens = tokens_for(cfg)
+    mask = jnp.ones(tokens.shape, jnp.float32)
+
+    def loss(p):
+        logits, aux = model.apply({"params": p}, tokens)
+        total, metrics = loss_fn(cfg.model, logits, aux, tokens, mask)
+        return total, (logits, metrics)
+
+    (value, (logits, metrics)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    assert float(value) == pytest.approx(float(metrics["token_loss"]))
+    return value, logits, grads, params
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.parametrize("family", ["photon", "vanilla"])
+def test_remat_leaves_outputs_and_gradients_unchanged(family, remat):
+    v0, logits0, g0, p0 = _value_and_grads(family, "none")
+    v1, logits1, g1, p1 = _value_and_grads(family, remat)
+    assert shapes(p0) == shapes(p1)
+    np.testing.assert_allclose(np.asarray(logits1), np.asarray(logits0), rtol=0, atol=1e-6)
+    assert abs(float(v1) - float(v0)) <= 1e-6
+    assert jax.tree_util.tree_structure(g0) == jax.tree_util.tree_structure(g1)
+    assert max_abs_diff(g0, g1) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- bf16 vs fp32
+
+@pytest.mark.parametrize("family", ["photon", "vanilla"])
+def test_bf16_compute_close_to_fp32(family):
+    cfg32 = tiny_config(family=family, chunks=(4, 4), seq_mult=2)
+    cfg16 = tiny_config(family=family, chunks=(4, 4), seq_mult=2, model__dtype="bfloat16")
+    params = real_params(build_model(cfg32.model), cfg32.data.seq_len)
+    tokens = tokens_for(cfg32, batch=4)
+    a = forward(cfg32)(params, tokens)[0]
+    b = forward(cfg16)(params, tokens)[0]
+    assert a.dtype == b.dtype == jnp.float32  # logits come back in fp32 either way
+    assert not np.array_equal(np.asarray(a), np.asarray(b))  # bf16 really was used
+    la, lb = jax.nn.log_softmax(a), jax.nn.log_softmax(b)
+    assert float(jnp.mean(jnp.abs(la - lb))) < 5e-2
+    agreement = float(jnp.mean(jnp.argmax(a, -1) == jnp.argmax(b, -1)))
+    assert agreement > 0.9, agreement
+
+
+# ----------------------------------------------------------------------------- GQA
+
+def test_gqa_fewer_params_and_equals_mha_with_shared_heads():
+    gqa_cfg = tiny_config(chunks=(4, 4), seq_mult=2)  # 4 heads, 2 kv heads
+    mha_cfg = tiny_config(chunks=(4, 4), seq_mult=2, model__num_kv_heads=4)
+    assert gqa_cfg.model.kv_heads == 2 and mha_cfg.model.kv_heads == 4
+    # four stacks of one layer; each loses k and v projections of 2 heads of width 8
+    assert analysis.count_params(mha_cfg.model) - analysis.count_params(gqa_cfg.model) == 4 * 2 * 32 * 2 * 8
+    seq_len = gqa_cfg.data.seq_len
+    params = random_params(build_model(gqa_cfg.model), seq_len)
+    tokens = tokens_for(gqa_cfg)
+    out_gqa = forward(gqa_cfg)(params, tokens)[0]
+    assert bool(jnp.all(jnp.isfinite(out_gqa)))
+
+    # MHA whose kv head h is GQA kv head h // 2 (query heads 0,1 share kv head 0, 2,3 share 1)
+    def widen(path, x):
+        names = [getattr(k, "key", None) for k in path]
+        if ("key" in names or "value" in names) and names[-1] == "kernel":
+            return jnp.repeat(x, 2, axis=-2)
+        return x
+
+    mha_params = jax.tree_util.tree_map_with_path(widen, params)
+    mha_abstract = nn.unbox(jax.eval_shape(build_model(mha_cfg.model).init, jax.random.PRNGKey(0),
+                                           jnp.zeros((1, seq_len), jnp.int32)))["params"]
+    assert shapes(mha_params) == shapes(mha_abstract)
+    out_mha = forward(mha_cfg)(mha_params, tokens)[0]
+    np.testing.assert_allclose(np.asarray(out_mha), np.asarray(out_gqa), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- L_rec
+
+def _rec_setup(chunks=(4, 4), stop_gradient=True, alpha=0.3):
+    cfg = tiny_config(chunks=chunks, seq_mult=2, model__rec_alpha=alpha, model__rec_stop_gradient=stop_gradient)
+    return cfg, build_model(cfg.model)
+
+
+@pytest.mark.parametrize("chunks", [(4,), (4, 4), (2, 2, 2)], ids=["L1", "L2", "L3"])
+def test_loss_is_token_plus_alpha_rec(chunks):
+    cfg, model = _rec_setup(chunks)
+    params = random_params(model, cfg.data.seq_len)
+    tokens = tokens_for(cfg)
+    mask = jnp.ones(tokens.shape, jnp.float32)
+    logits, aux = forward(cfg)(params, tokens)
+    total, metrics = loss_fn(cfg.model, logits, aux, tokens, mask)
+    rec = float(metrics["rec_loss"])
+    levels = len(chunks)
+    assert 0.0 <= rec <= 2.0 * (levels - 1)
+    if levels == 1:
+        assert rec == 0.0  # no level with both a reconstruction and an encoder target
+    else:
+        assert rec > 1e-3
+    assert float(total) == pytest.approx(float(metrics["token_loss"]) + 0.3 * rec, rel=1e-6)
+    assert float(metrics["loss"]) == float(total)
+    # the token loss itself is the mean NLL of tokens[:, 1:] under logits[:, 1:]
+    logp = jax.nn.log_softmax(logits[:, 1:])
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)
+    assert float(metrics["token_loss"]) == pytest.approx(float(jnp.mean(nll)), rel=1e-5)
+    # alpha = 0 is the token loss alone, whatever rec is
+    cfg0, _ = _rec_setup(chunks, alpha=0.0)
+    total0, metrics0 = loss_fn(cfg0.model, logits, aux, tokens, mask)
+    assert float(total0) == float(metrics0["token_loss"])
+
+
+def test_rec_stop_gradient():
+    """L_rec = dist(Xhat^(1), X^(1)) for L = 2. The target X^(1) comes from encoder_0 (and the narrow
+    embedder). Stopping its gradient must change exactly the gradients of those, leave the gradients
+    of modules that only feed Xhat^(1) unchanged, and give no gradient to the level-1 decoder side."""
+    grads = {}
+    for sg in (True, False):
+        cfg, model = _rec_setup(stop_gradient=sg)
+        params = random_params(build_model(_rec_setup()[0].model), cfg.data.seq_len)
+        tokens = tokens_for(cfg)
+
+        def rec(p, model=model):
+            return model.apply({"params": p}, tokens)[1]["rec_loss"]
+
+        value, grads[sg] = jax.jit(jax.value_and_grad(rec))(params)
+        grads[sg] = jax.device_get(grads[sg])
+        grads[sg]["value"] = float(value)
+    assert grads[True]["value"] == grads[False]["value"]  # the forward value does not change
+
+    def norm(tree):
+        return float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree))))
+
+    # modules that only feed the reconstruction: same gradient either way
+    for name in ("encoder_1", "chunker_1", "converter_1", "decoder_1"):
+        assert norm(grads[True][name]) > 0, name
+        assert max_abs_diff(grads[True][name], grads[False][name]) <= 1e-6 * max(1.0, norm(grads[True][name])), name
+    # modules that produce the target X^(1): the target path adds gradient when not stopped
+    for name in ("encoder_0", "encoder_embed"):
+        diff = max_abs_diff(grads[True][name], grads[False][name])
+        assert diff > 1e-4 * norm(grads[False][name]), name
+    # modules below the reconstruction take no part in L_rec
+    for name in ("decoder_0", "converter_0", "decoder_embed", "lm_head"):
+        for sg in (True, False):
+            assert norm(grads[sg][name]) == 0.0, (name, sg)
+
+
+# ----------------------------------------------------------------------------- gradient reach
+
+CASES = [("photon", "A", (4, 4)), ("photon", "B", (4, 4)), ("photon", "C", (4, 4)), ("photon", "A", (4,)),
+         ("photon", "A", (2, 2, 2)), ("vanilla", "A", (4, 4))]
+
+
+@pytest.mark.parametrize("family,alignment,chunks", CASES, ids=[f"{f}-{a}-L{len(c)}" for f, a, c in CASES])
+def test_token_loss_reaches_every_parameter(family, alignment, chunks):
+    """PHOTON.md 10: no detached encoder states; every level is on the token-loss path."""
+    # the real init (zero biases, unit norms) where the remat test already compiled it, else random values
+    init = "real" if (alignment, chunks) == ("A", (4, 4)) else "random"
+    _, _, grads, _ = _value_and_grads(family, "none", alignment, chunks, init=init)
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    dead = [jax.tree_util.keystr(path) for path, g in flat if not bool(jnp.any(g != 0))]
+    assert not dead, f"no token-loss gradient for {dead}"
+    expected = {"lm_head"}
+    if family == "photon":
+        n = len(chunks)
+        expected |= {"encoder_embed", "decoder_embed", *(f"encoder_{i}" for i in range(n)),
+                     *(f"decoder_{i}" for i in range(n)), *(f"converter_{i}" for i in range(n)),
+                     *(f"chunker_{i}" for i in range(1, n))}
+        starts = {f"start_{i}" for i in (range(n) if alignment in ("B", "C") else [n - 1])}
+        expected |= starts
+    else:
+        expected |= {"embed", "stack"}
+    assert set(grads) == expected
