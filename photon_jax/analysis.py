@@ -16,6 +16,7 @@ import numpy as np
 
 from photon_jax.config import ModelConfig
 from photon_jax.model import build_model
+from photon_jax.sharding import strip_boxes
 
 
 def abstract_params(cfg: ModelConfig, seq_len: int | None = None):
@@ -28,7 +29,7 @@ def abstract_params(cfg: ModelConfig, seq_len: int | None = None):
 
 def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     """Top-level module name -> parameter count."""
-    params = nn.unbox(abstract_params(cfg))
+    params = strip_boxes(abstract_params(cfg))
     return {name: int(sum(math.prod(x.shape) for x in jax.tree.leaves(sub))) for name, sub in params.items()}
 
 

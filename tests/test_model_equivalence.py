@@ -16,6 +16,9 @@ from photon_jax import analysis
 from photon_jax.losses import loss_fn
 from photon_jax.model import build_model
 
+# LLVM optimisation off: the same computations, about half the compile time on a CPU.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
 
 def random_params(model, seq_len, seed=0):
     """Random values with the model's exact parameter structure (eval_shape of the real init)."""
@@ -38,7 +41,7 @@ def random_params(model, seq_len, seed=0):
 
 
 def real_params(model, seq_len, seed=0):
-    return nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, seq_len), jnp.int32)))["params"]
+    return nn.unbox(jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, seq_len), jnp.int32)))["params"]
 
 
 def tokens_for(cfg, batch=2, seed=0):
@@ -48,7 +51,7 @@ def tokens_for(cfg, batch=2, seed=0):
 
 def forward(cfg):
     model = build_model(cfg.model)
-    return jax.jit(lambda p, x: model.apply({"params": p}, x))
+    return jit(lambda p, x: model.apply({"params": p}, x))
 
 
 def shapes(tree):
@@ -100,11 +103,13 @@ def test_scan_and_unrolled_layers_agree(family):
 
 # ----------------------------------------------------------------------------- remat
 
-def _grad_cfg(family, alignment, chunks, start_latent, remat="none"):
-    extra = {"model__remat": remat}
+def _grad_cfg(family, alignment, chunks, start_latent, remat="none", dtype="float32"):
+    # three meta-contexts: with two, the only top-level state in use attends to itself alone, so
+    # the top encoder's query/key get no gradient whatever the model does
+    extra = {"model__remat": remat, "model__dtype": dtype}
     if family == "photon":
         extra["model__start_latent"] = start_latent
-    return tiny_config(family=family, chunks=chunks, alignment=alignment, layers=2, seq_mult=2, **extra)
+    return tiny_config(family=family, chunks=chunks, alignment=alignment, layers=1, seq_mult=3, **extra)
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,7 +121,8 @@ def _params(family, alignment, chunks, start_latent, init):
 
 @functools.lru_cache(maxsize=None)
 def _value_and_grads(family, remat, alignment="A", chunks=(4, 4), start_latent="learned", init="real"):
-    """(token loss, logits, grads, params) of the token loss for one config (cached: each costs a compile)."""
+    """(token loss, logits, grads, params) of the token loss for one config (cached: each costs a compile;
+    the remat tests and the vanilla gradient-reach test share the remat="none" entry)."""
     cfg = _grad_cfg(family, alignment, chunks, start_latent, remat)
     model = build_model(cfg.model)
     params = _params(family, alignment, chunks, start_latent, init)
@@ -128,13 +134,14 @@ def _value_and_grads(family, remat, alignment="A", chunks=(4, 4), start_latent="
         total, metrics = loss_fn(cfg.model, logits, aux, tokens, mask)
         return total, (logits, metrics)
 
-    (value, (logits, metrics)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    (value, (logits, metrics)), grads = jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert float(value) == pytest.approx(float(metrics["token_loss"]))
     return value, logits, grads, params
 
 
+# Remat lives in the Stack that every family and PHOTON stack share; vanilla is its cheapest host.
 @pytest.mark.parametrize("remat", ["full", "dots"])
-@pytest.mark.parametrize("family", ["photon", "vanilla"])
+@pytest.mark.parametrize("family", ["vanilla"])
 def test_remat_leaves_outputs_and_gradients_unchanged(family, remat):
     v0, logits0, g0, p0 = _value_and_grads(family, "none")
     v1, logits1, g1, p1 = _value_and_grads(family, remat)
@@ -149,9 +156,9 @@ def test_remat_leaves_outputs_and_gradients_unchanged(family, remat):
 
 @pytest.mark.parametrize("family", ["photon", "vanilla"])
 def test_bf16_compute_close_to_fp32(family):
-    cfg32 = tiny_config(family=family, chunks=(4, 4), seq_mult=2)
-    cfg16 = tiny_config(family=family, chunks=(4, 4), seq_mult=2, model__dtype="bfloat16")
-    params = real_params(build_model(cfg32.model), cfg32.data.seq_len)
+    cfg32 = _grad_cfg(family, "A", (4, 4), "learned")
+    cfg16 = _grad_cfg(family, "A", (4, 4), "learned", dtype="bfloat16")
+    params = _params(family, "A", (4, 4), "learned", "random")
     tokens = tokens_for(cfg32, batch=4)
     a = forward(cfg32)(params, tokens)[0]
     b = forward(cfg16)(params, tokens)[0]
@@ -239,7 +246,7 @@ def test_rec_stop_gradient():
         def rec(p, model=model):
             return model.apply({"params": p}, tokens)[1]["rec_loss"]
 
-        value, grads[sg] = jax.jit(jax.value_and_grad(rec))(params)
+        value, grads[sg] = jit(jax.value_and_grad(rec))(params)
         grads[sg] = jax.device_get(grads[sg])
         grads[sg]["value"] = float(value)
     assert grads[True]["value"] == grads[False]["value"]  # the forward value does not change
@@ -263,15 +270,14 @@ def test_rec_stop_gradient():
 
 # ----------------------------------------------------------------------------- gradient reach
 
-CASES = [("photon", "A", (4, 4)), ("photon", "B", (4, 4)), ("photon", "C", (4, 4)), ("photon", "A", (4,)),
-         ("photon", "A", (2, 2, 2)), ("vanilla", "A", (4, 4))]
+CASES = [("photon", "A", (2, 2, 2)), ("photon", "C", (4, 4)), ("photon", "A", (4,)), ("vanilla", "A", (4, 4))]
 
 
 @pytest.mark.parametrize("family,alignment,chunks", CASES, ids=[f"{f}-{a}-L{len(c)}" for f, a, c in CASES])
 def test_token_loss_reaches_every_parameter(family, alignment, chunks):
     """PHOTON.md 10: no detached encoder states; every level is on the token-loss path."""
-    # the real init (zero biases, unit norms) where the remat test already compiled it, else random values
-    init = "real" if (alignment, chunks) == ("A", (4, 4)) else "random"
+    # the real init (zero biases, unit norms) where other tests already compiled it, else random values
+    init = "real" if (family, chunks) in (("photon", (2, 2, 2)), ("vanilla", (4, 4))) else "random"
     _, _, grads, _ = _value_and_grads(family, "none", alignment, chunks, init=init)
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
     dead = [jax.tree_util.keystr(path) for path, g in flat if not bool(jnp.any(g != 0))]

@@ -113,7 +113,8 @@ def run(spec: RunSpec, params, prompt_bt, prompt_len_b, budget_b, stop_b, row_id
             jnp.asarray(budget_b, jnp.int32), jnp.asarray(stop_b, jnp.int32), jnp.asarray(row_id_b, jnp.int32),
             jnp.asarray(forced_bt, jnp.int32))
     t0 = time.perf_counter()
-    start, fresh_start = _compiled("start", _start_jit, spec, *args)
+    # the prefill program does not depend on how tokens are sampled
+    start, fresh_start = _compiled("start", _start_jit, dataclasses.replace(spec, sampling=""), *args)
     t1 = time.perf_counter()
     loop = jax.block_until_ready(start(*args))
     t2 = time.perf_counter()

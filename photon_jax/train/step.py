@@ -45,7 +45,7 @@ def make_train_step(cfg: Config, tx, schedule):
             zeros_m = {k: jnp.zeros((), jnp.float32) for k in ("loss", "token_loss", "rec_loss", "target_tokens")}
             (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (micro(tokens), micro(mask)))
             metrics["target_tokens"] = mask[:, 1:].sum()
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
