@@ -43,6 +43,13 @@ def evaluate_batches(eval_step, params, batches, byte_lengths: np.ndarray | None
             target_tokens = np.asarray(batch["tokens"])[:, 1:]
             weight = np.asarray(batch["mask"])[:, 1:]
             target_bytes += float(np.sum(byte_lengths[target_tokens] * weight))
+    if byte_lengths is not None and jax.process_count() > 1:
+        # nll_sum and targets come out of the global (all-process) batch; the bytes were counted on this
+        # process's rows only, so add up every process's count.
+        from jax.experimental import multihost_utils
+
+        counts = multihost_utils.process_allgather(np.asarray([round(target_bytes)], np.int32))
+        target_bytes = float(np.sum(np.asarray(counts, np.int64)))
     if targets == 0:
         raise UserError("evaluation data has no target tokens")
     return summarize(nll_sum, targets, target_bytes if byte_lengths is not None else None)

@@ -15,7 +15,7 @@ from photon_jax.data.tokenizer import check_vocab
 from photon_jax.errors import UserError
 from photon_jax.evaluate import evaluate_batches, load_choice_file, score_choices
 from photon_jax.inference import load_run
-from photon_jax.sharding import batch_sharding
+from photon_jax.sharding import batch_sharding, check_batch
 from photon_jax.train.step import make_eval_step
 
 
@@ -49,13 +49,12 @@ def read_text(path: str) -> str:
 
 
 def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation", choices=None,
-                 max_batches=None, batch_size=None, mesh_cfg=None) -> dict:
+                 max_batches=None, batch_size=None, mesh_cfg=None, agreement_windows: int = 0) -> dict:
     run = load_run(workdir, step=step, mesh_cfg=mesh_cfg)
     cfg, tok = run.cfg, run.tokenizer
     batch_size = batch_size or cfg.train.batch_size
     seq_len = cfg.data.seq_len
-    if batch_size % jax.process_count():
-        raise UserError(f"batch size {batch_size} is not divisible by {jax.process_count()} processes")
+    check_batch(run.mesh, run.rules, batch_size, jax.process_count())
     results = {"run": {"workdir": str(Path(workdir).resolve()), "step": run.step, "model": cfg.name,
                        "mesh": ",".join(f"{k}={v}" for k, v in run.mesh.shape.items())}}
     byte_lengths = tok.byte_lengths()
@@ -79,7 +78,21 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
             batches = pipeline.eval_batches(data_dir, split, seq_len, batch_size, max_batches,
                                             jax.process_index(), jax.process_count())
             results[split] = evaluate_batches(eval_fn, run.params, batches, byte_lengths, to_device)
+        if agreement_windows:
+            results["agreement"] = held_out_agreement(run, agreement_windows)
         if choices is not None:
             rows = load_choice_file(choices)
             results["choices"] = score_choices(cfg.model, run.params, tok.encode, rows, seq_len, tok.pad_id)
     return results
+
+
+def held_out_agreement(run, windows: int) -> dict:
+    """recgen / exact-local vs hiergen on the first `windows` full held-out windows (PHOTON.md 5.3)."""
+    from photon_jax.generation.agreement import agreement
+
+    rows = []
+    for batch in pipeline.eval_batches(run.data_dir, "validation", run.cfg.data.seq_len, windows, 1):
+        rows = [t for t, m in zip(batch["tokens"], batch["mask"]) if m.all()]
+    if not rows:
+        raise UserError("the validation split has no full window for the agreement measurement")
+    return agreement(run.cfg.model, run.params, np.stack(rows))

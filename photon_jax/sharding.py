@@ -63,6 +63,26 @@ def logical_rules(cfg: MeshConfig) -> tuple[tuple[str, object], ...]:
     return tuple(out)
 
 
+def logical_names(logical_specs) -> set[str]:
+    """Every logical axis name used in a tree of logical PartitionSpecs."""
+    names = set()
+    for spec in jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)):
+        for entry in spec:
+            for name in (entry if isinstance(entry, tuple) else (entry,)):
+                if name is not None:
+                    names.add(name)
+    return names
+
+
+def check_rules_cover(logical_specs, rules) -> None:
+    """Fail with one line when a logical axis has no rule (Flax would silently replicate it)."""
+    known = {name for name, _ in rules}
+    missing = sorted(logical_names(logical_specs) - known)
+    if missing:
+        raise ConfigError(f"mesh.rules has no rule for logical axis {missing[0]!r} "
+                          f"(add [{missing[0]}, null] to replicate it)")
+
+
 def logical_to_shardings(logical_specs, mesh: Mesh, rules):
     """A tree of logical PartitionSpecs -> a tree of NamedShardings."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
@@ -86,6 +106,33 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     """Sharding of a (batch, length) input array."""
     spec = nn.logical_to_mesh_axes(("batch", "length"), rules)
     return NamedSharding(mesh, spec)
+
+
+def check_batch(mesh: Mesh, rules, batch_size: int, process_count: int = 1) -> None:
+    """The global batch must split evenly over the batch mesh axes, and those must split over processes
+    (each process feeds its own rows; a batch replicated across processes would be inconsistent)."""
+    spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
+    axes = () if spec is None else (spec if isinstance(spec, tuple) else (spec,))
+    shards = math.prod(mesh.shape[a] for a in axes)
+    if batch_size % shards:
+        raise ConfigError(f"batch size {batch_size} is not divisible by the batch mesh axes {axes} (size {shards})")
+    if shards % process_count:
+        raise ConfigError(f"the batch mesh axes {axes} (size {shards}) must split over the {process_count} "
+                          f"processes: make data*fsdp a multiple of {process_count}")
+
+
+def bytes_per_device(abstract_tree, shardings) -> int:
+    """Bytes one device holds of a sharded tree (the largest shard of each leaf)."""
+    leaves = jax.tree.leaves(abstract_tree)
+    shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    total = 0
+    for leaf, sharding in zip(leaves, shard_leaves, strict=True):
+        total += math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    return int(total)
+
+
+def describe_mesh(mesh: Mesh) -> str:
+    return ",".join(f"{k}={v}" for k, v in mesh.shape.items())
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

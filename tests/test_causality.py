@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import math
 
-import jax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

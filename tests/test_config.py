@@ -283,7 +283,7 @@ def model_configs(draw):
         "encoder_embed_width": embed_width,
         "alignment": draw(st.sampled_from(["A", "B", "C"])),
         "block_local_lower": draw(st.booleans()),
-        "start_latent": draw(st.sampled_from(["zero", "learned"])),
+        "start_latent": draw(st.sampled_from(["fixed", "learned"])),
         "rec_alpha": draw(st.sampled_from([0.0, 0.3])),
         "rec_stop_gradient": draw(st.booleans()),
         "dtype": draw(st.sampled_from(["float32", "bfloat16"])),

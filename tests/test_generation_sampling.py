@@ -7,7 +7,7 @@ import pytest
 from test_generation import GREEDY, fast_compile, tiny_model  # noqa: F401
 
 from photon_jax.errors import UserError
-from photon_jax.generation import SamplingConfig, generate
+from photon_jax.generation import SamplingConfig, generate, generate_stream
 from photon_jax.generation.sampling import filter_logits
 
 PROMPTS = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9, 7]]
@@ -65,6 +65,16 @@ def test_eos_stops_only_its_row(photon):
         assert reasons[0] == ("eos" if eos in ref else "length")
     assert stopped.finish_reasons[0] == ["eos"] and len(stopped.tokens[0][0]) <= 4
     assert any(len(t[0]) == NEW for t in stopped.tokens)  # another row went on
+
+
+def test_streaming_yields_the_same_tokens_in_chunks(photon):
+    cfg, _, params = photon
+    whole = _gen(photon, sampling=GREEDY, eos_id=7)
+    chunks = list(generate_stream(cfg, params, PROMPTS, max_new_tokens=NEW, sampling=GREEDY, eos_id=7,
+                                  chunk_steps=3))
+    assert 1 < len(chunks) <= -(-NEW // 3)
+    joined = [[sum((c[p][0] for c in chunks), [])] for p in range(len(PROMPTS))]
+    assert joined == whole.tokens
 
 
 def test_max_context_stops_rows_at_the_context_limit():

@@ -121,7 +121,7 @@ def _params(family, alignment, chunks, start_latent, init):
 
 @functools.lru_cache(maxsize=None)
 def _value_and_grads(family, remat, alignment="A", chunks=(4, 4), start_latent="learned", init="real"):
-    """(token loss, logits, grads, params) of the token loss for one config (cached: each costs a compile;
+    """(token loss, logits, grads, params, metrics) of the token loss for one config (cached: each costs a compile;
     the remat tests and the vanilla gradient-reach test share the remat="none" entry)."""
     cfg = _grad_cfg(family, alignment, chunks, start_latent, remat)
     model = build_model(cfg.model)
@@ -136,15 +136,15 @@ def _value_and_grads(family, remat, alignment="A", chunks=(4, 4), start_latent="
 
     (value, (logits, metrics)), grads = jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert float(value) == pytest.approx(float(metrics["token_loss"]))
-    return value, logits, grads, params
+    return value, logits, grads, params, metrics
 
 
 # Remat lives in the Stack that every family and PHOTON stack share; vanilla is its cheapest host.
 @pytest.mark.parametrize("remat", ["full", "dots"])
 @pytest.mark.parametrize("family", ["vanilla"])
 def test_remat_leaves_outputs_and_gradients_unchanged(family, remat):
-    v0, logits0, g0, p0 = _value_and_grads(family, "none")
-    v1, logits1, g1, p1 = _value_and_grads(family, remat)
+    v0, logits0, g0, p0, _ = _value_and_grads(family, "none")
+    v1, logits1, g1, p1, _ = _value_and_grads(family, remat)
     assert shapes(p0) == shapes(p1)
     np.testing.assert_allclose(np.asarray(logits1), np.asarray(logits0), rtol=0, atol=1e-6)
     assert abs(float(v1) - float(v0)) <= 1e-6
@@ -206,50 +206,58 @@ def _rec_setup(chunks=(4, 4), stop_gradient=True, alpha=0.3):
     return cfg, build_model(cfg.model)
 
 
-@pytest.mark.parametrize("chunks", [(4,), (4, 4), (2, 2, 2)], ids=["L1", "L2", "L3"])
-def test_loss_is_token_plus_alpha_rec(chunks):
-    cfg, model = _rec_setup(chunks)
-    params = random_params(model, cfg.data.seq_len)
-    tokens = tokens_for(cfg)
+def check_loss_identity(cfg, logits, aux, tokens):
+    """loss_fn: L = L_token + alpha * L_rec with L_token the mean NLL of tokens[:, 1:] under logits[:, 1:]."""
     mask = jnp.ones(tokens.shape, jnp.float32)
-    logits, aux = forward(cfg)(params, tokens)
     total, metrics = loss_fn(cfg.model, logits, aux, tokens, mask)
     rec = float(metrics["rec_loss"])
-    levels = len(chunks)
-    assert 0.0 <= rec <= 2.0 * (levels - 1)
-    if levels == 1:
-        assert rec == 0.0  # no level with both a reconstruction and an encoder target
-    else:
-        assert rec > 1e-3
+    levels = len(cfg.model.levels)
+    assert 1e-3 < rec <= 2.0 * (levels - 1)  # a sum of L - 1 cosine distances, each in [0, 2]
+    assert cfg.model.rec_alpha == 0.3
     assert float(total) == pytest.approx(float(metrics["token_loss"]) + 0.3 * rec, rel=1e-6)
     assert float(metrics["loss"]) == float(total)
-    # the token loss itself is the mean NLL of tokens[:, 1:] under logits[:, 1:]
     logp = jax.nn.log_softmax(logits[:, 1:])
     nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)
     assert float(metrics["token_loss"]) == pytest.approx(float(jnp.mean(nll)), rel=1e-5)
-    # alpha = 0 is the token loss alone, whatever rec is
-    cfg0, _ = _rec_setup(chunks, alpha=0.0)
-    total0, metrics0 = loss_fn(cfg0.model, logits, aux, tokens, mask)
-    assert float(total0) == float(metrics0["token_loss"])
+    assert float(metrics["target_tokens"]) == tokens.shape[0] * (tokens.shape[1] - 1)
+    # alpha = 0: the token loss alone, whatever L_rec is
+    no_rec = _rec_setup(tuple(lv.chunk for lv in cfg.model.levels), alpha=0.0)[0]
+    total0, metrics0 = loss_fn(no_rec.model, logits, aux, tokens, mask)
+    assert float(total0) == float(metrics0["token_loss"]) == float(metrics["token_loss"])
+
+
+def test_loss_is_token_plus_alpha_rec_three_levels():
+    cfg, model = _rec_setup((2, 2, 2))
+    params = random_params(model, cfg.data.seq_len)
+    tokens = tokens_for(cfg)
+    logits, aux = forward(cfg)(params, tokens)
+    check_loss_identity(cfg, logits, aux, tokens)
+
+
+def test_one_level_has_no_rec_term():
+    """L = 1 has no level where both a reconstruction and an encoder target exist."""
+    metrics = _value_and_grads("photon", "none", "A", (4,), init="random")[4]
+    assert float(metrics["rec_loss"]) == 0.0
 
 
 def test_rec_stop_gradient():
     """L_rec = dist(Xhat^(1), X^(1)) for L = 2. The target X^(1) comes from encoder_0 (and the narrow
     embedder). Stopping its gradient must change exactly the gradients of those, leave the gradients
     of modules that only feed Xhat^(1) unchanged, and give no gradient to the level-1 decoder side."""
-    grads = {}
+    grads, values = {}, {}
     for sg in (True, False):
         cfg, model = _rec_setup(stop_gradient=sg)
         params = random_params(build_model(_rec_setup()[0].model), cfg.data.seq_len)
         tokens = tokens_for(cfg)
 
         def rec(p, model=model):
-            return model.apply({"params": p}, tokens)[1]["rec_loss"]
+            logits, aux = model.apply({"params": p}, tokens)
+            return aux["rec_loss"], (logits, aux)
 
-        value, grads[sg] = jit(jax.value_and_grad(rec))(params)
+        (values[sg], (logits, aux)), grads[sg] = jit(jax.value_and_grad(rec, has_aux=True))(params)
+        check_loss_identity(cfg, logits, aux, tokens)
         grads[sg] = jax.device_get(grads[sg])
-        grads[sg]["value"] = float(value)
-    assert grads[True]["value"] == grads[False]["value"]  # the forward value does not change
+    assert float(values[True]) == float(values[False])  # the forward value does not change
 
     def norm(tree):
         return float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree))))
@@ -278,7 +286,7 @@ def test_token_loss_reaches_every_parameter(family, alignment, chunks):
     """PHOTON.md 10: no detached encoder states; every level is on the token-loss path."""
     # the real init (zero biases, unit norms) where other tests already compiled it, else random values
     init = "real" if (family, chunks) in (("photon", (2, 2, 2)), ("vanilla", (4, 4))) else "random"
-    _, _, grads, _ = _value_and_grads(family, "none", alignment, chunks, init=init)
+    grads = _value_and_grads(family, "none", alignment, chunks, init=init)[2]
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
     dead = [jax.tree_util.keystr(path) for path, g in flat if not bool(jnp.any(g != 0))]
     assert not dead, f"no token-loss gradient for {dead}"

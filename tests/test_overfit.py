@@ -19,16 +19,16 @@ from photon_jax.model import build_model
 
 VOCAB = 64
 SEQ = 32
-STEPS = 80
-THRESHOLD = 0.1
+STEPS = 200
+THRESHOLD = 0.05  # measured: about 0.1 after 40 steps, 0.006 after 200, for all three
 # LLVM optimisation off: the same computations, about half the compile time on a CPU.
 JIT = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 CASES = {
     # name: (family, chunks, learning rate)
-    "photon-L2": ("photon", (4, 4), 1e-2),
-    "block-L1": ("photon", (4,), 1e-2),
-    "vanilla": ("vanilla", (4, 4), 1e-2),
+    "photon-L2": ("photon", (4, 4), 3e-3),
+    "block-L1": ("photon", (4,), 3e-3),
+    "vanilla": ("vanilla", (4, 4), 3e-3),
 }
 
 
@@ -62,11 +62,6 @@ def test_overfits_one_batch(name):
         updates, state = optimizer.update(grads, state, p)
         return optax.apply_updates(p, updates), state, metrics["token_loss"]
 
-    import time
-    t0 = time.time()
-    step(params, opt_state)
-    print("compile", time.time() - t0)
-    t0 = time.time()
     history = []
     for _ in range(STEPS + 1):  # the last call reports the loss after STEPS updates
         params, opt_state, token_loss = step(params, opt_state)
@@ -75,5 +70,4 @@ def test_overfits_one_batch(name):
     assert history[0] > 0.8 * math.log(VOCAB), history[0]  # starts near chance, ln 64 = 4.16
     assert all(math.isfinite(x) for x in history)
     final = history[-1]
-    print(name, [round(history[i], 3) for i in (0, 20, 40, 60, 80)], time.time() - t0)
     assert final < THRESHOLD, f"{name}: token loss {final:.3f} after {STEPS} steps (first {history[0]:.3f})"

@@ -58,7 +58,8 @@ def test_paper_accounting_formula(name):
         if family == "block":
             formula = v * d // c + stack + converter + v * d + stack + v * d
         else:
-            formula = v * d // c + stack + (c * d + c * d * d + d) + stack + converter + stack + converter + v * d + stack + v * d
+            chunker = c * d + c * d * d + d  # RMSNorm(4D) + Linear(4D -> D, bias)
+            formula = v * d // c + stack + chunker + stack + converter + stack + converter + v * d + stack + v * d
     assert formula == PAPER_TOTALS[name]
     assert sum(breakdown(name).values()) == formula
 

@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--choices", default=None, help="JSONL of {context, choices, answer} to score")
     p.add_argument("--max-batches", type=int, default=0, help="0 = the whole split")
     p.add_argument("--batch-size", type=int, default=0, help="0 = train.batch_size")
+    p.add_argument("--recgen-agreement", action="store_true",
+                   help="greedy-token agreement and KL of recgen (and exact-local) vs exact hiergen")
+    p.add_argument("--agreement-windows", type=int, default=8, help="held-out windows for --recgen-agreement")
     p.add_argument("--mesh", default=None, help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
@@ -38,18 +41,26 @@ def parse_mesh(text: str | None):
 
 
 def run(args) -> int:
+    from photon_jax import distributed
     from photon_jax.evaluation_runs import evaluate_run
+
+    distributed.initialize()  # multi-process eval from the PHOTON_* / SLURM environment (launch/README.md)
 
     if args.max_batches < 0 or args.batch_size < 0:
         raise UserError("--max-batches and --batch-size must be >= 0")
     results = evaluate_run(args.workdir, step=args.step, text=args.text, data=args.data, split=args.split,
                            choices=args.choices, max_batches=args.max_batches or None,
-                           batch_size=args.batch_size or None, mesh_cfg=parse_mesh(args.mesh))
+                           batch_size=args.batch_size or None, mesh_cfg=parse_mesh(args.mesh),
+                           agreement_windows=args.agreement_windows if args.recgen_agreement else 0)
+    if not distributed.is_main_process():
+        return 0
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for name, value in results.items():
-        if isinstance(value, dict):
+        if name == "agreement":
+            print(f"{name}: " + json.dumps(value))
+        elif isinstance(value, dict):
             print(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()))
         else:
             print(f"{name}: {value}")

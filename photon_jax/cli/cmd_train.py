@@ -1,10 +1,16 @@
-"""`photon-jax train`: train a model (default: photon-tiny on the bundled Shakespeare corpus)."""
+"""`photon-jax train`: train a model (default: photon-tiny on the bundled Shakespeare corpus).
+
+`--dry-run` lowers and compiles the train step for the configured mesh without allocating
+state or preparing data, and prints parameter, optimizer and activation memory per device.
+Multi-process runs: see photon_jax/distributed.py and launch/README.md.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from photon_jax import distributed
 from photon_jax.cli.common import add_config_args, config_from_args
 
 
@@ -14,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--workdir", default=None, help="run directory (default: runs/<preset name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--dry-run", action="store_true",
+                   help="compile the train step for the mesh and print memory per device; no data, no state")
+    distributed.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -22,10 +31,21 @@ def default_workdir(name: str) -> Path:
 
 
 def run(args) -> int:
+    cfg = config_from_args(args)  # bad config fails before any process joins a run
+    distributed.initialize_from_args(args)
+    if args.dry_run:
+        from photon_jax.train.loop import describe_dry_run, dry_run
+
+        report = dry_run(cfg)
+        if distributed.is_main_process():
+            print(json.dumps(report, indent=2) if args.json else describe_dry_run(report))
+        return 0
+
     from photon_jax.train.loop import train
 
-    cfg = config_from_args(args)
     summary = train(cfg, args.workdir or default_workdir(cfg.name), quiet=args.quiet)
+    if not distributed.is_main_process():
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2))
     elif summary["validation"]:

@@ -1,6 +1,6 @@
 """How far recgen (and exact-local) are from exact hiergen, on held-out token windows.
 
-agreement(model_cfg, params, token_batch, prompt_len=None, free_running=True) -> dict
+agreement(model_cfg, params, token_batch, prompt_len=None, free_running=True, modes=None) -> dict
 
 For each window, the first `prompt_len` tokens are the prompt (default: half the window) and
 the rest is the continuation. Two measurements per compared mode (hiergen is the reference):
@@ -26,6 +26,7 @@ from photon_jax.analysis import modes_for
 from photon_jax.config import ModelConfig
 from photon_jax.errors import UserError
 from photon_jax.generation.api import plan, run_rows
+from photon_jax.generation.modes import check_mode
 from photon_jax.generation.sampling import GREEDY
 
 
@@ -41,12 +42,14 @@ def _forced(cfg, params, mode, prompts, conts):
 
 
 def _free(cfg, params, mode, prompts, steps):
-    out, _, row_len = run_rows(cfg, params, mode, prompts, steps, GREEDY, None, 0)
+    # record_logits as in _forced: the same compiled programs serve both runs
+    out, _, row_len = run_rows(cfg, params, mode, prompts, steps, GREEDY, None, 0, record_logits=True)
     return np.stack([out["tokens"][r, row_len[r]: row_len[r] + steps] for r in range(len(prompts))])
 
 
 def agreement(model_cfg: ModelConfig, params, token_batch, prompt_len: int | None = None,
-              free_running: bool = True) -> dict:
+              free_running: bool = True, modes=None) -> dict:
+    """modes: the modes to compare with hiergen (default: every other mode the model can run)."""
     if model_cfg.family != "photon":
         raise UserError("agreement compares PHOTON generation modes; a vanilla model has only one")
     batch = np.asarray(token_batch)
@@ -66,7 +69,8 @@ def agreement(model_cfg: ModelConfig, params, token_batch, prompt_len: int | Non
     ref_free = _free(model_cfg, params, "hiergen", prompts, steps) if free_running else None
     result = {"windows": int(batch.shape[0]), "prompt_len": prompt_len, "positions": int(targets.size),
               "nll_hiergen": float(-np.take_along_axis(ref, targets[..., None], -1).mean())}
-    for mode in modes_for(model_cfg):
+    for mode in modes or modes_for(model_cfg):
+        mode = check_mode(model_cfg, mode)
         if mode == "hiergen":
             continue
         other = _log_softmax(_forced(model_cfg, params, mode, prompts, conts))

@@ -26,7 +26,7 @@ import numpy as np
 from photon_jax.config import ModelConfig
 from photon_jax.errors import UserError
 from photon_jax.generation.caches import round_up
-from photon_jax.generation.engine import RunSpec, run
+from photon_jax.generation.engine import RunSpec, Session
 from photon_jax.generation.loop import FINISH_REASONS
 from photon_jax.generation.modes import check_mode
 from photon_jax.generation.sampling import SamplingConfig, sampling_kind
@@ -87,12 +87,12 @@ def plan(cfg: ModelConfig, mode: str | None, prompts, max_new_tokens: int, sampl
     return mode, check_prompts(cfg, prompts, max_context), sampling
 
 
-def run_rows(cfg: ModelConfig, params, mode: str, prompts: list[list[int]], max_new_tokens: int,
-             sampling: SamplingConfig, eos_id: int | None, seed: int, num_samples: int = 1,
-             max_context: int | None = None, share_prompt: bool = True, record_logits: bool = False,
-             forced: list[list[int]] | None = None):
-    """Validated inputs -> (loop state as numpy, timings, prompt lengths per row). forced[r]: tokens
-    forced at the positions after row r's prompt (agreement.py); rows are prompt-major."""
+def start_session(cfg: ModelConfig, params, mode: str, prompts: list[list[int]], max_new_tokens: int,
+                  sampling: SamplingConfig, eos_id: int | None, seed: int, num_samples: int = 1,
+                  max_context: int | None = None, share_prompt: bool = True, record_logits: bool = False,
+                  forced: list[list[int]] | None = None):
+    """Validated inputs -> (prefilled Session, prompt length per row). forced[r]: tokens forced at
+    the positions after row r's prompt (agreement.py); rows are prompt-major."""
     b_meta = cfg.meta_context
     lens = np.array([len(p) for p in prompts], np.int32)
     max_prompt = int(lens.max())
@@ -107,8 +107,8 @@ def run_rows(cfg: ModelConfig, params, mode: str, prompts: list[list[int]], max_
     groups = len(prompts) if shared else len(prompts) * num_samples
     samples = num_samples if shared else 1
     rows_prompts = prompts if shared else [p for p in prompts for _ in range(num_samples)]
-    spec = RunSpec(cfg, mode, groups, samples, prompt_pad, cap, max_new_tokens if shared else 0, sampling_kind(sampling),
-                   record_logits)
+    spec = RunSpec(cfg, mode, groups, samples, prompt_pad, cap, max_new_tokens if shared else 0,
+                   sampling_kind(sampling), record_logits)
 
     prompt_bt = np.zeros((groups, prompt_pad), np.int32)
     for r, p in enumerate(rows_prompts):
@@ -122,13 +122,28 @@ def run_rows(cfg: ModelConfig, params, mode: str, prompts: list[list[int]], max_
         for r, f in enumerate(forced):
             f = list(f)[: cap - row_len[r]]
             forced_bt[r, row_len[r]: row_len[r] + len(f)] = f
-    loop, timings = run(spec, _as_params(params), prompt_bt, prompt_len, budget, stop,
-                        np.arange(spec.rows, dtype=np.int32), forced_bt, max_new_tokens, seed,
-                        -1 if eos_id is None else eos_id, sampling)
+    session = Session(spec, _as_params(params), prompt_bt, prompt_len, budget, stop,
+                      np.arange(spec.rows, dtype=np.int32), forced_bt, seed, -1 if eos_id is None else eos_id,
+                      sampling)
+    return session, row_len
+
+
+def _host(loop) -> dict:
     keep = ("tokens", "length", "finish", "logits_out")
     out = {k: np.asarray(v) for k, v in loop.items() if k in keep}
     out["model"] = loop["model"]
-    return out, timings, row_len
+    return out
+
+
+def run_rows(cfg: ModelConfig, params, mode: str, prompts: list[list[int]], max_new_tokens: int, *args, **kw):
+    """start_session + decode to the end -> (loop state on the host, timings, prompt length per row)."""
+    session, row_len = start_session(cfg, params, mode, prompts, max_new_tokens, *args, **kw)
+    session.step(max_new_tokens)
+    return _host(session.loop), session.timings, row_len
+
+
+def _finish_reason(code: int) -> str:
+    return FINISH_REASONS[code] if code else "length"
 
 
 def generate(model_cfg: ModelConfig, params, prompts, mode: str | None = None, max_new_tokens: int = 64,
@@ -146,7 +161,7 @@ def generate(model_cfg: ModelConfig, params, prompts, mode: str | None = None, m
             r = p * num_samples + s
             start, end = int(row_len[r]), int(out["length"][r])
             tp.append([int(x) for x in out["tokens"][r, start:end]])
-            rp.append(FINISH_REASONS[int(out["finish"][r])] if out["finish"][r] else "length")
+            rp.append(_finish_reason(int(out["finish"][r])))
             if return_logits:
                 lp.append(out["logits_out"][r, start:end])
         tokens.append(tp)
@@ -156,3 +171,30 @@ def generate(model_cfg: ModelConfig, params, prompts, mode: str | None = None, m
     timings = dict(timings, generated_tokens=generated,
                    tokens_per_s=generated / timings["decode_s"] if timings["decode_s"] > 0 else float("nan"))
     return GenerationResult(prompts, tokens, reasons, mode, timings, logits if return_logits else None)
+
+
+def generate_stream(model_cfg: ModelConfig, params, prompts, mode: str | None = None, max_new_tokens: int = 64,
+                    sampling: SamplingConfig | None = None, eos_id: int | None = None, seed: int = 0,
+                    num_samples: int = 1, max_context: int | None = None, share_prompt: bool = True,
+                    chunk_steps: int = 16):
+    """Like generate, but yields every `chunk_steps` decode steps a list [prompt][sample] of the
+    tokens generated since the previous yield (same compiled programs; the concatenation of the
+    chunks equals generate's tokens). The last yield is followed by nothing; finish reasons are
+    not reported here (use generate for them)."""
+    if chunk_steps < 1:
+        raise UserError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    mode, prompts, sampling = plan(model_cfg, mode, prompts, max_new_tokens, sampling, eos_id, num_samples,
+                                   max_context)
+    session, row_len = start_session(model_cfg, params, mode, prompts, max_new_tokens, sampling, eos_id, seed,
+                                     num_samples, max_context, share_prompt)
+    seen = row_len.copy()
+    done = 0
+    while done < max_new_tokens and not session.done:
+        steps = min(chunk_steps, max_new_tokens - done)
+        session.step(steps)
+        done += steps
+        tokens, length = np.asarray(session.loop["tokens"]), np.asarray(session.loop["length"])
+        rows = [[int(x) for x in tokens[r, seen[r]: length[r]]] for r in range(len(row_len))]
+        chunk = [rows[p * num_samples: (p + 1) * num_samples] for p in range(len(prompts))]
+        seen = length.copy()
+        yield chunk

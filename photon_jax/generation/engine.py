@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -15,8 +14,9 @@ from photon_jax.generation.hiergen import Cascade
 from photon_jax.generation.loop import init_loop, run_loop
 from photon_jax.generation.photon_ops import Hier
 from photon_jax.generation.prefill import prefill as photon_prefill
-from photon_jax.generation.sampling import SamplingConfig, sampling_kind
+from photon_jax.generation.sampling import SamplingConfig
 from photon_jax.generation.vanilla_decode import VanillaDecoder
+from photon_jax.sharding import strip_boxes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,26 +48,12 @@ class PhotonRunner:
         return self.cascade.advance(params, st, tokens, fed, adv)
 
     def share(self, st, prompt_len, spec: RunSpec):
-        h, n = self.hier, spec.samples
-        enc, base = [], []
-        for i, cache in enumerate(st["enc"]):
-            per = h.tok_per[i + 1]
-            if cache is not None and h.kinds[i] == "global" and not h.block[i]:
-                count = prompt_len // per
-                enc.append(multiquery.share_cache(cache, spec.prompt_pad // per, count, n, -(-spec.max_new // per)))
-                base.append(jnp.repeat(count, n))
-            else:
-                enc.append(None if cache is None else multiquery.repeat_rows(cache, n, axis=1))
-                base.append(None)
-        return {"enc": enc, "enc_base": base, "dec": multiquery.repeat_rows(st["dec"], n, axis=1),
-                "xhat": multiquery.repeat_rows(st["xhat"], n), "buf": multiquery.repeat_rows(st["buf"], n)}
+        return multiquery.share_photon_state(self.hier, st, prompt_len, spec.prompt_pad, spec.max_new, spec.samples)
 
 
 class VanillaRunner(VanillaDecoder):
     def share(self, st, prompt_len, spec: RunSpec):
-        n = spec.samples
-        return {"tokens": multiquery.share_cache(st["tokens"], spec.prompt_pad, prompt_len, n, spec.max_new),
-                "base": jnp.repeat(prompt_len, n)}
+        return multiquery.share_vanilla_state(st, prompt_len, spec.prompt_pad, spec.max_new, spec.samples)
 
 
 def make_runner(cfg: ModelConfig, mode: str):
@@ -93,38 +79,58 @@ def _decode(params, loop, steps, seed, eos_id, temperature, top_k, top_p, spec: 
 
 
 _start_jit = jax.jit(_start, static_argnames=("spec",))
-_decode_jit = jax.jit(_decode, static_argnames=("spec",))
+_decode_jit = jax.jit(_decode, static_argnames=("spec",), donate_argnames=("loop",))
 _COMPILED: dict = {}
 
 
 def _compiled(name, fn, spec, *args):
-    key = (name, spec, tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(args[0])))
+    """AOT-compile once per (program, spec, parameter layout); returns (executable, compiled now?)."""
+    layout = tuple((x.shape, str(x.dtype), str(getattr(x, "sharding", ""))) for x in jax.tree.leaves(args[0]))
+    key = (name, spec, layout)
     fresh = key not in _COMPILED
     if fresh:
         _COMPILED[key] = fn.lower(*args, spec=spec).compile()
     return _COMPILED[key], fresh
 
 
-def run(spec: RunSpec, params, prompt_bt, prompt_len_b, budget_b, stop_b, row_id_b, forced_bt, steps, seed,
-        eos_id, sampling: SamplingConfig):
-    """Prefill + decode; returns (final loop state as numpy-ready arrays, timings)."""
-    params = nn.unbox(params)
-    args = (params, jnp.asarray(prompt_bt, jnp.int32), jnp.asarray(prompt_len_b, jnp.int32),
-            jnp.asarray(budget_b, jnp.int32), jnp.asarray(stop_b, jnp.int32), jnp.asarray(row_id_b, jnp.int32),
-            jnp.asarray(forced_bt, jnp.int32))
-    t0 = time.perf_counter()
-    # the prefill program does not depend on how tokens are sampled
-    start, fresh_start = _compiled("start", _start_jit, dataclasses.replace(spec, sampling=""), *args)
-    t1 = time.perf_counter()
-    loop = jax.block_until_ready(start(*args))
-    t2 = time.perf_counter()
-    dargs = (params, loop, jnp.asarray(steps, jnp.int32), jnp.asarray(seed, jnp.int32),
-             jnp.asarray(eos_id, jnp.int32), jnp.asarray(max(sampling.temperature, 1e-6), jnp.float32),
-             jnp.asarray(sampling.top_k, jnp.int32), jnp.asarray(sampling.top_p, jnp.float32))
-    decode, fresh_decode = _compiled("decode", _decode_jit, spec, *dargs)
-    t3 = time.perf_counter()
-    loop = jax.block_until_ready(decode(*dargs))
-    t4 = time.perf_counter()
-    timings = {"compile_s": (t1 - t0) + (t3 - t2), "prefill_s": t2 - t1, "decode_s": t4 - t3,
-               "compiled": bool(fresh_start or fresh_decode)}
-    return loop, timings
+class Session:
+    """A batch in flight: prefill at construction, then decode `steps` tokens per call to step().
+
+    The loop state is donated to each decode call (its caches are updated in place on
+    accelerators); read it back with np.asarray between calls.
+    """
+
+    def __init__(self, spec: RunSpec, params, prompt_bt, prompt_len_b, budget_b, stop_b, row_id_b, forced_bt,
+                 seed, eos_id, sampling: SamplingConfig):
+        self.spec = spec
+        self.params = strip_boxes(params)
+        args = (self.params, jnp.asarray(prompt_bt, jnp.int32), jnp.asarray(prompt_len_b, jnp.int32),
+                jnp.asarray(budget_b, jnp.int32), jnp.asarray(stop_b, jnp.int32), jnp.asarray(row_id_b, jnp.int32),
+                jnp.asarray(forced_bt, jnp.int32))
+        self.knobs = (jnp.asarray(seed, jnp.int32), jnp.asarray(eos_id, jnp.int32),
+                      jnp.asarray(max(sampling.temperature, 1e-6), jnp.float32),
+                      jnp.asarray(sampling.top_k, jnp.int32), jnp.asarray(sampling.top_p, jnp.float32))
+        t0 = time.perf_counter()
+        # the prefill program does not depend on how tokens are sampled
+        start, fresh = _compiled("start", _start_jit, dataclasses.replace(spec, sampling=""), *args)
+        t1 = time.perf_counter()
+        self.loop = jax.block_until_ready(start(*args))
+        t2 = time.perf_counter()
+        self.timings = {"compile_s": t1 - t0, "prefill_s": t2 - t1, "decode_s": 0.0, "compiled": fresh}
+
+    def step(self, steps: int):
+        dargs = (self.params, self.loop, jnp.asarray(steps, jnp.int32)) + self.knobs
+        t0 = time.perf_counter()
+        decode, fresh = _compiled("decode", _decode_jit, self.spec, *dargs)
+        t1 = time.perf_counter()
+        self.loop = jax.block_until_ready(decode(*dargs))
+        t2 = time.perf_counter()
+        self.timings["compile_s"] += t1 - t0
+        self.timings["decode_s"] += t2 - t1
+        self.timings["compiled"] |= fresh
+        return self.loop
+
+    @property
+    def done(self) -> bool:
+        return not bool(jnp.any(self.loop["active"]))
+

@@ -6,6 +6,7 @@ Model state (per row; lengths follow from the row's token count `fed_b`):
   xhat[d]  decoder d's output for the current level-d unit (d = 0: the next token's state,
            read by the LM head)
   buf[d]   (d >= 1) the finished level-d states of the current level-(d+1) unit
+  enc_base[i] (multi-query only) units of row's prompt held in the shared cache part
 
 After a token is sampled, `advance` completes level-0 unit (the token) for the rows that go
 on. Completing a level-d unit, for the rows that do (`_complete`, recursive):

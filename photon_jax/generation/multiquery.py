@@ -71,3 +71,24 @@ def share_cache(cache, prompt_units: int, base_b, n: int, suffix: int):
         "shared_v": cache["v"][:, :, :prompt_units],
         "shared_len": jnp.broadcast_to(base_b.astype(jnp.int32), (layers, groups)),
     }
+
+
+def share_photon_state(hier, st, prompt_len_g, prompt_pad: int, max_new: int, n: int):
+    """PHOTON prefill state for G prompts -> loop state for G * n samples."""
+    enc, base = [], []
+    for i, cache in enumerate(st["enc"]):
+        per = hier.tok_per[i + 1]  # tokens per unit of this cache
+        if cache is not None and hier.kinds[i] == "global" and not hier.block[i]:
+            count = prompt_len_g // per
+            enc.append(share_cache(cache, prompt_pad // per, count, n, -(-max_new // per)))
+            base.append(jnp.repeat(count, n))
+        else:
+            enc.append(None if cache is None else repeat_rows(cache, n, axis=1))
+            base.append(None)
+    return {"enc": enc, "enc_base": base, "dec": repeat_rows(st["dec"], n, axis=1),
+            "xhat": repeat_rows(st["xhat"], n), "buf": repeat_rows(st["buf"], n)}
+
+
+def share_vanilla_state(st, prompt_len_g, prompt_pad: int, max_new: int, n: int):
+    return {"tokens": share_cache(st["tokens"], prompt_pad, prompt_len_g, n, max_new),
+            "base": jnp.repeat(prompt_len_g, n)}

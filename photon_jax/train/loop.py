@@ -25,7 +25,8 @@ from photon_jax.config import Config
 from photon_jax.data import pipeline
 from photon_jax.errors import UserError
 from photon_jax.evaluate import evaluate_batches
-from photon_jax.sharding import batch_sharding, logical_rules, make_mesh
+from photon_jax.sharding import (batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules,
+                                 make_mesh)
 from photon_jax.train import checkpoint as ckpt
 from photon_jax.train.data_setup import ensure_data, token_byte_lengths_for
 from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
@@ -58,7 +59,7 @@ class _StopFlag:
 def _check_workdir(workdir: Path) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test.{jax.process_index()}"  # one per process on a shared filesystem
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -69,9 +70,9 @@ def _to_global(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def _compile(fn, *abstract_args):
+def _compile(fn, *abstract_args, compiler_options=None):
     """Ahead-of-time compile; returns the executable and its memory analysis (or None)."""
-    compiled = fn.lower(*abstract_args).compile()
+    compiled = fn.lower(*abstract_args).compile(compiler_options=compiler_options)
     try:
         memory = compiled.memory_analysis()
     except Exception:  # not every backend reports it
@@ -88,6 +89,84 @@ def _describe_memory(memory) -> str:
     return "train step memory per device: " + ", ".join(parts)
 
 
+def train_step_program(cfg: Config, tx, schedule, layout, in_sharding):
+    """The jitted train step (explicit in/out shardings, donated state) and abstract arguments carrying
+    the shardings, so that `.lower(*abstract).compile()` needs no allocated state or data."""
+    step_fn = jax.jit(make_train_step(cfg, tx, schedule), in_shardings=(layout.shardings, in_sharding),
+                      out_shardings=(layout.shardings, None), donate_argnums=0)
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  layout.abstract, layout.shardings)
+    abstract_batch = {k: jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.data.seq_len), dt, sharding=in_sharding)
+                      for k, dt in (("tokens", jnp.int32), ("mask", jnp.float32))}
+    return step_fn, (abstract_state, abstract_batch)
+
+
+def dry_run(cfg: Config, *, compiler_options=None) -> dict:
+    """Lower and compile the train step for the current mesh without allocating state or reading data;
+    report parameter, optimizer-state and activation (XLA temporaries) bytes per device."""
+    mesh = make_mesh(cfg.mesh)
+    rules = logical_rules(cfg.mesh)
+    check_batch(mesh, rules, cfg.train.batch_size, jax.process_count())
+    tx, schedule = make_optimizer(cfg), learning_rate_schedule(cfg)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        start = time.perf_counter()
+        layout = state_layout(cfg, tx, mesh, rules)
+        step_fn, abstract = train_step_program(cfg, tx, schedule, layout, batch_sharding(mesh, rules))
+        lowered = step_fn.lower(*abstract)
+        lower_s = time.perf_counter() - start
+        start = time.perf_counter()
+        compiled = lowered.compile(compiler_options=compiler_options)
+        compile_s = time.perf_counter() - start
+    try:
+        memory = compiled.memory_analysis()
+    except Exception:  # not every backend reports it
+        memory = None
+    mem = lambda attr: int(getattr(memory, attr, 0) or 0) if memory is not None else None  # noqa: E731
+    state_bytes = lambda key: bytes_per_device(layout.abstract[key], layout.shardings[key])  # noqa: E731
+    params = sum(x.size for x in jax.tree.leaves(layout.abstract["params"]))
+    return {
+        "name": cfg.name, "mesh": describe_mesh(mesh), "devices": mesh.size, "platform": jax.devices()[0].platform,
+        "processes": jax.process_count(), "batch_size": cfg.train.batch_size, "seq_len": cfg.data.seq_len,
+        "params": int(params),
+        "per_device_bytes": {
+            "params": state_bytes("params"), "optimizer": state_bytes("opt_state"),
+            "activations": mem("temp_size_in_bytes"), "arguments": mem("argument_size_in_bytes"),
+            "outputs": mem("output_size_in_bytes"), "aliased": mem("alias_size_in_bytes"),
+            "code": mem("generated_code_size_in_bytes"),
+        },
+        "lower_seconds": round(lower_s, 2), "compile_seconds": round(compile_s, 2),
+    }
+
+
+def describe_dry_run(report: dict) -> str:
+    def gib(n):
+        if n is None:
+            return "n/a"
+        return f"{n / 2**30:.3f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    b = report["per_device_bytes"]
+    lines = [f"dry run: {report['name']} ({report['params']:,} params), mesh {report['mesh']} "
+             f"({report['devices']} {report['platform']} devices, {report['processes']} process(es)), "
+             f"batch {report['batch_size']} x {report['seq_len']}",
+             f"  per device: parameters {gib(b['params'])}, optimizer state {gib(b['optimizer'])}, "
+             f"activations (temporaries) {gib(b['activations'])}",
+             f"  XLA: arguments {gib(b['arguments'])}, outputs {gib(b['outputs'])} "
+             f"(aliased with arguments {gib(b['aliased'])}), code {gib(b['code'])}",
+             f"  lowered in {report['lower_seconds']:.1f} s, compiled in {report['compile_seconds']:.1f} s"]
+    return "\n".join(lines)
+
+
+def _ensure_data_once(cfg: Config, workdir: Path, say):
+    """Process 0 prepares the data (if needed) while the others wait, then every process loads it."""
+    if jax.process_count() == 1:
+        return ensure_data(cfg, workdir, say)
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        ensure_data(cfg, workdir, say)
+    multihost_utils.sync_global_devices("photon_jax.train:data_ready")
+    return ensure_data(cfg, workdir, say)
+
+
 def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: int | None = None) -> dict:
     """Train to cfg.train.steps (or stop_after more steps); returns a summary dict."""
     workdir = Path(workdir).resolve()
@@ -95,9 +174,10 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
     is_main = jax.process_index() == 0
     say = (lambda *a: None) if (quiet or not is_main) else print  # noqa: E731
 
-    manifest, data_dir = ensure_data(cfg, workdir, say)
     mesh = make_mesh(cfg.mesh)
     rules = logical_rules(cfg.mesh)
+    check_batch(mesh, rules, cfg.train.batch_size, jax.process_count())
+    manifest, data_dir = _ensure_data_once(cfg, workdir, say)
     tx, schedule = make_optimizer(cfg), learning_rate_schedule(cfg)
     layout = state_layout(cfg, tx, mesh, rules)
     in_sharding = batch_sharding(mesh, rules)
@@ -129,11 +209,8 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
             state = init_state(cfg, tx, layout)
         (workdir / "config.json").write_text(cfg.to_json()) if is_main else None
 
-        step_fn = jax.jit(make_train_step(cfg, tx, schedule), in_shardings=(layout.shardings, in_sharding),
-                          out_shardings=(layout.shardings, None), donate_argnums=0)
-        abstract_batch = {k: jax.ShapeDtypeStruct((t.batch_size, cfg.data.seq_len), dt, sharding=in_sharding)
-                          for k, dt in (("tokens", jnp.int32), ("mask", jnp.float32))}
-        compiled, memory = _compile(step_fn, layout.abstract, abstract_batch)
+        step_fn, abstract = train_step_program(cfg, tx, schedule, layout, in_sharding)
+        compiled, memory = _compile(step_fn, *abstract)
         say(_describe_memory(memory))
         eval_fn = jax.jit(make_eval_step(cfg), in_shardings=(layout.shardings["params"], in_sharding))
         byte_lengths = token_byte_lengths_for(data_dir, manifest)

@@ -11,7 +11,7 @@ import optax
 
 from photon_jax.config import Config
 from photon_jax.model import build_model
-from photon_jax.sharding import check_divisible, logical_to_shardings, strip_boxes
+from photon_jax.sharding import check_divisible, check_rules_cover, logical_to_shardings, strip_boxes
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -54,6 +54,7 @@ def state_layout(cfg: Config, tx, mesh, rules) -> StateLayout:
     boxed = jax.eval_shape(lambda: _init_state_boxed(cfg, tx, jax.random.PRNGKey(0)))
     logical = nn.get_partition_spec(boxed)
     abstract = strip_boxes(boxed)
+    check_rules_cover(logical, rules)
     with nn.logical_axis_rules(rules):
         shardings = logical_to_shardings(logical, mesh, rules)
     check_divisible(abstract, shardings)
@@ -67,6 +68,7 @@ def params_layout(cfg: Config, mesh, rules) -> StateLayout:
     boxed = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t)["params"], tokens)
     logical = nn.get_partition_spec(boxed)
     abstract = strip_boxes(boxed)
+    check_rules_cover(logical, rules)
     shardings = logical_to_shardings(logical, mesh, rules)
     check_divisible(abstract, shardings)
     return StateLayout(abstract, shardings, logical)

@@ -1,0 +1,1 @@
+"""Multi-host launchers (local multi-process CPU, SLURM GPU cluster, TPU pod); see README.md."""

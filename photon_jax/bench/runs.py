@@ -1,0 +1,122 @@
+"""Timed generation runs, and the bytes of the cache state a real run allocates.
+
+Timing goes through the public generation.generate (greedy, no EOS: every row generates
+exactly gen_len tokens). Its timings split compile, prefill and decode; the first call of a
+shape compiles and is only a warm-up. Per run:
+  ttft_s      prefill latency at that batch (the prompt pass that yields the first logits)
+  throughput  generated tokens / (prefill_s + decode_s): end to end, as in the paper (PF is
+              slower than DE because its long prompt is part of the cost)
+  decode_tokens_per_s  generated tokens / decode_s
+
+The warm-up run goes through generation.api.run_rows, which returns the final model state
+still on the device: its cache arrays are the "allocated" bytes (equal to
+generation.memory's measured figure, tests/test_bench.py), and where the backend reports
+memory (GPU) the device bytes held by that state give the device-memory slope over batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import jax
+
+from photon_jax.bench.memory import device_bytes_in_use
+from photon_jax.bench.models import random_prompts
+from photon_jax.bench.timing import summarize
+from photon_jax.generation import SamplingConfig, generate
+
+GREEDY = SamplingConfig(greedy=True)
+TIMING_KEYS = ("prefill_s", "decode_s", "total_s", "throughput_tokens_per_s", "decode_tokens_per_s")
+
+
+def _nbytes(tree) -> int:
+    return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def cache_bytes_of_state(state: dict) -> dict[str, int]:
+    """Bytes of each KV cache in a generation model state, named like analysis.kv_bytes_per_sample."""
+    if "tokens" in state:
+        return {"tokens": _nbytes(state["tokens"])}
+    out = {}
+    for i, cache in enumerate(state["enc"]):
+        out[f"encoder_{i}"] = 0 if cache is None else _nbytes(cache)
+    for i, cache in enumerate(state["dec"]):
+        out[f"decoder_{i}"] = _nbytes(cache)
+    return out
+
+
+def allocated_state(cfg, params, mode: str, prompts: list[list[int]], gen_len: int) -> dict | None:
+    """Run once through run_rows (compiling as generate would) and size the state it returns.
+
+    Returns None when generation.api no longer offers run_rows with this signature (the timing
+    runs then warm up through generate instead).
+    """
+    try:
+        from photon_jax.generation import api
+        plan, run_rows = api.plan, api.run_rows
+    except (ImportError, AttributeError):
+        return None
+    gc.collect()
+    before = device_bytes_in_use()
+    try:
+        mode, prompts, sampling = plan(cfg, mode, prompts, gen_len, GREEDY, None, 1, None)
+        out, timings, _ = run_rows(cfg, params, mode, prompts, gen_len, sampling, None, 0)
+        state = out["model"]
+        state = jax.block_until_ready(state)
+    except (TypeError, KeyError) as e:  # an API change, not a benchmark result
+        return {"error": f"run_rows: {type(e).__name__}: {e}"}
+    after = device_bytes_in_use()
+    batch = len(prompts)
+    caches = cache_bytes_of_state(state)
+    result = {"batch": batch, "caches": caches, "caches_total": sum(caches.values()),
+              "state_total": _nbytes(state),
+              "device_bytes_held": None if before is None or after is None else after - before,
+              "compile_s": timings.get("compile_s")}
+    del state, out
+    gc.collect()
+    return result
+
+
+def timed_generation(cfg, params, mode: str, batch: int, prompt_len: int, gen_len: int, repeats: int,
+                     seed: int = 0) -> tuple[dict, dict | None]:
+    """(timing summary over `repeats` warm runs, allocated-state report of the warm-up run)."""
+    prompts = random_prompts(cfg.vocab_size, batch, prompt_len, seed)
+    allocated = allocated_state(cfg, params, mode, prompts, gen_len)
+    if allocated is None or "error" in allocated:
+        generate(cfg, params, prompts, mode=mode, max_new_tokens=gen_len, sampling=GREEDY)  # warm-up
+    samples = []
+    for _ in range(repeats):
+        res = generate(cfg, params, prompts, mode=mode, max_new_tokens=gen_len, sampling=GREEDY)
+        t = res.timings
+        n = t["generated_tokens"]
+        total = t["prefill_s"] + t["decode_s"]
+        samples.append({"prefill_s": t["prefill_s"], "decode_s": t["decode_s"], "total_s": total,
+                        "throughput_tokens_per_s": n / total if total > 0 else float("nan"),
+                        "decode_tokens_per_s": n / t["decode_s"] if t["decode_s"] > 0 else float("nan"),
+                        "compiled": bool(t.get("compiled", False)), "generated_tokens": n})
+    summary = summarize(samples, TIMING_KEYS)
+    summary["ttft_s"] = summary["prefill_s"]
+    summary["generated_tokens"] = samples[-1]["generated_tokens"] if samples else 0
+    summary["recompiled"] = any(s["compiled"] for s in samples)  # should be False: warm runs only
+    return summary, allocated
+
+
+def device_slope(cfg, params, mode: str, prompt_len: int, gen_len: int, batch_hi: int,
+                 held_hi: int | None) -> dict | None:
+    """Slope of device bytes held by the run state over batch size, from batch_hi and batch_hi // 2.
+
+    None where the backend does not report memory (CPU). With batch_hi == 1 the slope is the
+    bytes held at batch 1 (no intercept can be separated).
+    """
+    if held_hi is None:
+        return None
+    if batch_hi < 2:
+        return {"batches": [batch_hi], "bytes_held": [held_hi], "bytes_per_sample": float(held_hi)}
+    lo = batch_hi // 2
+    rep = allocated_state(cfg, params, mode, random_prompts(cfg.vocab_size, lo, prompt_len, 1), gen_len)
+    if not rep or rep.get("device_bytes_held") is None:
+        return None
+    held_lo = rep["device_bytes_held"]
+    return {"batches": [lo, batch_hi], "bytes_held": [held_lo, held_hi],
+            "bytes_per_sample": (held_hi - held_lo) / (batch_hi - lo)}
