@@ -141,7 +141,7 @@ def test_same_losses_on_every_mesh(small_data):
         assert constraints >= 4, (shape, constraints)
         np.testing.assert_allclose(losses, reference, rtol=2e-5, err_msg=str(shape))
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5, err_msg=str(shape))
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=str(shape))
     # params really are sharded on the (1, 4, 2) mesh: a query kernel (layers, embed, heads, head_dim)
     query = results[(1, 4, 2)][2]["encoder_0"]["layers"]["attention"]["query"]["kernel"]
     assert query.sharding.shard_shape(query.shape)[1:3] == (query.shape[1] // 4, query.shape[2] // 2)
@@ -187,11 +187,19 @@ def partition_spec_table(preset="photon-600m", shape=(1, 4, 2)) -> dict:
                                                                      for n, a in rules], "leaves": leaves}
 
 
+def _golden_text(table: dict) -> str:
+    """One line per leaf, so that a diff of the golden file reads like the change it records."""
+    head = {k: v for k, v in table.items() if k != "leaves"}
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    leaves = [f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(table["leaves"].items())]
+    return "{\n" + "\n".join(lines) + '\n  "leaves": {\n' + ",\n".join(leaves) + "\n  }\n}\n"
+
+
 def test_golden_partition_specs():
     table = partition_spec_table()
     if os.environ.get("PHOTON_REGEN_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(table, indent=1) + "\n")
+        GOLDEN.write_text(_golden_text(table))
     golden = json.loads(GOLDEN.read_text())
     assert table["rules"] == golden["rules"], "the rules table changed"
     changed = sorted(k for k in set(table["leaves"]) | set(golden["leaves"])

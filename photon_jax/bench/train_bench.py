@@ -70,7 +70,7 @@ def bench_one(cfg: Config, steps: int, warmup: int, seed: int = 0) -> dict:
         compiled = step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - start
         for _ in range(warmup):
-            state, _ = timed(compiled, state, batch)
+            (state, _), _ = timed(compiled, state, batch)
         times = []
         metrics = None
         for _ in range(steps):

@@ -103,6 +103,29 @@ def attend(q_bthd, k_bskd, v_bskd, mask_bts):
     return out.reshape(b, t, h, d).astype(q_bthd.dtype)
 
 
+def uses_decode_kernel(spec: "StackSpec", cache_dtype) -> bool:
+    """Whether single-query cached attention goes to the Pallas kernel (attention_impl, platform)."""
+    if spec.attention_impl == "xla":
+        return False
+    from pallas_kernels.dispatch import resolve_impl
+
+    kind, _ = resolve_impl(spec.attention_impl, spec.head_dim, cache_dtype)
+    return kind != "xla"
+
+
+def prefix_decode_attention(q_b1hd, k_bskd, v_bskd, mask_b1s, impl: str):
+    """One query per row over a cache whose readable slots are a prefix of length sum(mask).
+
+    Every cache the generation code reads one query at a time is filled front to back (level
+    caches, exact-local rings, local decoder windows), so its mask is such a prefix.
+    """
+    from pallas_kernels.dispatch import decode_attention
+
+    lengths_b = jnp.sum(mask_b1s[:, 0, :], axis=-1).astype(jnp.int32)
+    out, _ = decode_attention(q_b1hd, k_bskd, v_bskd, lengths_b, impl=impl)
+    return out
+
+
 def write_cache(cache_bskd, new_btkd, write_index_b):
     """Write each row's new entries at its own offset."""
     def one(row_skd, new_tkd, index):
@@ -155,6 +178,8 @@ class Attention(nn.Module):
             # Multi-query decode: a prompt cache shared by several samples (generation/multiquery.py).
             from photon_jax.generation.multiquery import shared_prefix_attention
             out = shared_prefix_attention(q, k, v, mask_bts, cache)
+        elif cache is not None and q.shape[1] == 1 and uses_decode_kernel(s, k.dtype):
+            out = prefix_decode_attention(q, k, v, mask_bts, s.attention_impl)
         else:
             out = attend(q, k, v, mask_bts)
         y = Einsum((s.num_heads, s.head_dim, s.width), "bthk,hkd->btd", ("heads", "head_dim", "embed"),
