@@ -30,6 +30,17 @@ def tiny_config(family="photon", **kwargs):
     return load_config(overrides=over)
 
 
+@pytest.fixture(scope="module")
+def fast_compile():
+    """Tiny models: compile time dominates, and XLA's optimisations do not change what is tested."""
+    import jax
+
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 @pytest.fixture
 def tiny_photon():
     return tiny_config()

@@ -25,13 +25,7 @@ from photon_jax.sharding import strip_boxes
 GREEDY = SamplingConfig(greedy=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-    """Tiny models: compile time dominates, and XLA's optimisations do not change what is tested."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @functools.lru_cache(maxsize=None)

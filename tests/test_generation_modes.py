@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_generation import GREEDY, fast_compile, ragged_prompts, tiny_model  # noqa: F401
+from test_generation import GREEDY, ragged_prompts, tiny_model
 
 from photon_jax.config import load_config
 from photon_jax.generation import SamplingConfig, generate
@@ -12,6 +12,8 @@ from photon_jax.generation.agreement import agreement
 from photon_jax.generation.api import plan, run_rows
 from photon_jax.generation.caches import CACHE_AXES, cache_axes
 from photon_jax.generation.memory import cache_memory_report
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _run(cfg, params, mode, prompts, new, **kw):

@@ -12,12 +12,7 @@ from photon_jax.model import build_model
 from photon_jax.sharding import strip_boxes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.mark.parametrize("family,chunks", [("photon", (2, 2)), ("vanilla", (2,))])

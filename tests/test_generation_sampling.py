@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_generation import GREEDY, fast_compile, tiny_model  # noqa: F401
+from test_generation import GREEDY, tiny_model
 
 from photon_jax.errors import UserError
 from photon_jax.generation import SamplingConfig, generate, generate_stream
 from photon_jax.generation.sampling import filter_logits
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 PROMPTS = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8, 9, 7]]
 NEW = 10

@@ -86,6 +86,17 @@ def _complete(out: Path, manifest: dict) -> bool:
     return all(f and (out / f).is_file() for f in files)
 
 
+def _reusable(out: Path, fingerprint: str) -> dict | None:
+    """The complete manifest already in `out` for the same inputs, else None."""
+    try:
+        existing = load_manifest(out)
+    except UserError:
+        return None
+    if existing.get("fingerprint") == fingerprint and _complete(out, existing):
+        return existing
+    return None
+
+
 def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overwrite: bool = False,
             shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict:
     """Prepare `data_cfg.corpus` into `out_dir`; returns the manifest plus "reused" and "seconds".
@@ -98,11 +109,8 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
     inputs = _inputs(data_cfg, vocab_size)
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     if (out / MANIFEST_FILE).exists():
-        try:
-            existing = load_manifest(out)
-        except UserError:
-            existing = None
-        if existing and existing.get("fingerprint") == fingerprint and _complete(out, existing):
+        existing = _reusable(out, fingerprint)
+        if existing:
             return {**existing, "reused": True, "seconds": time.time() - start}
         if not overwrite:
             raise UserError(f"{out} already holds prepared data for other inputs (or is incomplete); "
@@ -120,11 +128,8 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
         try:
             _install(tmp, out, replace=overwrite)
         except OSError as e:  # e.g. another process installed the same data first
-            try:
-                existing = load_manifest(out)
-            except UserError:
-                existing = None
-            if existing and existing.get("fingerprint") == fingerprint and _complete(out, existing):
+            existing = _reusable(out, fingerprint)
+            if existing:
                 return {**existing, "reused": True, "seconds": time.time() - start}
             raise UserError(f"cannot move prepared data into {out}: {e.strerror or e}") from None
     finally:
