@@ -262,7 +262,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{where}.{i}") for i, v in enumerate(value))
-        return tuple(value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} elements, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args)))
     if origin in (typing.Union, types.UnionType):
         return value
     if annotation is bool:
@@ -286,13 +288,20 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return str(value)
-    return value
+    return _freeze(value)
+
+
+def _freeze(value: Any) -> Any:
+    """Lists -> tuples, recursively, so frozen configs stay hashable and round-trip through JSON."""
+    return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         raise ConfigError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}

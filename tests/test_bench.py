@@ -126,12 +126,21 @@ def test_kv_reads_per_token_by_hand():
     assert r["total"] < h["total"] < memory.kv_reads_per_token(vanilla, "vanilla", 64, 64, 2)["total"]
 
 
+def test_regimes():
+    from photon_jax.bench.tpm import resolve_regimes
+
+    assert resolve_regimes("both") == {"pf": (2048, 128), "de": (128, 2048)}
+    assert resolve_regimes("both", pf="256/32", de="32/256") == {"pf": (256, 32), "de": (32, 256)}
+    assert resolve_regimes("de", prompt_len=16) == {"de": (16, 2048)}
+    assert resolve_regimes("pf", gen_len=8, pf="64/4") == {"pf": (64, 8)}
+
+
 # ----------------------------------------------------------------------------- CLI: JSON schemas
 
 @pytest.fixture(scope="module")
 def tpm_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tpm")
-    argv = ["bench", "tpm", "--models", "photon-tiny,vanilla-tiny", "--regime", "both", "--pf", "24/4",
+    argv = ["bench", "tpm", "--models", "photon-tiny,vanilla-tiny", "--regime", "pf", "--pf", "24/4",
             "--de", "4/20", "--max-batch", "3", "--repeats", "1", "--memory-budget", "0.5",
             "--perplexities", "photon-tiny=30,vanilla-tiny=22", "--json", str(out / "tpm.json"),
             "--plot", str(out / "tpm.png"), *TINY]
@@ -146,11 +155,10 @@ def test_tpm_json_schema(tpm_run):
     assert set(report.TOP_KEYS) <= set(data)
     assert data["schema_version"] == report.SCHEMA_VERSION == 1 and data["benchmark"] == "tpm"
     assert data["reference"] == "vanilla-tiny"
-    assert data["settings"]["regimes"] == {"pf": {"prompt_len": 24, "gen_len": 4},
-                                           "de": {"prompt_len": 4, "gen_len": 20}}
+    assert data["settings"]["regimes"] == {"pf": {"prompt_len": 24, "gen_len": 4}}
     seen = {(r["model"], r["mode"], r["regime"]) for r in data["results"]}
     assert seen == {(m, mode, g) for m, mode in (("photon-tiny", "hiergen"), ("photon-tiny", "recgen"),
-                                                 ("vanilla-tiny", "vanilla")) for g in ("pf", "de")}
+                                                 ("vanilla-tiny", "vanilla")) for g in ("pf",)}
     for r in data["results"]:
         assert set(report.TPM_RESULT_KEYS) <= set(r), set(report.TPM_RESULT_KEYS) - set(r)
         assert {"fit", "used", "capped", "cap", "budget_bytes"} <= set(r["batch"])
@@ -181,14 +189,13 @@ def test_allocated_caches_equal_the_measured_figures(tpm_run):
 def test_context_json_schema(tmp_path, capsys):
     path = tmp_path / "ctx.json"
     code, out, err = cli(capsys, "bench", "context", "--models", "photon-tiny,vanilla-tiny", "--modes", "recgen",
-                         "--contexts", "8,20", "--gen-len", "4", "--repeats", "1", "--json", str(path),
+                         "--contexts", "12", "--gen-len", "4", "--repeats", "1", "--json", str(path),
                          "--plot", str(tmp_path / "ctx.png"), *TINY)
     assert code == 0, err
     data = json.loads(path.read_text())
     assert set(report.TOP_KEYS) <= set(data) and data["schema_version"] == 1 and data["benchmark"] == "context"
     assert [(r["model"], r["mode"], r["context"]) for r in data["results"]] == [
-        ("photon-tiny", "recgen", 8), ("photon-tiny", "recgen", 20), ("vanilla-tiny", "vanilla", 8),
-        ("vanilla-tiny", "vanilla", 20)]
+        ("photon-tiny", "recgen", 12), ("vanilla-tiny", "vanilla", 12)]
     for r in data["results"]:
         assert set(report.CONTEXT_RESULT_KEYS) <= set(r)
         assert r["kv_bytes_per_sample"]["allocated_total"] == r["kv_bytes_per_sample"]["measured_total"]
@@ -199,14 +206,14 @@ def test_context_json_schema(tmp_path, capsys):
 def test_train_json_schema(tmp_path, capsys):
     path = tmp_path / "train.json"
     code, out, err = cli(capsys, "bench", "train", "--models", "photon-tiny,vanilla-tiny", "--steps", "2",
-                         "--warmup", "0", "--batch-size", "8", "--seq-len", "32", "--json", str(path), *TINY)
+                         "--warmup", "0", "--batch-size", "2", "--seq-len", "32", "--devices", "1", "--json", str(path), *TINY)
     assert code == 0, err
     data = json.loads(path.read_text())
     assert set(report.TOP_KEYS) <= set(data) and data["schema_version"] == 1 and data["benchmark"] == "train"
     assert [r["model"] for r in data["results"]] == ["photon-tiny", "vanilla-tiny"]
     for r in data["results"]:
         assert set(report.TRAIN_RESULT_KEYS) <= set(r)
-        assert r["tokens_per_step"] == 8 * 32 and len(r["step_times_s"]) == 2
+        assert r["tokens_per_step"] == 2 * 32 and len(r["step_times_s"]) == 2 and r["devices"] == 1
         assert math.isfinite(r["final_loss"])
         assert set(r["vs_reference"]) >= {"flops_per_token_ratio", "time_per_token_ratio",
                                           "flops_per_token_per_param_ratio"}
@@ -251,6 +258,7 @@ def test_bench_tpm_bad_input_is_one_line(capsys, argv, words):
     (["train", "--steps", "0"], ["--steps"]),
     (["train", "--seq-len", "30"], ["seq_len"]),
     (["train", "--models", "nope"], ["nope"]),
+    (["train", "--devices", "0"], ["--devices"]),
     (["nosuch"], ["nosuch"]),
 ])
 def test_other_bench_commands_bad_input_is_one_line(capsys, argv, words):
@@ -269,3 +277,21 @@ def test_default_modes_per_family():
     assert select_modes(models, None) == {"photon-tiny": ["hiergen", "recgen"], "block-tiny": ["hiergen"],
                                           "vanilla-tiny": ["vanilla"]}
     assert select_modes(models, ["recgen"])["block-tiny"] == ["recgen"]
+
+
+def test_device_slope_with_a_memory_reporting_backend(monkeypatch):
+    """GPU path on CPU: stand in for the allocator's bytes_in_use with the bytes of live arrays; the
+    slope over batch of the state a run holds is then exactly the state's bytes per sample."""
+    from photon_jax.bench import runs
+    from photon_jax.bench.models import random_params
+
+    monkeypatch.setattr(runs, "device_bytes_in_use", lambda: sum(x.nbytes for x in jax.live_arrays()))
+    cfg = load_config(preset="photon-tiny", overrides=TINY).model
+    params = random_params(cfg)
+    hi = runs.allocated_state(cfg, params, "recgen", [[1] * 20, [2] * 20], 4)
+    # a run also leaves a few small arrays alive (compile-time constants): an intercept, not a slope
+    assert 0 <= hi["device_bytes_held"] - hi["state_total"] < 1024
+    assert hi["caches_total"] == 2 * memory.per_sample_kv(cfg, "recgen", 24)["measured_total"]
+    slope = runs.device_slope(cfg, params, "recgen", 20, 4, 2, hi["device_bytes_held"])
+    assert slope["batches"] == [1, 2]
+    assert slope["bytes_per_sample"] == hi["state_total"] / 2

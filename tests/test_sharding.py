@@ -27,7 +27,7 @@ from photon_jax.data.prepare import prepare
 from photon_jax.generation import CACHE_AXES
 from photon_jax.sharding import (batch_sharding, describe_mesh, logical_names, logical_rules, make_mesh,
                                  mesh_shape)
-from photon_jax.train.loop import train_step_program
+from photon_jax.train.loop import describe_dry_run, dry_run, train_step_program
 from photon_jax.train.state import learning_rate_schedule, make_optimizer, params_layout, state_layout
 
 GOLDEN = Path(__file__).parent / "golden" / "photon-600m_partition_specs.json"
@@ -149,17 +149,18 @@ def test_same_losses_on_every_mesh(small_data):
 
 # ----------------------------------------------------------------------------- dry run
 
-def test_dry_run_prints_memory_per_device_without_data(tmp_path, capsys, monkeypatch):
+def test_dry_run_reports_memory_per_device_without_state_or_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = _cli(capsys, "train", "--dry-run", "--json", "--preset", "vanilla-tiny", "model.num_layers=1",
-                          "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2", "train.batch_size=8")
-    assert code == 0, err
-    report = json.loads(out)
+    cfg = load_config(preset="vanilla-tiny", overrides=["model.num_layers=1", "mesh.data=1", "mesh.fsdp=4",
+                                                        "mesh.tensor=2", "train.batch_size=8"])
+    report = dry_run(cfg, compiler_options=FAST_COMPILE)
     b = report["per_device_bytes"]
     assert report["mesh"] == "data=1,fsdp=4,tensor=2" and report["devices"] == 8
-    assert 0 < b["params"] < report["params"] * 4 / 4  # at least 4-way sharded on average
+    assert 0 < b["params"] <= report["params"] * 4 / 4  # 4 bytes a parameter, at least 4-way sharded
     assert abs(b["optimizer"] - 2 * b["params"]) < 64  # AdamW mu + nu (+ step counters)
     assert b["activations"] > 0 and b["arguments"] >= b["params"] + b["optimizer"]
+    text = describe_dry_run(report)
+    assert "per device: parameters" in text and "activations (temporaries)" in text
     assert not list(tmp_path.iterdir())  # no workdir, no data, nothing written
 
 

@@ -2,7 +2,7 @@
 
 Each model's step is the one training runs (train.step.make_train_step with the optimizer
 of train.state), jitted with the state shardings of train.state.state_layout on the
-config's mesh, on a fixed batch of random tokens. Compilation and --warmup steps are
+config's mesh (over the first --devices devices), on a fixed batch of random tokens. Compilation and --warmup steps are
 excluded; the step time is the median over --steps timed steps. MFU = tokens/s x analytic
 train FLOPs per token / (peak FLOP/s per device x devices), peak from
 train.metrics.peak_flops_per_device (a datasheet entry, or a measured fp32 matmul on CPU).
@@ -48,9 +48,9 @@ def _random_state(cfg: Config, tx, layout):
     return jax.device_put(state, layout.shardings)
 
 
-def bench_one(cfg: Config, steps: int, warmup: int, seed: int = 0) -> dict:
+def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, seed: int = 0) -> dict:
     t = cfg.train
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh, jax.devices()[:devices] if devices else None)
     rules = logical_rules(cfg.mesh)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if t.batch_size % shards:
@@ -84,13 +84,15 @@ def bench_one(cfg: Config, steps: int, warmup: int, seed: int = 0) -> dict:
 
 
 def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int | None, seq_len: int | None,
-              overrides: list[str] = (), log: Callable[[str], None] = print) -> dict:
+              devices: int | None = None, overrides: list[str] = (), log: Callable[[str], None] = print) -> dict:
+    if devices is not None and not 1 <= devices <= jax.device_count():
+        raise UserError(f"--devices must be in [1, {jax.device_count()}], got {devices}")
     configs = [(m, bench_config(m.cfg, batch_size, seq_len)) for m in models]  # validate all first
     peak, peak_source = peak_flops_per_device()
     results = []
     for m, cfg in configs:
         log(f"[train] {m.name}: batch {cfg.train.batch_size} x seq {cfg.data.seq_len}, {steps} timed steps")
-        run = bench_one(cfg, steps, warmup)
+        run = bench_one(cfg, steps, warmup, devices)
         tokens = cfg.train.batch_size * cfg.data.seq_len
         tps = tokens / run["step_time_s"]
         flops = train_flops_per_token(cfg.model, cfg.data.seq_len)
@@ -118,6 +120,7 @@ def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int
                 "tokens_per_s_ratio": r["tokens_per_s"] / ref["tokens_per_s"],
             }
     settings = {"steps": steps, "warmup": warmup, "batch_size": batch_size, "seq_len": seq_len,
+                "devices": devices or jax.device_count(),
                 "models": [m.name for m in models], "overrides": list(overrides), "peak_flops_per_device": peak,
                 "peak_source": peak_source, "flops": "analytic model FLOPs (fwd + bwd = 3x fwd, no remat), "
                                                      "embedding lookups free (analysis.train_flops_per_token)"}

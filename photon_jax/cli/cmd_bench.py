@@ -57,6 +57,7 @@ def register(subparsers) -> None:
     r.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     r.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
     r.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's)")
+    r.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
     r.add_argument("--json", default=None, metavar="FILE")
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every model")
     r.set_defaults(run=run_train_command)
@@ -152,7 +153,7 @@ def run_train_command(args) -> int:
     report.check_writable(args.json, "--json")
     models = load_models(parse_list(args.models, "--models"), args.overrides)
     data = train_bench.run_train(models, args.steps, args.warmup, args.batch_size, args.seq_len,
-                                 overrides=args.overrides, log=_log)
+                                 devices=args.devices, overrides=args.overrides, log=_log)
     print(report.train_table(data))
     s = data["settings"]
     print(f"peak {s['peak_flops_per_device']:.3e} FLOP/s per device ({s['peak_source']}); "

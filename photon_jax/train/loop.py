@@ -55,6 +55,18 @@ class _StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def agreed(self, processes: int) -> bool:
+        """Whether to stop now. With several processes all must stop at the same step (the checkpoint
+        save and the next step are collective), so they share their flags at every step boundary."""
+        if processes == 1:
+            return self.reason is not None
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self.reason is not None))
+        if np.any(flags) and self.reason is None:
+            self.reason = "SIGTERM (on another process)"
+        return bool(np.any(flags))
+
 
 def _check_workdir(workdir: Path) -> None:
     try:
@@ -230,7 +242,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
         bar = tqdm(total=end, initial=step, disable=quiet or not is_main, desc="train", dynamic_ncols=True)
         window_start, window_tokens = time.perf_counter(), 0
         try:
-            while step < end and stop.reason is None:
+            while step < end and not stop.agreed(processes):
                 batch = _to_global(next(iterator), in_sharding)
                 state, metrics = compiled(state, batch)
                 step += 1
