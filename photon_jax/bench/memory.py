@@ -23,7 +23,6 @@ from photon_jax.config import ModelConfig
 from photon_jax.generation.memory import cache_memory_report
 from photon_jax.generation.modes import encoder_block, encoder_kinds
 
-GIB = 2 ** 30
 _SEARCH_LIMIT = 2 ** 40  # no batch is searched beyond this (guards a zero-byte cache)
 
 

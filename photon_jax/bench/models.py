@@ -144,10 +144,6 @@ def random_params(cfg: ModelConfig, seed: int = 0):
     return jax.tree_util.tree_unflatten(treedef, values)
 
 
-def param_bytes(params) -> int:
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
-
-
 def random_prompts(vocab_size: int, batch: int, length: int, seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, vocab_size, size=(batch, length)).tolist()

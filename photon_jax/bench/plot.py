@@ -23,7 +23,9 @@ def _save(fig, path: str) -> None:
 
 
 def _label(r: dict) -> str:
-    return r["model"] if r["mode"] in ("vanilla", "hiergen") and r["family"] != "photon" else f"{r['model']}\n{r['mode']}"
+    """The model name; with the mode for PHOTON and for non-default modes of the others."""
+    plain = r["mode"] in ("vanilla", "hiergen") and r["family"] != "photon"
+    return r["model"] if plain else f"{r['model']}\n{r['mode']}"
 
 
 def tpm_plot(data: dict, path: str) -> None:

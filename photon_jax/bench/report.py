@@ -76,7 +76,9 @@ def check_writable(path: str | None, flag: str) -> None:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -119,7 +121,8 @@ def train_table(data: dict) -> str:
     rows = []
     for r in data["results"]:
         vs = r["vs_reference"] or {}
-        rows.append([r["model"], f"{r['params']:,}", f"{r['seq_len']}x{r['batch_size']}", fmt(1e3 * r["step_time_s"], ".1f"),
+        rows.append([r["model"], f"{r['params']:,}", f"{r['seq_len']}x{r['batch_size']}",
+                     fmt(1e3 * r["step_time_s"], ".1f"),
                      fmt(r["tokens_per_s"], ".4g"), fmt(r["train_flops_per_token"], ".3e"), fmt(100 * r["mfu"], ".2f"),
                      fmt(vs.get("flops_per_token_ratio"), ".3f"), fmt(vs.get("time_per_token_ratio"), ".3f"),
                      fmt(vs.get("flops_per_token_per_param_ratio"), ".3f")])

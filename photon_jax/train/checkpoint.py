@@ -2,17 +2,27 @@
 
 Layout: <workdir>/checkpoints/<step>/{state,data_iter,config,meta}. Restoring always
 goes into ShapeDtypeStructs that carry the *current* shardings, so a checkpoint
-written on one mesh loads on any other. Only complete checkpoints are listed by
-orbax (incomplete temporary directories are ignored).
+written on one mesh loads on any other.
+
+Faults: orbax writes a step into `<step>.orbax-checkpoint-tmp*` and renames it to `<step>`
+only after every item and its commit marker (commit_success.txt, and the commit timestamp
+in _CHECKPOINT_METADATA) are written, so a save killed half way leaves a temporary
+directory: it is listed with a warning and never loaded. A `<step>` directory without a
+commit marker, unreadable files, or a state with NaN/Inf values is refused with one line
+(UserError), never replaced by a fresh initialisation; a failed write (disk full, read-only
+or unwritable directory) becomes one line that names the last complete checkpoint, which is
+kept (orbax deletes old steps only after the new one is committed).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from photon_jax.config import Config, config_from_json
@@ -25,23 +35,136 @@ def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).resolve() / "checkpoints"
 
 
+TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a step directory still being written
+COMMIT_FILE = "commit_success.txt"  # orbax writes it into the step directory just before the final rename
+_STORAGE_HINTS = ("No space left", "Disk quota", "Read-only file system", "Permission denied")
+
+
 def make_manager(workdir: str | Path, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
     directory = checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
+    _quiet_orbax_storage_tracebacks()
     try:
-        return ocp.CheckpointManager(directory, options=options)
+        manager = ocp.CheckpointManager(directory, options=options)
     except OSError as e:
         raise UserError(f"cannot use checkpoint directory {directory}: {e.strerror or e}") from None
+    if jax.process_index() == 0:
+        for path in unfinished_saves(workdir):
+            print(f"photon-jax: warning: ignoring unfinished checkpoint {path} (a save that was interrupted or "
+                  f"is still running); it is never loaded", file=sys.stderr)
+    return manager
+
+
+def unfinished_saves(workdir: str | Path) -> list[Path]:
+    """Temporary step directories orbax left behind (killed or failed saves), oldest step first."""
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        return []
+    return sorted((p for p in directory.iterdir() if TMP_MARKER in p.name), key=lambda p: p.name)
+
+
+def is_committed(step_dir: Path) -> bool:
+    """Whether orbax finished this step directory: its commit file, or a commit time in its metadata."""
+    if (step_dir / COMMIT_FILE).is_file():
+        return True
+    try:
+        return bool(json.loads((step_dir / "_CHECKPOINT_METADATA").read_text()).get("commit_timestamp_nsecs"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def committed_steps(workdir: str | Path) -> list[int]:
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and is_committed(p))
+
+
+def _storage_failure(error: BaseException) -> str | None:
+    """The reason, when an exception (or one it wraps) is a failed write to storage."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            return error.strerror or str(error)
+        text = str(error)
+        for hint in _STORAGE_HINTS:
+            if hint in text:
+                return hint
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class _DropStorageTracebacks(logging.Filter):
+    """Orbax logs a failed background write with several full tracebacks (one per writer thread). The
+    training loop reports the same failure as one line (UserError), so drop those records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "orbax" in (record.pathname or "") and record.exc_info[1] is not None:
+            return _storage_failure(record.exc_info[1]) is None
+        return True
+
+
+def _quiet_orbax_storage_tracebacks() -> None:
+    for name in ("absl", "orbax"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropStorageTracebacks) for f in logger.filters):
+            logger.addFilter(_DropStorageTracebacks())
+
+
+def _write_failed(manager, error: BaseException, reason: str) -> UserError:
+    workdir = Path(str(manager.directory)).parent
+    steps = committed_steps(workdir)
+    kept = f"the last complete checkpoint (step {steps[-1]}) is kept" if steps else "no complete checkpoint exists"
+    return UserError(f"could not write a checkpoint to {checkpoint_dir(workdir)}: {reason}; {kept}")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, cfg: Config, meta: dict) -> None:
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state),
-        data_iter=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(cfg.to_dict()),
-        meta=ocp.args.JsonSave(meta),
-    ))
+    """Start an asynchronous save of `step`. Refuses a state with NaN/Inf values (it would poison every
+    resume); a failed write, here or in the previous save's background thread, becomes a UserError."""
+    if not bool(jax.device_get(_all_finite(state))):
+        steps = committed_steps(Path(str(manager.directory)).parent)
+        kept = f"the last checkpoint (step {steps[-1]}) is kept" if steps else "no checkpoint was saved"
+        raise UserError(f"the train state at step {step} has NaN/Inf values; it was not saved and {kept} "
+                        f"(lower train.learning_rate, or check the data)")
+    try:
+        saved = manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state),
+            data_iter=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(cfg.to_dict()),
+            meta=ocp.args.JsonSave(meta),
+        ))
+    except Exception as e:  # noqa: BLE001 - only storage failures are converted
+        reason = _storage_failure(e)
+        if reason is None:
+            raise
+        raise _write_failed(manager, e, reason) from None
+    if not saved:  # orbax skips (silently) any step <= its latest one
+        raise UserError(f"checkpoint of step {step} was not written: {checkpoint_dir(Path(str(manager.directory)).parent)} "
+                        f"already holds step {manager.latest_step()}; use a fresh --workdir")
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+    """Wait for pending saves and close; a failed background write becomes a UserError."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        reason = _storage_failure(e)
+        try:
+            manager.close()
+        except Exception:  # noqa: BLE001 - it re-raises the same failed write
+            pass
+        if reason is None:
+            raise
+        raise _write_failed(manager, e, reason) from None
+    manager.close()
 
 
 def _restore_item(manager, step: int, **items):
@@ -59,7 +182,11 @@ def _pytree_restore(target, partial: bool = False):
 
 
 def restore_metadata(manager, step: int) -> tuple[Config, dict]:
-    """The resolved config and metadata saved with a checkpoint."""
+    """The resolved config and metadata saved with a checkpoint (refused if the step was never committed)."""
+    step_dir = Path(str(manager.directory)) / str(step)
+    if step_dir.is_dir() and not is_committed(step_dir):
+        raise UserError(f"checkpoint {step_dir} was not completely written (no {COMMIT_FILE} or commit time); "
+                        f"move it out of {step_dir.parent} to use the previous checkpoint")
     restored = _restore_item(manager, step, config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
     return config_from_json(json.dumps(restored["config"])), dict(restored["meta"])
 

@@ -248,11 +248,14 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
                 step += 1
                 window_tokens += tokens_per_step
                 bar.update(1)
+                # halt: checked every step (one scalar fetched), so the step is exact and the non-finite
+                # update is never checkpointed; skip: the step already kept the old state (see step.py).
+                if t.nonfinite == "halt" and not bool(jax.device_get(metrics["finite"])):
+                    kept = f"the checkpoint of step {last_saved} is kept" if last_saved else "nothing was saved"
+                    raise UserError(f"non-finite loss or gradient at step {step}; halting (train.nonfinite=halt); "
+                                    f"{kept}")
                 if step % t.log_every == 0 or step == end:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    if values["finite"] < 1 and t.nonfinite == "halt":
-                        raise UserError(f"non-finite loss or gradient at step {step}; halting "
-                                        f"(train.nonfinite=halt); last checkpoint kept")
                     elapsed = time.perf_counter() - window_start
                     values["tokens_per_sec"] = window_tokens / elapsed
                     values["mfu"] = values["tokens_per_sec"] * flops_per_token / (peak * jax.device_count())
@@ -276,10 +279,11 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
                 ckpt.save(manager, step, state, iterator.get_state(), cfg, meta)
         finally:
             bar.close()
-            manager.wait_until_finished()
-            manager.close()
-            writer.close()
-            stop.restore()
+            try:
+                ckpt.finish(manager)  # waits for the last save; a failed write becomes one line (UserError)
+            finally:
+                writer.close()
+                stop.restore()
     if stop.reason:
         say(f"received {stop.reason}: checkpoint saved at step {step}; rerun the same command to resume")
     summary = {"step": step, "stopped_by": stop.reason, "train": history[-1] if history else None,

@@ -1,0 +1,134 @@
+"""Run the real `photon-jax` CLI in a child process, with fault injection, for tests/test_reliability.py.
+
+    python tests/reliability_worker.py [options] -- train --workdir DIR key=value ...
+
+The child compiles exactly what the test process compiles (same XLA flags, inherited from the
+test's environment, one CPU device, same jax options), so its programs come from the test's
+persistent compilation cache and its numbers can be compared bit for bit with in-process runs.
+
+Options:
+  --one-device            use only the first CPU device, like the in-process tests
+  --cache DIR             persistent compilation cache directory
+  --fast-compile          jax_disable_most_optimizations (what the tests' fast_compile fixture sets)
+  --step-delay S          sleep S seconds before each training batch (so a test can kill mid-run)
+  --hang-save-step N      the checkpoint of step N never finishes: its background JSON write touches
+                          DIR/saving-N and then blocks, so the test can SIGKILL during an async save
+  --kill-at-batch N       SIGKILL this process when it fetches batch N (with --kill-process I: only
+                          in the process whose PHOTON_PROCESS_ID is I)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    p.add_argument("--one-device", action="store_true")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--fast-compile", action="store_true")
+    p.add_argument("--step-delay", type=float, default=0.0)
+    p.add_argument("--hang-save-step", type=int, default=None)
+    p.add_argument("--kill-at-batch", type=int, default=None)
+    p.add_argument("--kill-process", type=int, default=None)
+    split = argv.index("--")
+    return p.parse_args(argv[:split]), argv[split + 1:]
+
+
+def _workdir(cli_args) -> Path:
+    return Path(cli_args[cli_args.index("--workdir") + 1]).resolve()
+
+
+def _wrap_iterator(delay: float, kill_at: int | None):
+    from photon_jax.data import pipeline
+
+    real = pipeline.train_iterator
+
+    def wrapped(*args, **kwargs):
+        it = real(*args, **kwargs)
+        count = {"n": 0}
+
+        class Iterator:
+            def __next__(self):
+                count["n"] += 1
+                if kill_at is not None and count["n"] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if delay:
+                    time.sleep(delay)
+                return next(it)
+
+            def __getattr__(self, name):
+                return getattr(it, name)
+
+        return Iterator()
+
+    pipeline.train_iterator = wrapped
+
+
+def _hang_save(step: int, marker: Path) -> None:
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+    real = handler.JsonCheckpointHandler._save_fn
+
+    async def save_fn(self, item, directory):
+        step_dir = Path(str(directory)).parent
+        if step_dir.name.split(".")[0] == str(step):
+            marker.write_text(str(step_dir))
+            time.sleep(3600)  # the background commit thread never finishes; the test kills us
+        return await real(self, item, directory)
+
+    handler.JsonCheckpointHandler._save_fn = save_fn
+
+
+@contextlib.contextmanager
+def compile_cache(directory):
+    """In-process: compiled programs go to (and come from) `directory`, shared with the workers; restored
+    afterwards so other test modules compile as before."""
+    import jax
+    from jax._src import compilation_cache  # reset: the cache is set up once per process otherwise
+
+    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+        compilation_cache.reset_cache()
+
+
+def main(argv=None) -> int:
+    opts, cli_args = _parse(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    if opts.cache:
+        jax.config.update("jax_compilation_cache_dir", opts.cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    if opts.fast_compile:
+        jax.config.update("jax_disable_most_optimizations", True)
+    if opts.one_device:
+        jax.devices = lambda *a: jax.local_devices()[:1]
+    kill_at = opts.kill_at_batch
+    if opts.kill_process is not None and os.environ.get("PHOTON_PROCESS_ID") != str(opts.kill_process):
+        kill_at = None
+    if opts.step_delay or kill_at is not None:
+        _wrap_iterator(opts.step_delay, kill_at)
+    if opts.hang_save_step is not None:
+        _hang_save(opts.hang_save_step, _workdir(cli_args) / f"saving-{opts.hang_save_step}")
+
+    from photon_jax.cli.main import main as cli_main
+
+    return cli_main(cli_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
