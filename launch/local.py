@@ -1,4 +1,4 @@
-"""Run one command as N cooperating JAX processes on this machine, each with K fake CPU devices.
+r"""Run one command as N cooperating JAX processes on this machine, each with K fake CPU devices.
 
     python -m launch.local --processes 2 --devices-per-process 4 -- \
         photon-jax train --workdir runs/mp mesh.data=8
@@ -9,9 +9,10 @@ JAX_PLATFORMS=cpu and XLA_FLAGS with --xla_force_host_platform_device_count=K (a
 device-count flag inherited from the caller is replaced). Processes talk through gloo.
 
 A leading `photon-jax` runs as `<this python> -m photon_jax.cli.main` and a leading `python` as
-this interpreter, so the launcher and the workers use the same environment. Output lines are prefixed with [i] (--no-prefix to turn off;
---main-only keeps only process 0's output). If any process fails, the others are stopped
-(SIGTERM, then SIGKILL after --grace seconds) and the launcher exits with the failing status.
+this interpreter, so the launcher and the workers use the same environment. Output lines are
+prefixed with [i] (--no-prefix to turn off; --main-only keeps only process 0's output). If any
+process fails, the others are stopped (SIGTERM, then SIGKILL after --grace seconds) and the
+launcher exits with the failing status.
 """
 
 from __future__ import annotations

@@ -13,14 +13,17 @@ Options:
   --step-delay S          sleep S seconds before each training batch (so a test can kill mid-run)
   --hang-save-step N      the checkpoint of step N never finishes: its background JSON write touches
                           DIR/saving-N and then blocks, so the test can SIGKILL during an async save
+  --fail-save-step N      the background write of step N's JSON items fails with ENOSPC (disk full)
   --kill-at-batch N       SIGKILL this process when it fetches batch N (with --kill-process I: only
-                          in the process whose PHOTON_PROCESS_ID is I)
+                          in the process whose PHOTON_PROCESS_ID is I), after writing the time to
+                          DIR/killed-<PHOTON_PROCESS_ID or 0>
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -35,6 +38,7 @@ def _parse(argv):
     p.add_argument("--fast-compile", action="store_true")
     p.add_argument("--step-delay", type=float, default=0.0)
     p.add_argument("--hang-save-step", type=int, default=None)
+    p.add_argument("--fail-save-step", type=int, default=None)
     p.add_argument("--kill-at-batch", type=int, default=None)
     p.add_argument("--kill-process", type=int, default=None)
     split = argv.index("--")
@@ -45,7 +49,7 @@ def _workdir(cli_args) -> Path:
     return Path(cli_args[cli_args.index("--workdir") + 1]).resolve()
 
 
-def _wrap_iterator(delay: float, kill_at: int | None):
+def _wrap_iterator(delay: float, kill_at: int | None, kill_marker: Path):
     from photon_jax.data import pipeline
 
     real = pipeline.train_iterator
@@ -58,6 +62,7 @@ def _wrap_iterator(delay: float, kill_at: int | None):
             def __next__(self):
                 count["n"] += 1
                 if kill_at is not None and count["n"] == kill_at:
+                    kill_marker.write_text(repr(time.time()))
                     os.kill(os.getpid(), signal.SIGKILL)
                 if delay:
                     time.sleep(delay)
@@ -71,7 +76,8 @@ def _wrap_iterator(delay: float, kill_at: int | None):
     pipeline.train_iterator = wrapped
 
 
-def _hang_save(step: int, marker: Path) -> None:
+def _break_save(step: int, hang_marker: Path | None) -> None:
+    """Step `step`'s JSON items (written by orbax's background commit) hang, or fail with ENOSPC."""
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
 
     real = handler.JsonCheckpointHandler._save_fn
@@ -79,7 +85,9 @@ def _hang_save(step: int, marker: Path) -> None:
     async def save_fn(self, item, directory):
         step_dir = Path(str(directory)).parent
         if step_dir.name.split(".")[0] == str(step):
-            marker.write_text(str(step_dir))
+            if hang_marker is None:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+            hang_marker.write_text(str(step_dir))
             time.sleep(3600)  # the background commit thread never finishes; the test kills us
         return await real(self, item, directory)
 
@@ -121,9 +129,12 @@ def main(argv=None) -> int:
     if opts.kill_process is not None and os.environ.get("PHOTON_PROCESS_ID") != str(opts.kill_process):
         kill_at = None
     if opts.step_delay or kill_at is not None:
-        _wrap_iterator(opts.step_delay, kill_at)
+        marker = _workdir(cli_args) / f"killed-{os.environ.get('PHOTON_PROCESS_ID', '0')}"
+        _wrap_iterator(opts.step_delay, kill_at, marker)
     if opts.hang_save_step is not None:
-        _hang_save(opts.hang_save_step, _workdir(cli_args) / f"saving-{opts.hang_save_step}")
+        _break_save(opts.hang_save_step, _workdir(cli_args) / f"saving-{opts.hang_save_step}")
+    if opts.fail_save_step is not None:
+        _break_save(opts.fail_save_step, None)
 
     from photon_jax.cli.main import main as cli_main
 

@@ -15,6 +15,7 @@ from conftest import tiny_config
 from photon_jax import analysis
 from photon_jax.losses import loss_fn
 from photon_jax.model import build_model
+from photon_jax.model.convert import unroll_layers
 
 # LLVM optimisation off: the same computations, about half the compile time on a CPU.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -58,22 +59,6 @@ def shapes(tree):
     return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
 
 
-def unroll_scanned(tree):
-    """Scanned stacks keep every layer under "layers" with a leading layer axis; the unrolled
-    stacks name them "layers_0", "layers_1", ...  Convert the first layout into the second."""
-    if not isinstance(tree, dict):
-        return tree
-    out = {}
-    for key, value in tree.items():
-        if key == "layers":
-            n = jax.tree.leaves(value)[0].shape[0]
-            for i in range(n):
-                out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], value)
-        else:
-            out[key] = unroll_scanned(value)
-    return out
-
-
 def max_abs_diff(a, b):
     return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -86,7 +71,7 @@ def test_scan_and_unrolled_layers_agree(family):
     unrolled_cfg = tiny_config(family=family, chunks=(4, 4), layers=2, seq_mult=2, model__scan_layers=False)
     seq_len = scanned_cfg.data.seq_len
     params = random_params(build_model(scanned_cfg.model), seq_len)
-    converted = unroll_scanned(params)
+    converted = unroll_layers(params)
     # the conversion produces exactly the unrolled model's parameter tree
     unrolled_abstract = nn.unbox(jax.eval_shape(build_model(unrolled_cfg.model).init, jax.random.PRNGKey(0),
                                                 jnp.zeros((1, seq_len), jnp.int32)))["params"]

@@ -25,6 +25,8 @@ import numpy as np
 
 from photon_jax.config import ModelConfig
 from photon_jax.errors import UserError
+from photon_jax.model.convert import unrolled
+from photon_jax.sharding import strip_boxes
 from photon_jax.generation.caches import round_up
 from photon_jax.generation.engine import RunSpec, Session
 from photon_jax.generation.loop import FINISH_REASONS
@@ -107,6 +109,7 @@ def start_session(cfg: ModelConfig, params, mode: str, prompts: list[list[int]],
     groups = len(prompts) if shared else len(prompts) * num_samples
     samples = num_samples if shared else 1
     rows_prompts = prompts if shared else [p for p in prompts for _ in range(num_samples)]
+    cfg, decode_params = unrolled(cfg, strip_boxes(_as_params(params)))  # see model/convert.py
     spec = RunSpec(cfg, mode, groups, samples, prompt_pad, cap, max_new_tokens if shared else 0,
                    sampling_kind(sampling), record_logits)
 
@@ -122,7 +125,7 @@ def start_session(cfg: ModelConfig, params, mode: str, prompts: list[list[int]],
         for r, f in enumerate(forced):
             f = list(f)[: cap - row_len[r]]
             forced_bt[r, row_len[r]: row_len[r] + len(f)] = f
-    session = Session(spec, _as_params(params), prompt_bt, prompt_len, budget, stop,
+    session = Session(spec, decode_params, prompt_bt, prompt_len, budget, stop,
                       np.arange(spec.rows, dtype=np.int32), forced_bt, seed, -1 if eos_id is None else eos_id,
                       sampling)
     return session, row_len

@@ -167,7 +167,26 @@ def finish(manager: ocp.CheckpointManager) -> None:
     manager.close()
 
 
+def _drop_closed_loop_noise() -> None:
+    """When a restore fails (a corrupt or mismatched array), tensorstore reads still in flight call back
+    into orbax's event loop after orbax closed it, and Python prints a bare 'RuntimeError: Event loop is
+    closed' traceback for each. The failure itself is reported as one line: drop exactly those."""
+    previous = sys.unraisablehook
+    if getattr(previous, "photon_jax_filter", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.photon_jax_filter = True
+    sys.unraisablehook = hook
+
+
 def _restore_item(manager, step: int, **items):
+    _drop_closed_loop_noise()
     try:
         return manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, FileNotFoundError, OSError, TypeError) as e:
