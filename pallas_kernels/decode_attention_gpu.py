@@ -21,7 +21,6 @@ Triton constraints honoured here: every loaded tile has a power-of-two size
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp

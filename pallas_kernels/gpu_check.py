@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -146,7 +145,6 @@ def copy_bandwidth(nbytes: int):
 
 def _impl_fn(impl, interpret):
     import jax
-    import jax.numpy as jnp
     from pallas_kernels.decode_attention_gpu import decode_attention_gpu
     from pallas_kernels.reference import decode_attention_xla
     if impl == "pallas":

@@ -11,7 +11,6 @@ sample's own suffix cache once per sample, and the two results are merged.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 
 from pallas_kernels.reference import merge_partials
 

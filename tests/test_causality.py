@@ -16,12 +16,10 @@ from __future__ import annotations
 import functools
 import math
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import random_variables, tiny_config
 
 from photon_jax.model import build_model
 
@@ -103,30 +101,6 @@ def test_reference_matches_the_stated_fields():
 
 # ----------------------------------------------------------------------------- measured dependencies
 
-def random_params(model, seq_len, seed=0):
-    """Random parameters with the model's exact structure (from jax.eval_shape of the real init).
-
-    Compiling the real init costs seconds per config on a CPU; causality holds for any parameter
-    values, and random norm scales and biases (the real init has ones and zeros) exercise more.
-    """
-    abstract = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32)))
-    rng = np.random.default_rng(seed)
-    width = model.cfg.width
-
-    def fill(path, leaf):
-        name = path[-1].key
-        z = rng.standard_normal(leaf.shape)
-        if name == "scale":
-            z = 1.0 + 0.1 * z
-        elif name == "bias":
-            z = 0.1 * z
-        elif name != "embedding":
-            z = z / np.sqrt(width)
-        return jnp.asarray(z, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
 def _cfg(chunks, variant, block_local=False, family="photon"):
     return tiny_config(family=family, chunks=chunks, alignment=variant or "A", seq_mult=SEQ_MULT,
                        model__block_local_lower=block_local)
@@ -136,7 +110,7 @@ def _cfg(chunks, variant, block_local=False, family="photon"):
 def _params(chunks, family="photon"):
     """Params for one chunk layout (A/B/C and block_local_lower share the parameter structure)."""
     cfg = _cfg(chunks, "A", family=family)
-    return random_params(build_model(cfg.model), cfg.data.seq_len)
+    return random_variables(build_model(cfg.model), cfg.data.seq_len)
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import random_variables, tiny_config
 
 from photon_jax import analysis
 from photon_jax.losses import loss_fn
@@ -22,23 +22,7 @@ jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_lev
 
 
 def random_params(model, seq_len, seed=0):
-    """Random values with the model's exact parameter structure (eval_shape of the real init)."""
-    abstract = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32)))["params"]
-    rng = np.random.default_rng(seed)
-    width = model.cfg.width
-
-    def fill(path, leaf):
-        name = path[-1].key
-        z = rng.standard_normal(leaf.shape)
-        if name == "scale":
-            z = 1.0 + 0.1 * z
-        elif name == "bias":
-            z = 0.1 * z
-        elif name != "embedding":
-            z = z / np.sqrt(width)
-        return jnp.asarray(z, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
+    return random_variables(model, seq_len, seed)["params"]
 
 
 def real_params(model, seq_len, seed=0):

@@ -8,7 +8,6 @@ and that the launcher stops everything when one process fails.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,12 +16,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_overrides
+from conftest import prepare_few_plays, tiny_overrides
 
 from photon_jax.cli.main import main
-from photon_jax.config import DataConfig, MeshConfig
-from photon_jax.data.corpus import shakespeare_files
-from photon_jax.data.prepare import prepare
+from photon_jax.config import MeshConfig
 from photon_jax.distributed import Plan, resolve
 from photon_jax.errors import UserError
 from photon_jax.evaluation_runs import evaluate_run
@@ -40,13 +37,8 @@ FAST_XLA = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pas
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multihost")
-    corpus = root / "plays"
-    corpus.mkdir()
-    for path in shakespeare_files()[:3]:
-        shutil.copy(path, corpus / path.name)
-    prepare(DataConfig(corpus=str(corpus)), root / "data", VOCAB)
-    return root / "data"
+    """Three real plays, tokenized with a small vocabulary (prepared in about a second)."""
+    return prepare_few_plays(tmp_path_factory.mktemp("multihost"), VOCAB)
 
 
 def _launch(processes: int, devices: int, *command: str) -> subprocess.Popen:

@@ -10,20 +10,17 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config, tiny_overrides
+from conftest import prepare_few_plays, tiny_config, tiny_overrides
 
 from photon_jax.cli.main import main
-from photon_jax.config import DataConfig, MeshConfig, load_config
+from photon_jax.config import MeshConfig, load_config
 from photon_jax.data import pipeline
-from photon_jax.data.corpus import shakespeare_files
-from photon_jax.data.prepare import prepare
 from photon_jax.generation import CACHE_AXES
 from photon_jax.sharding import (batch_sharding, describe_mesh, logical_names, logical_rules, make_mesh,
                                  mesh_shape)
@@ -42,13 +39,7 @@ ACTIVATION_AXES = ("batch", "length", "embed", "mlp")  # what model code passes 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     """Three real plays, tokenized with a small vocabulary (prepared in about a second)."""
-    root = tmp_path_factory.mktemp("scale")
-    corpus = root / "plays"
-    corpus.mkdir()
-    for path in shakespeare_files()[:3]:
-        shutil.copy(path, corpus / path.name)
-    prepare(DataConfig(corpus=str(corpus)), root / "data", VOCAB)
-    return root / "data"
+    return prepare_few_plays(tmp_path_factory.mktemp("scale"), VOCAB)
 
 
 def _cli(capsys, *argv):

@@ -42,7 +42,6 @@ def one_device(monkeypatch):
 def test_training_lowers_validation_loss(preset, shakespeare_dir, tmp_path, monkeypatch):
     one_device(monkeypatch)
     cfg = small_cfg(preset, shakespeare_dir, "train.steps=40")
-    from photon_jax.train.loop import _to_global  # noqa: F401  (the loop's own path is exercised below)
 
     summary = train(cfg, tmp_path / "run", quiet=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
