@@ -97,12 +97,16 @@ def _storage_failure(error: BaseException) -> str | None:
 
 
 class _DropStorageTracebacks(logging.Filter):
-    """Orbax logs a failed background write with several full tracebacks (one per writer thread). The
-    training loop reports the same failure as one line (UserError), so drop those records."""
+    """Orbax logs a failed background write with several full tracebacks (one per writer thread, and
+    more from the threads it leaves behind when the process then exits). The training loop reports the
+    failure as one line (UserError), so drop those records: storage errors, and after a reported
+    failed write, any orbax traceback."""
+
+    reported = False  # set once a failed write became a UserError
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and "orbax" in (record.pathname or "") and record.exc_info[1] is not None:
-            return _storage_failure(record.exc_info[1]) is None
+            return not (_DropStorageTracebacks.reported or _storage_failure(record.exc_info[1]))
         return True
 
 
@@ -114,6 +118,7 @@ def _quiet_orbax_storage_tracebacks() -> None:
 
 
 def _write_failed(manager, error: BaseException, reason: str) -> UserError:
+    _DropStorageTracebacks.reported = True
     workdir = Path(str(manager.directory)).parent
     steps = committed_steps(workdir)
     kept = f"the last complete checkpoint (step {steps[-1]}) is kept" if steps else "no complete checkpoint exists"
