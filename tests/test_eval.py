@@ -1,0 +1,107 @@
+"""`photon-jax eval` on a trained run: text files, multiple-choice scoring, agreement, bad input."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import prepare_few_plays
+
+from photon_jax.cli.main import main
+from photon_jax.config import load_config
+from photon_jax.evaluate import score_choices
+from photon_jax.evaluation_runs import evaluate_run
+from photon_jax.inference import load_run
+from photon_jax.losses import token_nll
+from photon_jax.model import build_model
+from photon_jax.train.loop import train
+
+VOCAB = 384
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    data_dir = prepare_few_plays(root, VOCAB)
+    cfg = load_config(preset="photon-tiny", overrides=[
+        f"data.data_dir={data_dir}", f"model.vocab_size={VOCAB}", "model.width=32", "model.ffn_width=64",
+        "model.dtype=float32", "data.seq_len=32", "train.batch_size=8", "train.steps=3", "train.eval_batches=2",
+    ])
+    train(cfg, root / "run", quiet=True)  # on all 8 test devices: mesh data=8
+    return root / "run"
+
+
+def test_eval_text_file_matches_token_count(trained_run, tmp_path):
+    text = tmp_path / "poem.txt"
+    text.write_text("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n")
+    results = evaluate_run(trained_run, text=str(text))
+    run = load_run(trained_run)
+    ids = run.tokenizer.encode(text.read_text()) + [run.tokenizer.eos_id]
+    seq_len = run.cfg.data.seq_len
+    firsts = ids[::seq_len]  # the first token of each window is context, never a target
+    assert len(ids) > seq_len  # two windows at least
+    assert results["text"]["targets"] == len(ids) - len(firsts)
+    byte_lengths = run.tokenizer.byte_lengths()
+    assert results["text"]["bytes"] == len(text.read_bytes()) - sum(byte_lengths[t] for t in firsts)
+    assert results["text"]["token_loss"] > 0 and results["text"]["bits_per_byte"] > 0
+
+
+def test_multiple_choice_scores_equal_the_unpadded_forward(trained_run):
+    run = load_run(trained_run)
+    cfg, tok = run.cfg, run.tokenizer
+    rows = [{"context": "ROMEO. What light", "choices": [" through yonder window", " xq zz"], "answer": 0},
+            {"context": "Good night, good night!", "choices": [" Parting is", " such sweet", " sorrow"], "answer": 2}]
+    result = score_choices(cfg.model, run.params, tok.encode, rows, cfg.data.seq_len, tok.pad_id)
+    assert result["questions"] == 2 and 0 <= result["acc"] <= 1 and 0 <= result["acc_norm"] <= 1
+
+    # the same log-likelihoods, computed directly on sequences padded to two meta-contexts more
+    model = build_model(cfg.model)
+    unit = cfg.model.meta_context
+
+    def loglik(context, choice):
+        ctx, cont = tok.encode(context), tok.encode(choice)
+        seq = ctx + cont
+        width = (len(seq) // unit + 3) * unit
+        tokens = np.full((1, width), tok.pad_id, np.int32)
+        tokens[0, : len(seq)] = seq
+        logits, _ = model.apply({"params": run.params}, jnp.asarray(tokens))
+        nll = np.asarray(token_nll(cfg.model, logits, jnp.asarray(tokens)))[0]
+        return -nll[len(seq) - 1 - len(cont): len(seq) - 1].sum()
+
+    expected = []
+    for row in rows:
+        scores = [loglik(row["context"], c) for c in row["choices"]]
+        expected.append(int(np.argmax(scores)) == row["answer"])
+    assert result["acc"] == pytest.approx(np.mean(expected))
+
+
+def test_eval_cli_choices_agreement_and_bad_input(trained_run, tmp_path, capsys):
+    good = tmp_path / "choices.jsonl"
+    good.write_text(json.dumps({"context": "To be, or not", "choices": [" to be", " banana"], "answer": 0}) + "\n")
+    code = main(["eval", "--workdir", str(trained_run), "--choices", str(good),
+                 "--recgen-agreement", "--agreement-windows", "2", "--max-batches", "1", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    results = json.loads(out)
+    assert results["choices"]["questions"] == 1
+    agreement = results["agreement"]["hiergen_vs_recgen"]["teacher_forced"]
+    assert 0 <= agreement["greedy_agreement"] <= 1 and agreement["kl"] >= 0
+
+    bad_cases = [
+        ("not json\n", "not valid JSON"),
+        (json.dumps({"context": "a", "choices": ["b"], "answer": 0}) + "\n", "choices"),
+        (json.dumps({"context": "a", "choices": ["b", "c"], "answer": 5}) + "\n", "answer"),
+        ("", "no questions"),
+    ]
+    for i, (content, needle) in enumerate(bad_cases):
+        path = tmp_path / f"bad{i}.jsonl"
+        path.write_text(content)
+        code = main(["eval", "--workdir", str(trained_run), "--choices", str(path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], err
+    for argv, needle in ((["--step", "999"], "no checkpoint at step 999"),
+                         (["--text", str(tmp_path / "missing.txt")], "cannot read"),
+                         (["--mesh", "data=x"], "--mesh")):
+        code = main(["eval", "--workdir", str(trained_run), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], err
