@@ -222,10 +222,11 @@ def validate_model(m: ModelConfig) -> None:
              f"model.start_latent must be fixed or learned, got {m.start_latent!r}")
     _require(m.rec_alpha >= 0, f"model.rec_alpha must be >= 0, got {m.rec_alpha}")
     _require(m.encoder_embed_width >= 0, f"model.encoder_embed_width must be >= 0, got {m.encoder_embed_width}")
+    for i, level in enumerate(m.levels):  # chunk sizes first: the widths below divide by them
+        _require(level.chunk >= 2, f"model.levels.{i}.chunk must be >= 2, got {level.chunk}")
     _require(m.embed_width > 0, f"encoder embedding width is 0 (width {m.width} < chunk {m.levels[0].chunk})")
     for i, level in enumerate(m.levels):
         name = f"model.levels.{i}"
-        _require(level.chunk >= 2, f"{name}.chunk must be >= 2, got {level.chunk}")
         _require(level.fanout >= 1, f"{name}.fanout must be >= 1, got {level.fanout}")
         _require(level.encoder_layers >= 1 and level.decoder_layers >= 1,
                  f"{name}: encoder_layers and decoder_layers must be >= 1")
@@ -283,6 +284,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -13,10 +13,14 @@ Options:
   --step-delay S          sleep S seconds before each training batch (so a test can kill mid-run)
   --hang-save-step N      the checkpoint of step N never finishes: its background JSON write touches
                           DIR/saving-N and then blocks, so the test can SIGKILL during an async save
-  --fail-save-step N      the background write of step N's JSON items fails with ENOSPC (disk full)
+  --fail-save-step N      saving step N fails: with --fail-in commit (default) orbax's background write
+                          of its JSON items raises ENOSPC (disk full); with --fail-in mkdir creating its
+                          temporary directory (synchronous, in manager.save) raises EROFS (read-only disk)
   --kill-at-batch N       SIGKILL this process when it fetches batch N (with --kill-process I: only
                           in the process whose PHOTON_PROCESS_ID is I), after writing the time to
                           DIR/killed-<PHOTON_PROCESS_ID or 0>
+
+`compile_cache(dir)` is the in-process side: the tests' programs go to the same cache.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def _parse(argv):
     p.add_argument("--step-delay", type=float, default=0.0)
     p.add_argument("--hang-save-step", type=int, default=None)
     p.add_argument("--fail-save-step", type=int, default=None)
+    p.add_argument("--fail-in", choices=["commit", "mkdir"], default="commit")
     p.add_argument("--kill-at-batch", type=int, default=None)
     p.add_argument("--kill-process", type=int, default=None)
     split = argv.index("--")
@@ -113,6 +118,19 @@ def compile_cache(directory):
         compilation_cache.reset_cache()
 
 
+def _fail_mkdir(step: int) -> None:
+    from orbax.checkpoint._src.path import atomicity
+
+    real = atomicity.AtomicRenameTemporaryPath.create
+
+    async def create(self, *args, **kwargs):
+        if self.get_final().name == str(step):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.get()))
+        return await real(self, *args, **kwargs)
+
+    atomicity.AtomicRenameTemporaryPath.create = create
+
+
 def main(argv=None) -> int:
     opts, cli_args = _parse(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -133,8 +151,10 @@ def main(argv=None) -> int:
         _wrap_iterator(opts.step_delay, kill_at, marker)
     if opts.hang_save_step is not None:
         _break_save(opts.hang_save_step, _workdir(cli_args) / f"saving-{opts.hang_save_step}")
-    if opts.fail_save_step is not None:
+    if opts.fail_save_step is not None and opts.fail_in == "commit":
         _break_save(opts.fail_save_step, None)
+    elif opts.fail_save_step is not None:
+        _fail_mkdir(opts.fail_save_step)
 
     from photon_jax.cli.main import main as cli_main
 

@@ -117,7 +117,10 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
                             "use --force to replace it or choose another --out")
     elif out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a prepared data dir; use --force to replace it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a parent of --out is a file
+        raise UserError(f"cannot create {out.parent}: {e.strerror or e}") from None
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         tmp.mkdir()

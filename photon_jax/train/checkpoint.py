@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 import jax
@@ -61,7 +63,8 @@ def unfinished_saves(workdir: str | Path) -> list[Path]:
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
         return []
-    return sorted((p for p in directory.iterdir() if TMP_MARKER in p.name), key=lambda p: p.name)
+    step = lambda p: (len(p.name.split(".")[0]), p.name)  # noqa: E731  (numeric order of the step prefix)
+    return sorted((p for p in directory.iterdir() if TMP_MARKER in p.name), key=step)
 
 
 def is_committed(step_dir: Path) -> bool:
@@ -117,12 +120,18 @@ def _quiet_orbax_storage_tracebacks() -> None:
             logger.addFilter(_DropStorageTracebacks())
 
 
-def _write_failed(manager, error: BaseException, reason: str) -> UserError:
+def _workdir_of(manager) -> Path:
+    return Path(str(manager.directory)).parent
+
+
+def _write_failed(manager, reason: str) -> UserError:
+    """The one-line error for a failed write; from here on the aborted save's leftovers stay quiet (orbax's
+    tracebacks, and the coroutines its cancelled writer threads never ran)."""
     _DropStorageTracebacks.reported = True
-    workdir = Path(str(manager.directory)).parent
-    steps = committed_steps(workdir)
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+    steps = committed_steps(_workdir_of(manager))
     kept = f"the last complete checkpoint (step {steps[-1]}) is kept" if steps else "no complete checkpoint exists"
-    return UserError(f"could not write a checkpoint to {checkpoint_dir(workdir)}: {reason}; {kept}")
+    return UserError(f"could not write a checkpoint to {checkpoint_dir(_workdir_of(manager))}: {reason}; {kept}")
 
 
 @jax.jit
@@ -135,7 +144,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, cfg
     """Start an asynchronous save of `step`. Refuses a state with NaN/Inf values (it would poison every
     resume); a failed write, here or in the previous save's background thread, becomes a UserError."""
     if not bool(jax.device_get(_all_finite(state))):
-        steps = committed_steps(Path(str(manager.directory)).parent)
+        steps = committed_steps(_workdir_of(manager))
         kept = f"the last checkpoint (step {steps[-1]}) is kept" if steps else "no checkpoint was saved"
         raise UserError(f"the train state at step {step} has NaN/Inf values; it was not saved and {kept} "
                         f"(lower train.learning_rate, or check the data)")
@@ -147,13 +156,32 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, cfg
             meta=ocp.args.JsonSave(meta),
         ))
     except Exception as e:  # noqa: BLE001 - only storage failures are converted
+        _release_orbax_waiters()
         reason = _storage_failure(e)
         if reason is None:
             raise
-        raise _write_failed(manager, e, reason) from None
+        raise _write_failed(manager, reason) from None
     if not saved:  # orbax skips (silently) any step <= its latest one
-        raise UserError(f"checkpoint of step {step} was not written: {checkpoint_dir(Path(str(manager.directory)).parent)} "
+        raise UserError(f"checkpoint of step {step} was not written: {checkpoint_dir(_workdir_of(manager))} "
                         f"already holds step {manager.latest_step()}; use a fresh --workdir")
+
+
+def _release_orbax_waiters() -> None:
+    """When manager.save fails part way (e.g. creating the step directory on a read-only disk), the commit
+    threads orbax already started keep waiting for a 'directory created' signal that never comes, for
+    up to its coordination timeout (300 s), and Python waits for them before the process can exit.
+    Cancel them and give them that signal (single process only: the signals are process-local there)."""
+    if jax.process_count() != 1:
+        return
+    try:
+        from orbax.checkpoint._src.futures import future as orbax_future
+
+        for thread in threading.enumerate():
+            if isinstance(thread, orbax_future._SignalingThread) and thread.is_alive():
+                thread._cancelled = True
+                orbax_future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
+    except Exception:  # noqa: BLE001 - orbax internals moved: the process just exits later
+        log.debug("could not release orbax's waiting commit threads", exc_info=True)
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
@@ -168,7 +196,7 @@ def finish(manager: ocp.CheckpointManager) -> None:
             pass
         if reason is None:
             raise
-        raise _write_failed(manager, e, reason) from None
+        raise _write_failed(manager, reason) from None
     manager.close()
 
 
