@@ -461,8 +461,6 @@ def test_a_process_dying_in_a_multiprocess_run_stops_the_others(env, tmp_path):
     launcher and process 0 (blocked in a collective with the dead peer; the launcher SIGTERMs it, then
     SIGKILLs it after --grace) exit non-zero within 60 s, and the last complete checkpoint still resumes,
     on one device."""
-    if not (REPO / "launch" / "local.py").is_file():
-        pytest.skip("launch/local.py is not there")
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "launch.local", "-n", "2", "-k", "1", "--grace", "5", "--timeout", "400", "--",
            "python", str(WORKER), "--cache", str(env.cache), "--fast-compile", "--kill-at-batch", "6",
