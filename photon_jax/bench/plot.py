@@ -1,12 +1,16 @@
-"""PNG figures of the benchmark JSON (matplotlib, Agg backend: no display needed)."""
+"""PNG figures of the benchmark JSON (matplotlib; Agg backend unless one was chosen, so no display is
+needed and a notebook keeps its inline backend)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import matplotlib
 
-matplotlib.use("Agg")
+if not os.environ.get("MPLBACKEND"):  # Jupyter kernels set it to their inline backend
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from photon_jax.errors import UserError  # noqa: E402

@@ -1,0 +1,61 @@
+"""`photon-jax sweep GRID`: train and measure every run of a grid (resumable), write one results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from photon_jax.config import PRESET_DIR
+from photon_jax.errors import UserError
+
+GRID_DIR = PRESET_DIR.parent / "grids"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="a grid of configs -> resumable runs -> one results table")
+    p.add_argument("grid", help=f"a grid YAML file, or the name of one in experiments/grids ({', '.join(grid_names())})")
+    p.add_argument("--workdir", default=None, help="sweep directory (default: runs/sweeps/<grid name>)")
+    p.add_argument("--only", default=None, help="comma-separated run names to train now (others are only tabled)")
+    p.add_argument("--list", action="store_true", help="print the resolved runs (steps, params, FLOPs) and exit")
+    p.add_argument("--no-plot", action="store_true", help="skip results.png")
+    p.add_argument("--quiet", action="store_true", help="no per-step training output")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every run, last")
+    p.set_defaults(run=run)
+
+
+def grid_names() -> list[str]:
+    return sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
+
+
+def grid_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    named = GRID_DIR / f"{name}.yaml"
+    if not named.is_file():
+        raise UserError(f"unknown grid {name!r}: not a file, and not one of {', '.join(grid_names())}")
+    return named
+
+
+def run(args) -> int:
+    from photon_jax.bench.report import fmt, table
+    from photon_jax.sweep import load_grid, run_sweep
+    from photon_jax.sweep.measure import cost
+
+    path = grid_path(args.grid)
+    grid = load_grid(path, extra_overrides=args.overrides)
+    if args.list:
+        rows = []
+        for spec in grid.runs:
+            c = cost(spec)
+            rows.append([spec.name, c["family"], fmt(c["params"], ",d"), str(c["steps"]),
+                         fmt(c["train_tokens"], ",d"), fmt(c["train_flops"], ".3e")])
+        print(table(["run", "family", "params", "steps", "tokens", "train FLOPs"], rows))
+        return 0
+    only = [n for n in args.only.split(",") if n] if args.only else None
+    workdir = args.workdir or str(Path("runs") / "sweeps" / path.stem)
+    result = run_sweep(grid, workdir, only=only, quiet=args.quiet, plot=not args.no_plot)
+    from photon_jax.sweep.table import text
+
+    print(text(result["rows"], result["reference"]))
+    print(f"{result['finished']} of {len(result['runs'])} runs finished; table in {Path(workdir).resolve()}/results.csv")
+    return 0

@@ -1,0 +1,85 @@
+"""What a sweep records for one trained run: size and cost, held-out quality, RecGen agreement, TPM.
+
+Perplexity and bits per byte are computed on the whole held-out split of the run's prepared data
+(evaluation_runs.evaluate_run); agreement compares RecGen with exact HierGen on held-out windows
+(PHOTON L >= 2 only); TPM runs the paper's PF / DE protocol (bench/tpm.py) at the grid's CPU-sized
+regimes on random weights of the run's shape (speed and memory do not depend on weight values).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from photon_jax.analysis import count_params, train_flops_per_token
+from photon_jax.bench.models import BenchModel, select_modes
+from photon_jax.bench.report import GIB
+from photon_jax.sweep.grid import RunSpec
+
+
+def family_of(spec: RunSpec) -> str:
+    return BenchModel(spec.name, spec.cfg).family
+
+
+def cost(spec: RunSpec) -> dict:
+    cfg = spec.cfg
+    tokens = cfg.train.steps * cfg.train.batch_size * cfg.data.seq_len
+    per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
+    return {"family": family_of(spec), "params": count_params(cfg.model), "steps": cfg.train.steps,
+            "train_tokens": tokens, "train_flops_per_token": per_token, "train_flops": per_token * tokens}
+
+
+def training_curve(workdir: Path, key: str = "token_loss") -> dict:
+    """(step, value of `key`) of the train and validation records in metrics.jsonl; the last record
+    of a step wins (a resumed run may log the same step twice)."""
+    curves: dict[str, dict[int, float]] = {"train": {}, "validation": {}}
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+            if rec.get("split") in curves and key in rec:
+                curves[rec["split"]][int(rec["step"])] = float(rec[key])
+    return {split: sorted(points.items()) for split, points in curves.items()}
+
+
+def quality(spec: RunSpec, workdir: Path, agreement_windows: int, eval_batches: int = 0) -> dict:
+    from photon_jax.evaluation_runs import evaluate_run
+
+    model = spec.cfg.model
+    windows = agreement_windows if model.family == "photon" and len(model.levels) > 1 else 0
+    results = evaluate_run(workdir, agreement_windows=windows, max_batches=eval_batches or None)
+    out = {"validation": results["validation"]}
+    if windows:
+        out["agreement"] = results["agreement"]
+    return out
+
+
+def tpm(spec: RunSpec, settings: dict, log) -> dict:
+    from photon_jax.bench.tpm import resolve_regimes, run_tpm
+
+    bench_model = BenchModel(spec.name, spec.cfg)
+    regimes = resolve_regimes("both", pf=settings["pf"], de=settings["de"])
+    modes = select_modes([bench_model], None)
+    data = run_tpm([bench_model], modes, regimes, int(settings["memory_budget_gib"] * GIB), settings["max_batch"],
+                   settings["repeats"], device_slope=False, log=log)
+    rows = {}
+    for r in data["results"]:
+        rows[f"{r['regime']}/{r['mode']}"] = {
+            "tpm": r["tpm"]["measured"], "throughput_k_tokens_per_s": r["throughput_k_tokens_per_s"],
+            "kv_bytes_per_sample": r["kv_bytes_per_sample"]["measured_total"], "batch": r["batch"]["used"],
+            "prompt_len": r["prompt_len"], "gen_len": r["gen_len"]}
+    return rows
+
+
+def measure(spec: RunSpec, workdir: Path, settings: dict, log=print) -> dict:
+    start = time.perf_counter()
+    out = {"run": spec.name, "source": spec.source, "overrides": list(spec.overrides), **cost(spec)}
+    out.update(quality(spec, workdir, settings["agreement_windows"], settings["eval_batches"]))
+    out["tpm"] = tpm(spec, settings["tpm"], log) if settings["tpm"] else None
+    out["curve"] = training_curve(workdir)
+    out["measure_seconds"] = time.perf_counter() - start
+    return out

@@ -1,0 +1,67 @@
+"""Figures of a sweep: loss curves, perplexity vs TPM (the paper's Figure 3 shape), ablation bars.
+
+Each panel function draws on a given matplotlib Axes, so notebooks compose them freely;
+sweep_figure puts all three in one PNG next to the results table.
+"""
+
+from __future__ import annotations
+
+from photon_jax.bench.plot import _save, plt
+
+FAMILY_MARKERS = {"vanilla": "s", "block": "^", "photon": "o"}
+
+
+def loss_curves(ax, records: list[dict], split: str = "validation") -> None:
+    """Held-out (or train) token loss against training tokens, one line per run."""
+    for rec in records:
+        points = rec["curve"][split]
+        if not points:
+            continue
+        tokens_per_step = rec["train_tokens"] / rec["steps"]
+        ax.plot([s * tokens_per_step for s, _ in points], [loss for _, loss in points], marker=".",
+                label=rec["run"])
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(f"{split} token loss (nats)")
+    ax.set_title(f"{split} loss", fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def ppl_vs_tpm(ax, rows: list[dict], regime: str = "de") -> None:
+    """Each run at (perplexity, TPM) in one regime; PHOTON's recgen as a second point when measured."""
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(rows):
+        marker, color = FAMILY_MARKERS.get(row["family"], "o"), colors[i % len(colors)]
+        hier, rec = row.get(f"tpm_{regime}"), row.get(f"tpm_{regime}_recgen")
+        if hier is not None:
+            ax.scatter(row["val_ppl"], hier, marker=marker, s=40, color=color)
+            ax.annotate(row["run"], (row["val_ppl"], hier), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if rec is not None and row["family"] == "photon":  # recgen: hollow, joined to the same model's hiergen
+            ax.scatter(row["val_ppl"], rec, marker=marker, s=40, facecolors="none", edgecolors=color)
+            if hier is not None:
+                ax.plot([row["val_ppl"]] * 2, [hier, rec], color=color, lw=0.8, ls=":")
+            ax.annotate(f"{row['run']} recgen", (row["val_ppl"], rec), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("held-out perplexity (lower is better)")
+    ax.set_ylabel(f"TPM {regime.upper()} (K tokens/s per GiB KV)")
+    ax.set_title(f"perplexity vs throughput per memory ({regime.upper()})", fontsize=10)
+
+
+def metric_bars(ax, rows: list[dict], metric: str = "val_ppl", label: str = "held-out perplexity") -> None:
+    names = [r["run"] for r in rows if r.get(metric) is not None]
+    values = [r[metric] for r in rows if r.get(metric) is not None]
+    bars = ax.bar(range(len(names)), values)
+    ax.bar_label(bars, fmt="%.3g", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(label)
+    ax.set_title(label, fontsize=10)
+
+
+def sweep_figure(records: list[dict], rows: list[dict], path: str) -> None:
+    has_tpm = any(r.get("tpm_de") is not None for r in rows)
+    fig, axes = plt.subplots(1, 3 if has_tpm else 2, figsize=(17 if has_tpm else 11, 4.8), squeeze=False)
+    loss_curves(axes[0][0], records)
+    metric_bars(axes[0][1], rows)
+    if has_tpm:
+        ppl_vs_tpm(axes[0][2], rows)
+    _save(fig, path)

@@ -1,0 +1,202 @@
+"""Sweeps: grid expansion and FLOP matching, the ablation presets, and resuming an interrupted grid
+without redoing finished runs (real training, evaluation and TPM measurement of tiny models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import prepare_few_plays, tiny_overrides
+from photon_jax.analysis import train_flops_per_token
+from photon_jax.cli.main import main
+from photon_jax.config import load_config
+from photon_jax.errors import UserError
+from photon_jax.sweep import load_grid, run_sweep
+from photon_jax.sweep import measure as sweep_measure
+
+TINY_MEASURE = {"agreement_windows": 2, "eval_batches": 2,
+                "tpm": {"pf": "16/4", "de": "4/16", "max_batch": 2, "repeats": 1}}
+VOCAB = 384
+TRAIN = ["train.steps=4", "train.batch_size=8", "train.eval_every=2", "train.checkpoint_every=2",
+         "train.log_every=1", "train.eval_batches=1", "train.warmup_steps=1"]
+
+
+def _runs(*names):
+    presets = {"photon": "photon-tiny", "vanilla": "vanilla-tiny", "block": "block-tiny"}
+    return [{"name": n, "preset": presets[n.split("-")[0]]} for n in names]
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def test_grid_axes_expand_to_named_runs_with_their_overrides():
+    grid = load_grid({"runs": [{"name": "p", "preset": "photon-tiny",
+                                "grid": {"model.rec_alpha": [0.0, 0.3],
+                                         "C": {"44": [], "22": ["model.levels.0.chunk=2", "model.levels.1.chunk=2"]}}},
+                               {"name": "v", "preset": "vanilla-tiny"}]})
+    names = [r.name for r in grid.runs]
+    assert names == ["p-rec_alpha0.0-C44", "p-rec_alpha0.0-C22", "p-rec_alpha0.3-C44", "p-rec_alpha0.3-C22", "v"]
+    c22 = grid.run("p-rec_alpha0.3-C22").cfg
+    assert [lv.chunk for lv in c22.model.levels] == [2, 2] and c22.model.rec_alpha == 0.3
+    assert grid.run("p-rec_alpha0.0-C44").cfg.model.levels[0].chunk == 4
+    assert c22.name == "p-rec_alpha0.3-C22"
+    assert grid.reference == "v"  # the first vanilla run by default
+
+
+@pytest.mark.parametrize("family", ["vanilla", "block"])
+@pytest.mark.parametrize("scale", ["tiny", "small"])
+def test_flop_matched_steps_equal_total_flops(family, scale):
+    grid = load_grid({"overrides": ["train.steps=300"],
+                      "runs": [{"name": "photon", "preset": f"photon-{scale}"},
+                               {"name": "base", "preset": f"{family}-{scale}", "flop_match": "photon"}]})
+    photon, base = grid.run("photon").cfg, grid.run("base").cfg
+    total = lambda c: c.train.steps * train_flops_per_token(c.model, c.data.seq_len)  # noqa: E731
+    assert base.train.steps < photon.train.steps
+    assert abs(total(base) / total(photon) - 1) <= 0.5 / base.train.steps + 1e-9  # within one rounding step
+    # the committed FLOP-matched presets hold the same count for the presets' own step numbers
+    preset = load_config(preset=f"{family}-{scale}-flops")
+    ref = load_config(preset=f"photon-{scale}")
+    assert preset.train.steps == round(ref.train.steps * train_flops_per_token(ref.model, ref.data.seq_len)
+                                       / train_flops_per_token(preset.model, preset.data.seq_len))
+
+
+def test_ablation_presets_change_only_what_they_name():
+    base = load_config(preset="photon-tiny").model
+    changed = {
+        "photon-tiny-c22": lambda m: [lv.chunk for lv in m.levels] == [2, 2],
+        "photon-tiny-r4": lambda m: [lv.fanout for lv in m.levels] == [4, 4],
+        "photon-tiny-alpha03": lambda m: m.rec_alpha == 0.3,
+        "photon-tiny-align-b": lambda m: m.alignment == "B",
+        "photon-tiny-align-c": lambda m: m.alignment == "C",
+        "photon-tiny-blocklocal": lambda m: m.block_local_lower,
+    }
+    for name, check in changed.items():
+        m = load_config(preset=name).model
+        assert check(m) and not check(base), name
+        same = {k for k in ("width", "ffn_width", "num_heads", "vocab_size", "rec_alpha", "alignment",
+                            "block_local_lower") if getattr(m, k) == getattr(base, k)}
+        assert len(same) >= 6, name  # exactly one of these (or the levels) differs
+
+
+def test_committed_grids_resolve():
+    for name in ("ablations-tiny", "reproduce-small"):
+        assert main(["sweep", name, "--list"]) == 0
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({}, "non-empty 'runs'"),
+    ({"runs": []}, "non-empty 'runs'"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "color": 1}, "unknown grid key"),
+    ({"runs": [{"name": "a"}]}, "exactly one of preset or config"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny", "config": "x.yaml"}]}, "exactly one of preset or config"),
+    ({"runs": [{"name": "a b", "preset": "photon-tiny"}]}, "must be letters"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}, {"name": "a", "preset": "vanilla-tiny"}]}, "duplicate run"),
+    ({"runs": [{"name": "a", "preset": "nope"}]}, "unknown preset"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny", "overrides": ["model.nope=1"]}]}, "unknown key config.model.nope"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny", "overrides": "model.width=8"}]}, "list of KEY=VALUE"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny", "flop_match": "b"}]}, "not a run of the grid"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny", "grid": {}}]}, "non-empty mapping"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny", "grid": {"model.width": []}}]}, "non-empty list"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "reference": "z"}, "reference 'z'"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "measure": {"tpm": {"max_batch": 0}}}, "max_batch"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "measure": {"eval_batches": -1}}, "eval_batches"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}, {"name": "b", "preset": "vanilla-small",
+                                                         "flop_match": "a"}]}, "same batch x seq_len"),
+])
+def test_bad_grids_are_one_line_errors(grid, message):
+    with pytest.raises(UserError, match=message) as err:
+        load_grid(grid)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_grid_files_via_cli(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runs: [\n")
+    for argv, message in ((["sweep", str(bad)], "not valid YAML"), (["sweep", "no-such-grid"], "unknown grid"),
+                          (["sweep", "ablations-tiny", "--only", "nope"], "no run named nope")):
+        assert main(argv + ["--workdir", str(tmp_path / "w")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------- running and resuming
+
+
+@pytest.fixture(scope="module")
+def plays(tmp_path_factory):
+    return prepare_few_plays(tmp_path_factory.mktemp("sweep-data"), vocab=VOCAB)
+
+
+def _grid(plays, names=("photon", "vanilla"), tpm=True):
+    measure = TINY_MEASURE if tpm else {**TINY_MEASURE, "tpm": None}
+    return load_grid({"overrides": tiny_overrides(layers=1, vocab=VOCAB) + TRAIN + [f"data.data_dir={plays}"],
+                      "measure": measure, "runs": _runs(*names)})
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def test_interrupted_grid_resumes_without_redoing_finished_runs(tmp_path, plays, monkeypatch, fast_compile):
+    grid = _grid(plays)
+    work = tmp_path / "sweep"
+    real_tpm = sweep_measure.tpm
+
+    def crash_on_vanilla(spec, settings, log):
+        if spec.name == "vanilla":
+            raise KeyboardInterrupt  # as if ^C during the second run's measurement
+        return real_tpm(spec, settings, log)
+
+    monkeypatch.setattr(sweep_measure, "tpm", crash_on_vanilla)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, work, plot=False, quiet=True)
+    photon_dir, vanilla_dir = work / "runs" / "photon", work / "runs" / "vanilla"
+    first = (photon_dir / "results.json").read_bytes()
+    first_mtime = (photon_dir / "results.json").stat().st_mtime_ns
+    assert not (vanilla_dir / "results.json").exists()
+    trained_lines = _lines(vanilla_dir / "metrics.jsonl")
+    assert json.loads((work / "results.json").read_text())["finished"] == 1  # the table after run 1
+
+    monkeypatch.setattr(sweep_measure, "tpm", real_tpm)
+    result = run_sweep(grid, work, plot=True, quiet=True)
+    assert (photon_dir / "results.json").read_bytes() == first
+    assert (photon_dir / "results.json").stat().st_mtime_ns == first_mtime
+    assert _lines(vanilla_dir / "metrics.jsonl") == trained_lines  # measured, not trained again
+    assert [r["run"] for r in result["rows"]] == ["photon", "vanilla"]
+    rows = {r["run"]: r for r in result["rows"]}
+    assert rows["vanilla"]["ppl_x"] == 1.0 and rows["vanilla"]["tpm_de_x"] == 1.0
+    assert rows["photon"]["flops_x"] < 1.0 and rows["photon"]["tpm_de_recgen"] > 0
+    assert 0.0 <= rows["photon"]["recgen_agreement"] <= 1.0
+    header = (work / "results.csv").read_text().splitlines()[0].split(",")
+    for column in ("run", "params", "train_flops", "val_ppl", "val_bpb", "recgen_agreement", "tpm_pf", "tpm_de"):
+        assert column in header
+    assert (work / "results.png").stat().st_size > 0
+
+    # a third call reuses everything
+    again = run_sweep(grid, work, plot=False, quiet=True)
+    assert [r["val_ppl"] for r in again["rows"]] == [r["val_ppl"] for r in result["rows"]]
+
+
+def test_partly_trained_run_resumes_from_its_checkpoint(tmp_path, plays, fast_compile):
+    from photon_jax.sweep.runner import shared_data_dir
+    from photon_jax.train.loop import train
+
+    grid = _grid(plays, names=("photon",), tpm=False)
+    work = tmp_path / "sweep"
+    spec = shared_data_dir(grid.runs[0], work)
+    train(spec.cfg, work / "runs" / "photon", quiet=True, stop_after=2)  # interrupted at step 2
+    run_sweep(grid, work, plot=False, quiet=True)
+    steps = [json.loads(line)["step"] for line in _lines(work / "runs" / "photon" / "metrics.jsonl")
+             if json.loads(line)["split"] == "train"]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 were not trained again
+
+
+def test_a_finished_run_with_another_config_is_refused(tmp_path, plays, fast_compile):
+    work = tmp_path / "sweep"
+    run_sweep(_grid(plays, names=("vanilla",), tpm=False), work, plot=False, quiet=True)
+    changed = load_grid({"overrides": tiny_overrides(layers=1, vocab=VOCAB) + TRAIN + [f"data.data_dir={plays}",
+                                                                                       "train.learning_rate=0.001"],
+                         "measure": {**TINY_MEASURE, "tpm": None}, "runs": _runs("vanilla")})
+    with pytest.raises(UserError, match=r"finished with another setting \(config.train.learning_rate"):
+        run_sweep(changed, work, plot=False, quiet=True)
