@@ -327,15 +327,21 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path, what: str = "config") -> dict:
+    """A YAML file that must hold a mapping; unreadable or malformed files are one-line ConfigErrors."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(Path(path).read_text())
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a YAML mapping")
+        raise ConfigError(f"{what} {path} must be a YAML mapping")
+    return data
+
+
+def _read_yaml(path: Path) -> dict:
+    data = read_yaml_mapping(path)
     base = data.pop("base", None)
     if base is not None:
         data = _merge(_read_yaml(_preset_path(base)), data)

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from photon_jax.analysis import train_flops_per_token
-from photon_jax.config import Config, ConfigError, load_config
+from photon_jax.config import Config, ConfigError, load_config, read_yaml_mapping
 from photon_jax.errors import UserError
 
 DEFAULT_TPM = {"pf": "256/32", "de": "32/256", "max_batch": 8, "repeats": 1, "memory_budget_gib": 1.0}
@@ -68,12 +68,7 @@ def load_grid(source: str | Path | dict, extra_overrides: list[str] = (), base_d
         data, base_dir = source, base_dir or Path.cwd()
     else:
         path = Path(source)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise UserError(f"cannot read grid {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"grid {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = read_yaml_mapping(path, "grid")
         base_dir = base_dir or path.parent
     if not isinstance(data, dict):
         raise UserError("a sweep grid must be a mapping with a 'runs' list")
