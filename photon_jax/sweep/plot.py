@@ -11,15 +11,22 @@ from photon_jax.bench.plot import _save, plt
 FAMILY_MARKERS = {"vanilla": "s", "block": "^", "photon": "o"}
 
 
+def run_colors(n: int) -> list:
+    """Distinct colours for n runs: the default cycle up to 10, tab20 beyond."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return list(cycle if n <= len(cycle) else plt.get_cmap("tab20").colors)
+
+
 def loss_curves(ax, records: list[dict], split: str = "validation") -> None:
     """Held-out (or train) token loss against training tokens, one line per run."""
-    for rec in records:
+    colors = run_colors(len(records))
+    for i, rec in enumerate(records):
         points = rec["curve"][split]
         if not points:
             continue
         tokens_per_step = rec["train_tokens"] / rec["steps"]
         ax.plot([s * tokens_per_step for s, _ in points], [loss for _, loss in points], marker=".",
-                label=rec["run"])
+                label=rec["run"], color=colors[i % len(colors)])
     ax.set_xlabel("training tokens")
     ax.set_ylabel(f"{split} token loss (nats)")
     ax.set_title(f"{split} loss", fontsize=10)
@@ -28,7 +35,7 @@ def loss_curves(ax, records: list[dict], split: str = "validation") -> None:
 
 def ppl_vs_tpm(ax, rows: list[dict], regime: str = "de") -> None:
     """Each run at (perplexity, TPM) in one regime; PHOTON's recgen as a second point when measured."""
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = run_colors(len(rows))
     for i, row in enumerate(rows):
         marker, color = FAMILY_MARKERS.get(row["family"], "o"), colors[i % len(colors)]
         hier, rec = row.get(f"tpm_{regime}"), row.get(f"tpm_{regime}_recgen")
