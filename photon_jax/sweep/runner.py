@@ -66,9 +66,7 @@ def _training_finished(run_dir: Path, steps: int) -> bool:
 def _load_result(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError):  # torn by a kill: measure again
+    except (OSError, json.JSONDecodeError):  # missing, or torn by a kill: measure again
         return None
 
 
@@ -95,7 +93,7 @@ def run_one(spec: RunSpec, grid: Grid, workdir: Path, log=print, quiet: bool = F
         start = time.perf_counter()
         summary = train(spec.cfg, run_dir, quiet=quiet)
         train_seconds = time.perf_counter() - start
-        table._atomic(run_dir / "train_seconds.json", json.dumps({"seconds": train_seconds}))
+        table.write_atomic(run_dir / "train_seconds.json", json.dumps({"seconds": train_seconds}))
         if summary["stopped_by"]:
             raise UserError(f"run {spec.name} stopped by {summary['stopped_by']} at step {summary['step']}; "
                             f"rerun the sweep to resume")
@@ -104,7 +102,7 @@ def run_one(spec: RunSpec, grid: Grid, workdir: Path, log=print, quiet: bool = F
     record = measure.measure(spec, run_dir, grid.measure, log=log)
     record["train_seconds"] = train_seconds if train_seconds is not None else _stored_train_seconds(run_dir)
     record["fingerprint"] = wanted
-    table._atomic(result_path, json.dumps(record, indent=2) + "\n")
+    table.write_atomic(result_path, json.dumps(record, indent=2) + "\n")
     return record, what
 
 

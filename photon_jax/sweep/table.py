@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from photon_jax.bench.report import fmt, table
+from photon_jax.errors import UserError
 
 # (column, header, format) of the printed table; the CSV has every column of flat_row.
 PRINTED = [
@@ -72,9 +73,9 @@ def write(out_dir: Path, rows: list[dict], meta: dict) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns(rows), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic(out_dir / "results.csv", buf.getvalue())
-    _atomic(out_dir / "results.json", json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    _atomic(out_dir / "results.txt", text(rows, meta.get("reference")) + "\n")
+    write_atomic(out_dir / "results.csv", buf.getvalue())
+    write_atomic(out_dir / "results.json", json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    write_atomic(out_dir / "results.txt", text(rows, meta.get("reference")) + "\n")
 
 
 def text(rows: list[dict], reference: str | None) -> str:
@@ -84,7 +85,11 @@ def text(rows: list[dict], reference: str | None) -> str:
     return table([h for _, h, _ in present], body) + f"\n{note}; TPM = K generated tokens/s per GiB of KV cache"
 
 
-def _atomic(path: Path, content: str) -> None:
+def write_atomic(path: Path, content: str) -> None:
+    """Write then rename: a kill leaves the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content)
-    tmp.replace(path)
+    try:
+        tmp.write_text(content)
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
