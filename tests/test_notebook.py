@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+import nbclient
+import nbformat
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "experiments" / "notebooks" / "ablations.ipynb"
 
 
 def test_ablations_notebook_smoke_mode(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("PHOTON_JAX_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("PHOTON_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "sweep"))
     monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # compile time dominates 3-step runs
