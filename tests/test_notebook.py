@@ -26,6 +26,6 @@ def test_ablations_notebook_smoke_mode(tmp_path, monkeypatch):
     assert len(images) >= 4  # loss curves, ppl vs TPM, chunk lengths, alpha
     text = "".join(o.get("text", "") for o in outputs)
     assert "smoke mode" in text and "perplexity (2,2) / (4,4)" in text
-    for run in ("photon-tiny", "photon-tiny-c22", "photon-tiny-alpha03", "vanilla-tiny-flops", "block-tiny-flops"):
+    for run in ("photon-tiny", "photon-tiny-c22", "photon-tiny-alpha03", "vanilla-tiny-flops"):
         assert (tmp_path / "sweep" / "runs" / run / "results.json").exists(), run
     assert os.path.getsize(tmp_path / "sweep" / "results.csv") > 0
