@@ -80,7 +80,10 @@ def test_ablation_presets_change_only_what_they_name():
 
 
 def test_committed_grids_resolve():
-    for name in ("ablations-tiny", "reproduce-small"):
+    from photon_jax.cli.cmd_sweep import grid_names
+
+    assert {"ablations-tiny", "reproduce-small", "chunks-lr-tiny"} <= set(grid_names())
+    for name in grid_names():
         assert main(["sweep", name, "--list"]) == 0
 
 
