@@ -14,8 +14,9 @@ Options:
   --hang-save-step N      the checkpoint of step N never finishes: its background JSON write touches
                           DIR/saving-N and then blocks, so the test can SIGKILL during an async save
   --fail-save-step N      saving step N fails: with --fail-in commit (default) orbax's background write
-                          of its JSON items raises ENOSPC (disk full); with --fail-in mkdir creating its
-                          temporary directory (synchronous, in manager.save) raises EROFS (read-only disk)
+                          of its JSON items raises, with --fail-in mkdir creating its temporary directory
+                          (synchronous, in manager.save) raises; the error is --fail-errno (default: ENOSPC,
+                          disk full, for commit; EROFS, read-only disk, for mkdir)
   --kill-at-batch N       SIGKILL this process when it fetches batch N (with --kill-process I: only
                           in the process whose PHOTON_PROCESS_ID is I), after writing the time to
                           DIR/killed-<PHOTON_PROCESS_ID or 0>
@@ -44,6 +45,7 @@ def _parse(argv):
     p.add_argument("--hang-save-step", type=int, default=None)
     p.add_argument("--fail-save-step", type=int, default=None)
     p.add_argument("--fail-in", choices=["commit", "mkdir"], default="commit")
+    p.add_argument("--fail-errno", choices=["ENOSPC", "EROFS"], default=None)
     p.add_argument("--kill-at-batch", type=int, default=None)
     p.add_argument("--kill-process", type=int, default=None)
     split = argv.index("--")
@@ -81,8 +83,8 @@ def _wrap_iterator(delay: float, kill_at: int | None, kill_marker: Path):
     pipeline.train_iterator = wrapped
 
 
-def _break_save(step: int, hang_marker: Path | None) -> None:
-    """Step `step`'s JSON items (written by orbax's background commit) hang, or fail with ENOSPC."""
+def _break_save(step: int, hang_marker: Path | None, code: int = errno.ENOSPC) -> None:
+    """Step `step`'s JSON items (written by orbax's background commit) hang, or fail with `code`."""
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
 
     real = handler.JsonCheckpointHandler._save_fn
@@ -91,7 +93,7 @@ def _break_save(step: int, hang_marker: Path | None) -> None:
         step_dir = Path(str(directory)).parent
         if step_dir.name.split(".")[0] == str(step):
             if hang_marker is None:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+                raise OSError(code, os.strerror(code), str(directory))
             hang_marker.write_text(str(step_dir))
             time.sleep(3600)  # the background commit thread never finishes; the test kills us
         return await real(self, item, directory)
@@ -118,14 +120,14 @@ def compile_cache(directory):
         compilation_cache.reset_cache()
 
 
-def _fail_mkdir(step: int) -> None:
+def _fail_mkdir(step: int, code: int = errno.EROFS) -> None:
     from orbax.checkpoint._src.path import atomicity
 
     real = atomicity.AtomicRenameTemporaryPath.create
 
     async def create(self, *args, **kwargs):
         if self.get_final().name == str(step):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.get()))
+            raise OSError(code, os.strerror(code), str(self.get()))
         return await real(self, *args, **kwargs)
 
     atomicity.AtomicRenameTemporaryPath.create = create
@@ -151,10 +153,13 @@ def main(argv=None) -> int:
         _wrap_iterator(opts.step_delay, kill_at, marker)
     if opts.hang_save_step is not None:
         _break_save(opts.hang_save_step, _workdir(cli_args) / f"saving-{opts.hang_save_step}")
-    if opts.fail_save_step is not None and opts.fail_in == "commit":
-        _break_save(opts.fail_save_step, None)
-    elif opts.fail_save_step is not None:
-        _fail_mkdir(opts.fail_save_step)
+    if opts.fail_save_step is not None:
+        default = "ENOSPC" if opts.fail_in == "commit" else "EROFS"
+        code = getattr(errno, opts.fail_errno or default)
+        if opts.fail_in == "commit":
+            _break_save(opts.fail_save_step, None, code)
+        else:
+            _fail_mkdir(opts.fail_save_step, code)
 
     from photon_jax.cli.main import main as cli_main
 

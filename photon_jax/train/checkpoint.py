@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import threading
+import traceback
 import warnings
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def make_manager(workdir: str | Path, keep: int = 3, async_save: bool = True) ->
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     _quiet_orbax_storage_tracebacks()
+    _drop_closed_loop_noise()
     try:
         manager = ocp.CheckpointManager(directory, options=options)
     except OSError as e:
@@ -200,26 +202,42 @@ def finish(manager: ocp.CheckpointManager) -> None:
     manager.close()
 
 
+def _is_closed_loop_callback(error: BaseException | None, tb) -> bool:
+    """A tensorstore read or write finishing after orbax closed the event loop that awaited it: its
+    completion callback (asyncio's call_soon_threadsafe) finds the loop closed. Only that: the error's
+    innermost frame is asyncio's closed-loop check, reached from call_soon_threadsafe."""
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        return False
+    frames = [(f.f_code.co_name, f.f_code.co_filename) for f, _ in traceback.walk_tb(tb)]
+    names = [name for name, _ in frames]
+    return bool(frames) and frames[-1][0] == "_check_closed" and "asyncio" in frames[-1][1] \
+        and "call_soon_threadsafe" in names
+
+
 def _drop_closed_loop_noise() -> None:
-    """When a restore fails (a corrupt or mismatched array), tensorstore reads still in flight call back
-    into orbax's event loop after orbax closed it, and Python prints a bare 'RuntimeError: Event loop is
-    closed' traceback for each. The failure itself is reported as one line: drop exactly those."""
-    previous = sys.unraisablehook
-    if getattr(previous, "photon_jax_filter", False):
+    """When a save fails (disk full) or a restore fails (a corrupt array), orbax closes the event loop of
+    that operation while tensorstore I/O it started is still in flight. Each late completion then raises
+    'RuntimeError: Event loop is closed' in a tensorstore thread, which prints it through sys.excepthook
+    (or sys.unraisablehook), at any time up to the process exit, depending on load. The failure itself is
+    reported as one line (UserError): drop exactly those late callbacks, nothing else. Installed once,
+    for the life of the process, when a checkpoint manager is made."""
+    if getattr(sys.excepthook, "photon_jax_filter", False):
         return
+    previous_excepthook, previous_unraisablehook = sys.excepthook, sys.unraisablehook
 
-    def hook(unraisable):
-        error = unraisable.exc_value
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return
-        previous(unraisable)
+    def excepthook(kind, error, tb):
+        if not _is_closed_loop_callback(error, tb):
+            previous_excepthook(kind, error, tb)
 
-    hook.photon_jax_filter = True
-    sys.unraisablehook = hook
+    def unraisablehook(unraisable):
+        if not _is_closed_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
+            previous_unraisablehook(unraisable)
+
+    excepthook.photon_jax_filter = unraisablehook.photon_jax_filter = True
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 def _restore_item(manager, step: int, **items):
-    _drop_closed_loop_noise()
     try:
         return manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, FileNotFoundError, OSError, TypeError) as e:
