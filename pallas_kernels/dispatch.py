@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import common
+from pallas_kernels.decode_attention_gpu import decode_attention_gpu, gpu_supported
+from pallas_kernels.decode_attention_tpu import decode_attention_tpu
 from pallas_kernels.reference import decode_attention_reference, decode_attention_xla
 
 IMPLS = ("auto", "xla", "pallas")
@@ -45,7 +47,6 @@ def resolve_impl(impl: str, head_dim: int, dtype, *, target=None, interpret=None
         if platform not in ("gpu", "tpu"):
             return "xla", False
         if target == "gpu":
-            from pallas_kernels.decode_attention_gpu import gpu_supported
             if not gpu_supported(head_dim, dtype):
                 return "xla", False
     if interpret is None:
@@ -56,10 +57,7 @@ def resolve_impl(impl: str, head_dim: int, dtype, *, target=None, interpret=None
 def _run(kind, interpret, scale, kernel_kwargs, q, k, v, lengths):
     if kind == "xla":
         return decode_attention_xla(q, k, v, lengths, scale=scale)
-    if kind == "gpu":
-        from pallas_kernels.decode_attention_gpu import decode_attention_gpu as fn
-    else:
-        from pallas_kernels.decode_attention_tpu import decode_attention_tpu as fn
+    fn = decode_attention_gpu if kind == "gpu" else decode_attention_tpu
     return fn(q, k, v, lengths, scale=scale, interpret=interpret, **dict(kernel_kwargs))
 
 

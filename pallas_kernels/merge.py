@@ -11,7 +11,7 @@ sample's own suffix cache once per sample, and the two results are merged.
 
 from __future__ import annotations
 
-
+from pallas_kernels.dispatch import decode_attention
 from pallas_kernels.reference import merge_partials
 
 __all__ = ["merge_partials", "merge_two", "cascade_decode_attention"]
@@ -35,8 +35,7 @@ def cascade_decode_attention(q_bqhd, shared, suffix, *, num_samples: int, scale=
     (num_samples * num_queries queries per row), so it is read once, not num_samples times.
     Returns (out_bqhd, lse_bqh) for the batch of samples.
     """
-    if attention_fn is None:
-        from pallas_kernels.dispatch import decode_attention as attention_fn
+    attention_fn = attention_fn or decode_attention
     bn, nq, h, d = q_bqhd.shape
     k_sh, v_sh, len_sh = shared
     prompts = k_sh.shape[0]

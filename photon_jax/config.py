@@ -1,7 +1,7 @@
 """Typed, validated configuration: dataclasses, YAML presets, dotted overrides.
 
 A config is built from (1) the dataclass defaults, (2) a preset YAML under
-experiments/configs/ (or any YAML file), (3) `key=value` overrides with dotted
+photon_jax/presets/ (package data; experiments/configs links there) (or any YAML file), (3) `key=value` overrides with dotted
 keys (`model.width=256`, `model.levels.0.chunk=2`, `train.steps=100`). Every
 step goes through `from_dict`, which rejects unknown keys and wrong types, and
 `Config.validate`, which checks cross-field constraints with one-line errors.
@@ -10,6 +10,7 @@ step goes through `from_dict`, which rejects unknown keys and wrong types, and
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -21,7 +22,8 @@ import yaml
 
 from photon_jax.errors import ConfigError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"  # package data (also experiments/configs)
+GRID_DIR = PRESET_DIR / "grids"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,7 @@ class ModelConfig:
     # photon only
     levels: tuple[LevelConfig, ...] = (LevelConfig(), LevelConfig())
     encoder_embed_width: int = 0  # 0 = width // levels[0].chunk (the paper's narrow embedder)
-    alignment: str = "A"  # PHOTON.md 3.3: "A" top-shift, "B" shift-every-level, "C" literal recursion
+    alignment: str = "A"  # docs/method.md 3.3: "A" top-shift, "B" shift-every-level, "C" literal recursion
     block_local_lower: bool = False  # lower encoders attend only inside their meta-context (5.5)
     # Conditioning of the first unit of a shifted stream. "fixed": a constant all-ones vector (the
     # first chunk's rows are still learned, through the converter's weight and bias; this keeps the
@@ -299,6 +301,14 @@ def _freeze(value: Any) -> Any:
     return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def unknown_key(where: str, key: Any, known) -> str:
+    """The one-line error for an unknown key, naming the nearest known keys first."""
+    known = sorted(str(k) for k in known)
+    near = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(f'{where}.{k}' for k in near)}? " if near else ""
+    return f"unknown key {where}.{key} ({hint}known: {', '.join(known)})"
+
+
 def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
@@ -306,7 +316,7 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ConfigError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(names))})")
+        raise ConfigError(unknown_key(where, unknown[0], names))
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -393,7 +403,7 @@ def _apply_tree(data: Any, tree: dict, where: str) -> Any:
     out = dict(data)
     for key, value in tree.items():
         if key not in out:
-            raise ConfigError(f"unknown key {where}.{key}")
+            raise ConfigError(unknown_key(where, key, out))
         if isinstance(value, dict) and isinstance(out[key], (dict, list)):
             out[key] = _apply_tree(out[key], value, f"{where}.{key}")
         else:
@@ -413,7 +423,12 @@ def load_config(preset: str | None = None, path: str | None = None, overrides: l
             data["name"] = preset
     elif path:
         data = _merge(data, _read_yaml(Path(path)))
-    data = from_dict(Config, data).to_dict()  # materialise nested defaults (e.g. levels)
+    return apply_overrides(from_dict(Config, data), overrides)  # from_dict materialises nested defaults
+
+
+def apply_overrides(cfg: Config, overrides=()) -> Config:
+    """A config with dotted `key=value` overrides applied, validated."""
+    data = cfg.to_dict()
     if overrides:
         data = _apply_tree(data, parse_overrides(list(overrides)), "config")
     return from_dict(Config, data).validate()

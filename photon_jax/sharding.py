@@ -7,6 +7,7 @@ are derived from an abstract (jax.eval_shape) init, never written by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -100,6 +101,26 @@ def check_divisible(abstract_tree, shardings) -> None:
             if dim % size:
                 name = jax.tree_util.keystr(path)
                 raise ConfigError(f"dimension {dim} of {name} is not divisible by mesh axes {axes} (size {size})")
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """What jit needs to create, move or restore a tree: abstract shapes and shardings."""
+
+    abstract: dict  # ShapeDtypeStructs (unboxed)
+    shardings: dict  # NamedShardings, same structure
+    logical_specs: dict  # logical PartitionSpecs (for golden files and reports)
+
+
+def layout_of(boxed_abstract_tree, mesh: Mesh, rules) -> StateLayout:
+    """The layout of an abstract tree whose leaves carry logical axis names (jax.eval_shape of an init)."""
+    logical = nn.get_partition_spec(boxed_abstract_tree)
+    abstract = strip_boxes(boxed_abstract_tree)
+    check_rules_cover(logical, rules)
+    with nn.logical_axis_rules(rules):
+        shardings = logical_to_shardings(logical, mesh, rules)
+    check_divisible(abstract, shardings)
+    return StateLayout(abstract, shardings, logical)
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

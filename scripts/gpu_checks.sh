@@ -13,7 +13,7 @@ run() { echo "== $*"; "$@" || status=1; }
 run "$PY" -m pytest -q -m "gpu" tests/test_kernels.py --junitxml="$OUT/kernel_tests.xml"
 run "$PY" -m pallas_kernels.gpu_check --out "$OUT" --budget-s 180
 run "$PY" -m photon_jax.cli.main bench tpm --models photon-600m,block-600m,vanilla-600m --regime both \
-    --repeats 2 --max-batch 256 --json "$OUT/tpm_600m.json" --plot "$OUT/tpm_600m.png"
+    --repeats 2 --max-batch 256 --json-file "$OUT/tpm_600m.json" --plot "$OUT/tpm_600m.png"
 run "$PY" -m photon_jax.cli.main bench context --models photon-600m,block-600m,vanilla-600m \
-    --json "$OUT/context_600m.json" --plot "$OUT/context_600m.png"
+    --json-file "$OUT/context_600m.json" --plot "$OUT/context_600m.png"
 exit $status

@@ -137,7 +137,7 @@ def tpm_run(fast_compile, tmp_path_factory):
     out = tmp_path_factory.mktemp("tpm")
     argv = ["bench", "tpm", "--models", "photon-tiny,vanilla-tiny", "--regime", "pf", "--pf", "24/4",
             "--de", "4/20", "--max-batch", "3", "--repeats", "1", "--memory-budget", "0.5",
-            "--perplexities", "photon-tiny=30,vanilla-tiny=22", "--json", str(out / "tpm.json"),
+            "--perplexities", "photon-tiny=30,vanilla-tiny=22", "--json-file", str(out / "tpm.json"),
             "--plot", str(out / "tpm.png"), *TINY]
     code = main(argv)
     return code, out
@@ -184,7 +184,7 @@ def test_allocated_caches_equal_the_measured_figures(tpm_run):
 def test_context_json_schema(tmp_path, capsys):
     path = tmp_path / "ctx.json"
     code, out, err = cli(capsys, "bench", "context", "--models", "photon-tiny,vanilla-tiny", "--modes", "recgen",
-                         "--contexts", "12", "--gen-len", "4", "--repeats", "1", "--json", str(path),
+                         "--contexts", "12", "--gen-len", "4", "--repeats", "1", "--json-file", str(path),
                          "--plot", str(tmp_path / "ctx.png"), *TINY)
     assert code == 0, err
     data = json.loads(path.read_text())
@@ -202,7 +202,7 @@ def test_train_json_schema(tmp_path, capsys):
     path = tmp_path / "train.json"
     code, out, err = cli(capsys, "bench", "train", "--models", "photon-tiny,vanilla-tiny", "--steps", "2",
                          "--warmup", "0", "--batch-size", "2", "--seq-len", "32", "--devices", "1",
-                         "--json", str(path), *TINY)
+                         "--json-file", str(path), *TINY)
     assert code == 0, err
     data = json.loads(path.read_text())
     assert set(report.TOP_KEYS) <= set(data) and data["schema_version"] == 1 and data["benchmark"] == "train"

@@ -1,4 +1,4 @@
-"""Causality of the training forward, by perturbation (PHOTON.md 3.3).
+"""Causality of the training forward, by perturbation (docs/method.md 3.3).
 
 For each configuration we build dep[p, i] = "the logits at position i change when
 token p is changed" by perturbing every position once through the jitted forward
@@ -32,7 +32,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 # ----------------------------------------------------------------------------- reference receptive fields
 
 def reference_dep(chunks, seq_len, variant, block_local=False):
-    """dep[p, i] derived from PHOTON.md section 3, independently of the model code.
+    """dep[p, i] derived from docs/method.md section 3, independently of the model code.
 
     Level l unit q covers tokens [q*S_l, (q+1)*S_l) with S_l = C_1*...*C_l.
     X^(l)_q (encoder, causal over units) sees tokens < (q+1)*S_l (from the start of its
@@ -88,7 +88,7 @@ def reference_dep(chunks, seq_len, variant, block_local=False):
 
 
 def test_reference_matches_the_stated_fields():
-    """Sanity check of the reference itself on the table of PHOTON.md 3.3."""
+    """Sanity check of the reference itself on the table of docs/method.md 3.3."""
     t = 48
     a = reference_dep((4, 4), t, "A")
     assert np.array_equal(a, np.triu(np.ones((t, t), bool), k=1))

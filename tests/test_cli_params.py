@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from photon_jax import analysis
 from photon_jax.cli.main import main
 from photon_jax.config import list_presets, load_config
+from photon_jax.model import accounting as analysis
 
 
 def run_cli(capsys, *argv):

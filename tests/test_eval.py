@@ -9,11 +9,11 @@ from conftest import prepare_few_plays
 
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
-from photon_jax.evaluate import score_choices
-from photon_jax.evaluation_runs import evaluate_run
-from photon_jax.inference import load_run
-from photon_jax.losses import token_nll
+from photon_jax.eval.choices import score_choices
+from photon_jax.eval.evaluate import evaluate_run
 from photon_jax.model import build_model
+from photon_jax.model.losses import token_nll
+from photon_jax.runs.workdir import load_run
 from photon_jax.train.loop import train
 
 VOCAB = 384

@@ -1,4 +1,4 @@
-"""Cached generation equals the teacher-forced forward (PHOTON.md 5.2, Levanter's rule).
+"""Cached generation equals the teacher-forced forward (docs/method.md 5.2, Levanter's rule).
 
 Greedy hiergen must produce argmax(model.apply(params, sequence)[0]) at every generated
 position of its own output, with the same logits (fp32, 1e-4), for ragged batches of

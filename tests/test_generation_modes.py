@@ -10,8 +10,7 @@ from photon_jax.config import load_config
 from photon_jax.generation import SamplingConfig, generate
 from photon_jax.generation.agreement import agreement
 from photon_jax.generation.api import plan, run_rows
-from photon_jax.generation.caches import CACHE_AXES, cache_axes
-from photon_jax.generation.memory import cache_memory_report
+from photon_jax.generation.caches import CACHE_AXES, cache_axes, cache_memory_report
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -1,5 +1,5 @@
 """Numerical equivalences of the forward: scan vs unrolled layers, remat policies, bf16 vs fp32,
-grouped-query attention, the L_rec term and its stop-gradient, and gradient reach (PHOTON.md 4, 10)."""
+grouped-query attention, the L_rec term and its stop-gradient, and gradient reach (docs/method.md 4, 10)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import random_variables, tiny_config
 
-from photon_jax import analysis
-from photon_jax.losses import loss_fn
+from photon_jax.model import accounting as analysis
 from photon_jax.model import build_model
 from photon_jax.model.convert import unroll_layers
+from photon_jax.model.losses import loss_fn, token_nll
 
 # LLVM optimisation off: the same computations, about half the compile time on a CPU.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -209,6 +209,68 @@ def test_one_level_has_no_rec_term():
     assert float(metrics["rec_loss"]) == 0.0
 
 
+# ----------------------------------------------------------------------------- token-loss alignment
+
+def _log_softmax64(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("family,offset", [("vanilla", 1), ("photon", 0)])
+def test_token_nll_alignment_identity_and_perturbation(family, offset):
+    """Targets are tokens[:, 1:] for every family. Vanilla scores target tokens[:, i+1] with logits[:, i]
+    (which see t_<=i); PHOTON scores tokens[:, i] with logits[:, i] (which see t_<i). `offset` is the
+    shift between the target's position and the logits that score it (1 vanilla, 0 PHOTON). Checked
+    element by element against a float64 log-softmax computed here, then by perturbing each target token."""
+    cfg = tiny_config(family=family, chunks=(4, 4), seq_mult=2)
+    t, vocab = cfg.data.seq_len, cfg.model.vocab_size
+    params = random_params(build_model(cfg.model), t)
+    run = forward(cfg)
+    tokens = tokens_for(cfg)
+    tok = np.asarray(tokens)
+    rows = np.arange(tok.shape[0])
+    logits, aux = run(params, tokens)
+    logits = np.asarray(logits)
+    nll = np.asarray(token_nll(cfg.model, jnp.asarray(logits), tokens))
+    assert nll.shape == (tok.shape[0], t - 1)
+
+    # target j is token j + 1, scored by the logits at position j + 1 - offset
+    logp = _log_softmax64(logits)
+    expected = np.stack([-logp[rows, j + 1 - offset, tok[:, j + 1]] for j in range(t - 1)], axis=1)
+    np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-5)
+    # the other family's alignment gives other numbers: the identity above can fail
+    wrong = np.stack([-logp[rows, j + offset, tok[:, j + 1]] for j in range(t - 1)], axis=1)
+    assert np.mean(np.abs(wrong - expected) > 1e-3) > 0.9
+
+    # loss_fn averages exactly these over the unmasked targets (mask[:, i] masks target i - 1)
+    mask = np.ones(tok.shape, np.float32)
+    mask[1, -3:] = 0.0  # row 1 ends in three pads: its last three targets drop out
+    _, metrics = loss_fn(cfg.model, jnp.asarray(logits), aux, tokens, jnp.asarray(mask))
+    keep = mask[:, 1:].astype(bool)
+    assert float(metrics["target_tokens"]) == keep.sum() == 2 * (t - 1) - 3
+    assert float(metrics["token_loss"]) == pytest.approx(expected[keep].mean(), rel=1e-5)
+
+    # changing target token p = j + 1 (row 0) leaves every logit before the one that scores it bit-identical,
+    # the earlier targets' nll unchanged, and changes target j's nll to that of the new token
+    rng = np.random.default_rng(7)
+    for j in range(t - 1):
+        p = j + 1
+        changed = tok.copy()
+        changed[0, p] = (tok[0, p] + rng.integers(1, vocab)) % vocab
+        logits2 = np.asarray(run(params, jnp.asarray(changed))[0])
+        scorer = p - offset  # the position whose logits score token p
+        np.testing.assert_array_equal(logits2[:, :scorer + 1], logits[:, :scorer + 1],
+                                      err_msg=f"{family}: changing token {p} changed logits at <= {scorer}")
+        if scorer + 1 < t:  # and the change does reach the next position's logits
+            assert not np.array_equal(logits2[0, scorer + 1], logits[0, scorer + 1]), (family, p)
+        nll2 = np.asarray(token_nll(cfg.model, jnp.asarray(logits2), jnp.asarray(changed)))
+        np.testing.assert_array_equal(nll2[:, :j], nll[:, :j])
+        np.testing.assert_array_equal(nll2[1], nll[1])
+        assert nll2[0, j] != nll[0, j], (family, j)
+        assert nll2[0, j] == pytest.approx(-logp[0, scorer, changed[0, p]], rel=1e-5, abs=1e-5)
+
+
 def test_rec_stop_gradient():
     """L_rec = dist(Xhat^(1), X^(1)) for L = 2. The target X^(1) comes from encoder_0 (and the narrow
     embedder). Stopping its gradient must change exactly the gradients of those, leave the gradients
@@ -252,7 +314,7 @@ CASES = [("photon", "A", (2, 2, 2)), ("photon", "C", (4, 4)), ("photon", "A", (4
 
 @pytest.mark.parametrize("family,alignment,chunks", CASES, ids=[f"{f}-{a}-L{len(c)}" for f, a, c in CASES])
 def test_token_loss_reaches_every_parameter(family, alignment, chunks):
-    """PHOTON.md 10: no detached encoder states; every level is on the token-loss path."""
+    """docs/method.md 10: no detached encoder states; every level is on the token-loss path."""
     # the real init (zero biases, unit norms) where other tests already compiled it, else random values
     init = "real" if (family, chunks) in (("photon", (2, 2, 2)), ("vanilla", (4, 4))) else "random"
     grads = _value_and_grads(family, "none", alignment, chunks, init=init)[2]

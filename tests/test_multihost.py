@@ -22,7 +22,7 @@ from photon_jax.cli.main import main
 from photon_jax.config import MeshConfig
 from photon_jax.distributed import Plan, resolve
 from photon_jax.errors import UserError
-from photon_jax.evaluation_runs import evaluate_run
+from photon_jax.eval.evaluate import evaluate_run
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest.py: the in-process evaluations compile faster
 

@@ -1,4 +1,4 @@
-"""Every family can memorise one tiny fixed batch through photon_jax.losses.loss_fn (the whole
+"""Every family can memorise one tiny fixed batch through photon_jax.model.losses.loss_fn (the whole
 training path: forward, loss alignment, gradients, and an optax update)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import optax
 import pytest
 from conftest import tiny_config
 
-from photon_jax.losses import loss_fn
 from photon_jax.model import build_model
+from photon_jax.model.losses import loss_fn
 
 VOCAB = 64
 SEQ = 32

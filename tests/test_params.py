@@ -1,4 +1,4 @@
-"""Parameter, FLOP and KV-cache accounting against the paper (PHOTON.md sections 7 and 9)."""
+"""Parameter, FLOP and KV-cache accounting against the paper (docs/method.md sections 7 and 9)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import functools
 import pytest
 from conftest import tiny_config
 
-from photon_jax import analysis
 from photon_jax.config import load_config
+from photon_jax.model import accounting as analysis
 
 PAPER_TOTALS = {
     "vanilla-600m": 610_915_968,
@@ -42,7 +42,7 @@ def test_paper_totals_exact(name):
 
 @pytest.mark.parametrize("name", sorted(PAPER_TOTALS))
 def test_paper_accounting_formula(name):
-    """The closed-form accounting of PHOTON.md section 7 gives the same totals (and the presets' depth)."""
+    """The closed-form accounting of docs/method.md section 7 gives the same totals (and the presets' depth)."""
     family, size = name.split("-")
     d, f = SHAPES[size]
     c, r, v = 4, 2, VOCAB

@@ -34,7 +34,7 @@ from photon_jax.data import pipeline
 from photon_jax.data.corpus import shakespeare_files
 from photon_jax.data.prepare import prepare
 from photon_jax.errors import UserError
-from photon_jax.train import checkpoint as ckpt
+from photon_jax.runs import checkpoint as ckpt
 from photon_jax.train.loop import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import prepare_few_plays, tiny_overrides
-from photon_jax.analysis import train_flops_per_token
+
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
 from photon_jax.errors import UserError
+from photon_jax.model.accounting import train_flops_per_token
 from photon_jax.sweep import load_grid, run_sweep
 from photon_jax.sweep import measure as sweep_measure
 

@@ -12,7 +12,7 @@ from photon_jax.cli.main import main
 from photon_jax.config import DataConfig, load_config
 from photon_jax.data.prepare import prepare
 from photon_jax.errors import UserError
-from photon_jax.train import checkpoint as ckpt
+from photon_jax.runs import checkpoint as ckpt
 from photon_jax.train.loop import train
 
 VOCAB = 512

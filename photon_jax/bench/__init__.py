@@ -1,4 +1,4 @@
-"""Benchmarks after the paper's efficiency protocol (PHOTON.md section 9).
+"""Benchmarks after the paper's efficiency protocol (docs/method.md section 9).
 
 * tpm.py          `bench tpm`: throughput per memory in the PF / DE regimes, at the largest
                   batch whose KV caches fit a memory budget.

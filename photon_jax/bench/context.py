@@ -11,10 +11,10 @@ from __future__ import annotations
 import gc
 from typing import Callable
 
-from photon_jax.analysis import count_params
 from photon_jax.bench import memory, runs
 from photon_jax.bench.models import BenchModel, dtype_bytes, random_params, reference_model
 from photon_jax.bench.report import envelope
+from photon_jax.model.accounting import count_params
 
 DEFAULT_CONTEXTS = (1024, 2048, 4096, 8192)
 
@@ -31,10 +31,7 @@ def run_context(models: list[BenchModel], modes: dict[str, list[str]], contexts:
                 log(f"[context] {m.name} {mode} context {c} (+{gen_len} generated), batch {batch}")
                 kv = memory.per_sample_kv(cfg, mode, c + gen_len)
                 timing, allocated = runs.timed_generation(cfg, params, mode, batch, c, gen_len, repeats)
-                if allocated and "error" not in allocated:
-                    kv["allocated_total"] = allocated["caches_total"] // allocated["batch"]
-                else:
-                    kv["allocated_total"] = None
+                kv["allocated_total"] = allocated["caches_total"] // allocated["batch"]
                 results.append({
                     "model": m.name, "family": m.family, "mode": mode, "context": c, "gen_len": gen_len,
                     "batch": batch, "params": n_params, "dtype": cfg.dtype, "kv_bytes_per_sample": kv,

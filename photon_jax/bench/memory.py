@@ -1,9 +1,9 @@
 """Per-sample KV memory (analytic and measured), the batch search, KV reads per generated token.
 
 Three memory figures per (model, mode, context), all bytes per sample:
-* analytic: analysis.kv_bytes_per_sample in the compute dtype (PHOTON.md 9);
+* analytic: accounting.kv_bytes_per_sample in the compute dtype (docs/method.md 9);
 * measured: the cache trees the generation code allocates for that context
-  (generation.memory.cache_memory_report, built by the same functions as the real caches;
+  (generation.caches.cache_memory_report, built by the same functions as the real caches;
   runs.py also checks the arrays a real run returns). They differ from the analytic count in
   two stated ways: global caches hold the context rounded up to a whole meta-context, and the
   local decoder caches hold R + C - 1 rows where the analytic count says R + C;
@@ -14,14 +14,13 @@ Three memory figures per (model, mode, context), all bytes per sample:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 import jax
 
 from photon_jax.config import ModelConfig
-from photon_jax.generation.memory import cache_memory_report
-from photon_jax.generation.modes import encoder_block, encoder_kinds
+from photon_jax.generation.caches import cache_memory_report
+from photon_jax.model.hierarchy import Hierarchy
 
 _SEARCH_LIMIT = 2 ** 40  # no batch is searched beyond this (guards a zero-byte cache)
 
@@ -122,8 +121,9 @@ def kv_reads_per_token(cfg: ModelConfig, mode: str, prompt_len: int, gen_len: in
         total = sum(cfg.num_layers * n for n in ns) * entry / gen_len
         return {"by_cache": {"tokens": total}, "total": total}
     levels = cfg.levels
-    tok_per = [math.prod(lv.chunk for lv in levels[:d]) for d in range(len(levels) + 1)]
-    kinds = encoder_kinds(cfg, mode)
+    hier = Hierarchy.of(cfg)
+    tok_per = [hier.tokens_per_unit(d) for d in range(len(levels) + 1)]
+    kinds = hier.encoder_kinds(mode)
     out = {f"encoder_{i}": 0.0 for i in range(len(levels))}
     out.update({f"decoder_{d}": 0.0 for d in range(len(levels))})
     for n in ns:
@@ -137,7 +137,7 @@ def kv_reads_per_token(cfg: ModelConfig, mode: str, prompt_len: int, gen_len: in
                 if kinds[i] == "global":
                     units = count
                 elif kinds[i] == "ring":
-                    units = (count - 1) % encoder_block(cfg, i) + 1
+                    units = (count - 1) % hier.encoder_block(i) + 1
                 else:
                     units = 0
                 out[f"encoder_{i}"] += levels[i].encoder_layers * units

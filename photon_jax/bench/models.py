@@ -1,6 +1,6 @@
 """Which models a benchmark runs, their random weights, and the generation modes each one runs.
 
-A model is named by a preset (experiments/configs/<name>.yaml) or a YAML file path; the
+A model is named by a preset (photon_jax/presets/<name>.yaml) or a YAML file path; the
 command's KEY=VALUE overrides apply to every model (e.g. a smaller width for a quick run).
 Weights are random: speed and memory do not depend on their values.
 """
@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from photon_jax.analysis import abstract_params, modes_for
 from photon_jax.config import Config, ModelConfig, load_config
 from photon_jax.errors import UserError
 from photon_jax.generation import check_mode
+from photon_jax.model.accounting import abstract_params, modes_for
 from photon_jax.sharding import strip_boxes
 
 PHOTON_MODES = ("hiergen", "recgen", "exact-local")
@@ -87,7 +87,7 @@ def select_modes(models: list[BenchModel], requested: list[str] | None) -> dict[
 
     Vanilla models always run "vanilla". PHOTON models run the requested modes, or by default
     every mode they support, except that one-level models (Block Transformer) run only hiergen:
-    with L = 1, recgen is the same computation (generation/modes.py).
+    with L = 1, recgen is the same computation (generation/photon_runner.py).
     """
     for mode in requested or ():
         if mode not in PHOTON_MODES + ("vanilla",):

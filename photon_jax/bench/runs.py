@@ -10,68 +10,39 @@ shape compiles and is only a warm-up. Per run:
 
 The warm-up run goes through generation.api.run_rows, which returns the final model state
 still on the device: its cache arrays are the "allocated" bytes (equal to
-generation.memory's measured figure, tests/test_bench.py), and where the backend reports
+generation.caches' measured figure, tests/test_bench.py), and where the backend reports
 memory (GPU) the device bytes held by that state give the device-memory slope over batch.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 
 import jax
 
 from photon_jax.bench.memory import device_bytes_in_use
 from photon_jax.bench.models import random_prompts
 from photon_jax.bench.timing import summarize
-from photon_jax.generation import SamplingConfig, generate
+from photon_jax.generation import generate, plan, run_rows
+from photon_jax.generation.caches import named_cache_bytes, tree_nbytes
+from photon_jax.generation.sampling import GREEDY
 
-GREEDY = SamplingConfig(greedy=True)
 TIMING_KEYS = ("prefill_s", "decode_s", "total_s", "throughput_tokens_per_s", "decode_tokens_per_s")
 
 
-def _nbytes(tree) -> int:
-    return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
-
-
-def cache_bytes_of_state(state: dict) -> dict[str, int]:
-    """Bytes of each KV cache in a generation model state, named like analysis.kv_bytes_per_sample."""
-    if "tokens" in state:
-        return {"tokens": _nbytes(state["tokens"])}
-    out = {}
-    for i, cache in enumerate(state["enc"]):
-        out[f"encoder_{i}"] = 0 if cache is None else _nbytes(cache)
-    for i, cache in enumerate(state["dec"]):
-        out[f"decoder_{i}"] = _nbytes(cache)
-    return out
-
-
-def allocated_state(cfg, params, mode: str, prompts: list[list[int]], gen_len: int) -> dict | None:
-    """Run once through run_rows (compiling as generate would) and size the state it returns.
-
-    Returns None when generation.api no longer offers run_rows with this signature (the timing
-    runs then warm up through generate instead).
-    """
-    try:
-        from photon_jax.generation import api
-        plan, run_rows = api.plan, api.run_rows
-    except (ImportError, AttributeError):
-        return None
+def allocated_state(cfg, params, mode: str, prompts: list[list[int]], gen_len: int) -> dict:
+    """Run once through generation.run_rows (compiling as generate would) and size the state it returns."""
     gc.collect()
     before = device_bytes_in_use()
-    try:
-        mode, prompts, sampling = plan(cfg, mode, prompts, gen_len, GREEDY, None, 1, None)
-        out, timings, _ = run_rows(cfg, params, mode, prompts, gen_len, sampling, None, 0)
-        state = jax.block_until_ready(out.pop("model"))
-    except (TypeError, KeyError) as e:  # an API change, not a benchmark result
-        return {"error": f"run_rows: {type(e).__name__}: {e}"}
+    mode, prompts, sampling = plan(cfg, mode, prompts, gen_len, GREEDY, None, 1, None)
+    out, timings, _ = run_rows(cfg, params, mode, prompts, gen_len, sampling, None, 0)
+    state = jax.block_until_ready(out.pop("model"))
     del out  # the generated tokens (on CPU, numpy views that keep their device buffers alive)
     gc.collect()
     after = device_bytes_in_use()
-    batch = len(prompts)
-    caches = cache_bytes_of_state(state)
-    result = {"batch": batch, "caches": caches, "caches_total": sum(caches.values()),
-              "state_total": _nbytes(state),
+    caches = named_cache_bytes(state)
+    result = {"batch": len(prompts), "caches": caches, "caches_total": sum(caches.values()),
+              "state_total": tree_nbytes(state),
               "device_bytes_held": None if before is None or after is None else after - before,
               "compile_s": timings.get("compile_s")}
     del state
@@ -83,9 +54,7 @@ def timed_generation(cfg, params, mode: str, batch: int, prompt_len: int, gen_le
                      seed: int = 0) -> tuple[dict, dict | None]:
     """(timing summary over `repeats` warm runs, allocated-state report of the warm-up run)."""
     prompts = random_prompts(cfg.vocab_size, batch, prompt_len, seed)
-    allocated = allocated_state(cfg, params, mode, prompts, gen_len)
-    if allocated is None or "error" in allocated:
-        generate(cfg, params, prompts, mode=mode, max_new_tokens=gen_len, sampling=GREEDY)  # warm-up
+    allocated = allocated_state(cfg, params, mode, prompts, gen_len)  # also the warm-up (compiles)
     samples = []
     for _ in range(repeats):
         res = generate(cfg, params, prompts, mode=mode, max_new_tokens=gen_len, sampling=GREEDY)
@@ -116,7 +85,7 @@ def device_slope(cfg, params, mode: str, prompt_len: int, gen_len: int, batch_hi
         return {"batches": [batch_hi], "bytes_held": [held_hi], "bytes_per_sample": float(held_hi)}
     lo = batch_hi // 2
     rep = allocated_state(cfg, params, mode, random_prompts(cfg.vocab_size, lo, prompt_len, 1), gen_len)
-    if not rep or rep.get("device_bytes_held") is None:
+    if rep["device_bytes_held"] is None:
         return None
     held_lo = rep["device_bytes_held"]
     return {"batches": [lo, batch_hi], "bytes_held": [held_lo, held_hi],

@@ -1,4 +1,4 @@
-"""`bench tpm`: throughput per memory (TPM) in the paper's PF and DE regimes (PHOTON.md 9).
+"""`bench tpm`: throughput per memory (TPM) in the paper's PF and DE regimes (docs/method.md 9).
 
 For every model, generation mode and regime (prompt P tokens, G generated):
 1. per-sample KV memory for a context of P + G tokens: analytic, measured (the cache trees
@@ -16,11 +16,11 @@ from __future__ import annotations
 import gc
 from typing import Callable
 
-from photon_jax.analysis import count_params
 from photon_jax.bench import memory, runs
 from photon_jax.bench.models import BenchModel, dtype_bytes, random_params, reference_model
 from photon_jax.bench.report import GIB, envelope
 from photon_jax.errors import UserError
+from photon_jax.model.accounting import count_params
 
 REGIMES = {"pf": (2048, 128), "de": (128, 2048)}  # the paper's (prompt, generated)
 
@@ -126,17 +126,12 @@ def run_tpm(models: list[BenchModel], modes: dict[str, list[str]], regimes: dict
                     + (f" (budget fits {search.fit}, capped by --max-batch {max_batch})" if search.capped else ""))
                 timing, allocated = runs.timed_generation(cfg, params, mode, search.used, p, g, repeats)
                 slope = None
-                if device_slope and allocated and allocated.get("device_bytes_held") is not None:
+                if device_slope and allocated["device_bytes_held"] is not None:
                     slope = runs.device_slope(cfg, params, mode, p, g, search.used, allocated["device_bytes_held"])
                 kv = dict(kv)
-                if allocated and "error" not in allocated:
-                    kv["allocated"] = {k: v // allocated["batch"] for k, v in allocated["caches"].items()}
-                    kv["allocated_total"] = allocated["caches_total"] // allocated["batch"]
-                    kv["state_total"] = allocated["state_total"] // allocated["batch"]
-                else:
-                    kv["allocated"] = kv["allocated_total"] = kv["state_total"] = None
-                    if allocated:
-                        notes.append(f"{m.name} {mode}: allocated caches not measured ({allocated['error']})")
+                kv["allocated"] = {k: v // allocated["batch"] for k, v in allocated["caches"].items()}
+                kv["allocated_total"] = allocated["caches_total"] // allocated["batch"]
+                kv["state_total"] = allocated["state_total"] // allocated["batch"]
                 kv["device"] = slope
                 kv["device_slope"] = slope["bytes_per_sample"] if slope else None
                 thr = timing["throughput_tokens_per_s"]

@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from photon_jax.analysis import count_params, train_flops_per_token
 from photon_jax.bench.models import BenchModel, random_params, reference_model
 from photon_jax.bench.report import envelope
 from photon_jax.bench.timing import median, timed
 from photon_jax.config import Config
 from photon_jax.errors import UserError
+from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.sharding import batch_sharding, logical_rules, make_mesh
 from photon_jax.train.metrics import peak_flops_per_device
 from photon_jax.train.state import learning_rate_schedule, make_optimizer, state_layout

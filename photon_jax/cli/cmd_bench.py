@@ -1,7 +1,8 @@
-"""`photon-jax bench {tpm,context,train}`: the paper's efficiency protocol (PHOTON.md 9) and training speed.
+"""`photon-jax bench {tpm,context,train}`: the paper's efficiency protocol (docs/method.md 9) and training speed.
 
 Every input is checked before any model runs; bad input is one line and exit 2. Tables go to
-stdout, progress to stderr; --json and --plot write files (photon_jax/bench/report.py, plot.py).
+stdout (or, with --json, the whole result as JSON), progress to stderr; --json-file and --plot write
+files (photon_jax/bench/report.py, plot.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from photon_jax.cli.common import add_json_flag, print_json
 from photon_jax.errors import UserError
 
 DEFAULT_MODELS = "photon-tiny,block-tiny,vanilla-tiny"
@@ -58,7 +60,7 @@ def register(subparsers) -> None:
     r.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
     r.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's)")
     r.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
-    r.add_argument("--json", default=None, metavar="FILE")
+    _json_args(r)
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every model")
     r.set_defaults(run=run_train_command)
 
@@ -69,8 +71,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="PHOTON generation modes (hiergen, recgen, exact-local); vanilla models run 'vanilla' "
                         "(default: every mode each model supports; one-level models: hiergen)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (median reported)")
-    p.add_argument("--json", default=None, metavar="FILE")
+    _json_args(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every model")
+
+
+def _json_args(p: argparse.ArgumentParser) -> None:
+    add_json_flag(p, "the whole result")
+    p.add_argument("--json-file", default=None, metavar="FILE", help="also write the result as JSON to FILE")
 
 
 def _log(msg: str) -> None:
@@ -100,7 +107,7 @@ def run_tpm_command(args) -> int:
     _positive(args.max_batch, "--max-batch")
     if args.memory_budget is not None and not args.memory_budget > 0:
         raise UserError(f"--memory-budget must be > 0 GiB, got {args.memory_budget:g}")
-    report.check_writable(args.json, "--json")
+    report.check_writable(args.json_file, "--json-file")
     report.check_writable(args.plot, "--plot")
     models, modes = _load(args)
     ppl = tpm.parse_perplexities(args.perplexities, [m.name for m in models])
@@ -113,12 +120,15 @@ def run_tpm_command(args) -> int:
         budget = int(ACCEL_BUDGET_FRACTION * limit) if limit else int(CPU_BUDGET_GIB * report.GIB)
     data = tpm.run_tpm(models, modes, regimes, budget, max_batch, args.repeats, ppl,
                        device_slope=not args.no_device_slope, overrides=args.overrides, log=_log)
-    print(report.tpm_table(data))
-    print(f"memory budget {budget / report.GIB:.3g} GiB of KV cache; batch capped at {max_batch} "
+    if args.json:
+        print_json(data)
+    else:
+        print(report.tpm_table(data))
+    _log(f"memory budget {budget / report.GIB:.3g} GiB of KV cache; batch capped at {max_batch} "
           f"({'--max-batch' if args.max_batch else 'default on ' + jax.default_backend()}); "
           f"TPM = K tokens/s per GiB per sample; x/ = vs {data['reference'] or 'no vanilla model'}")
     for note in data["notes"]:
-        print(f"note: {note}")
+        _log(f"note: {note}")
     _write(args, data, plot.tpm_plot)
     return 0
 
@@ -131,12 +141,12 @@ def run_context_command(args) -> int:
     _positive(args.gen_len, "--gen-len")
     _positive(args.batch_size, "--batch-size")
     _positive(args.repeats, "--repeats")
-    report.check_writable(args.json, "--json")
+    report.check_writable(args.json_file, "--json-file")
     report.check_writable(args.plot, "--plot")
     models, modes = _load(args)
     data = context.run_context(models, modes, contexts, args.gen_len, args.batch_size, args.repeats,
                                overrides=args.overrides, log=_log)
-    print(report.context_table(data))
+    print_json(data) if args.json else print(report.context_table(data))
     _write(args, data, plot.context_plot)
     return 0
 
@@ -150,26 +160,24 @@ def run_train_command(args) -> int:
     _positive(args.seq_len, "--seq-len")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
-    report.check_writable(args.json, "--json")
+    report.check_writable(args.json_file, "--json-file")
     models = load_models(parse_list(args.models, "--models"), args.overrides)
     data = train_bench.run_train(models, args.steps, args.warmup, args.batch_size, args.seq_len,
                                  devices=args.devices, overrides=args.overrides, log=_log)
-    print(report.train_table(data))
+    print_json(data) if args.json else print(report.train_table(data))
     s = data["settings"]
-    print(f"peak {s['peak_flops_per_device']:.3e} FLOP/s per device ({s['peak_source']}); "
-          f"x = vs {data['reference'] or 'no vanilla model'}")
-    if args.json:
-        report.write_json(args.json, data)
-        print(f"wrote {args.json}")
+    _log(f"peak {s['peak_flops_per_device']:.3e} FLOP/s per device ({s['peak_source']}); "
+         f"x = vs {data['reference'] or 'no vanilla model'}")
+    _write(args, data, None)
     return 0
 
 
 def _write(args, data: dict, plotter) -> None:
     from photon_jax.bench import report
 
-    if args.json:
-        report.write_json(args.json, data)
-        print(f"wrote {args.json}")
-    if args.plot:
+    if args.json_file:
+        report.write_json(args.json_file, data)
+        _log(f"wrote {args.json_file}")
+    if plotter is not None and args.plot:
         plotter(data, args.plot)
-        print(f"wrote {args.plot}")
+        _log(f"wrote {args.plot}")

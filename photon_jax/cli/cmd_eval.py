@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+from photon_jax import distributed
+from photon_jax.cli.common import add_json_flag, add_run_args, print_json
 from photon_jax.errors import UserError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint (held-out split, a text file, or choices)")
-    p.add_argument("--workdir", required=True, help="the training run directory")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    add_run_args(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", default=None, help="a UTF-8 text file to score")
     src.add_argument("--data", default=None, help="a prepared data dir (same tokenizer) to score")
@@ -21,8 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--recgen-agreement", action="store_true",
                    help="greedy-token agreement and KL of recgen (and exact-local) vs exact hiergen")
     p.add_argument("--agreement-windows", type=int, default=8, help="held-out windows for --recgen-agreement")
-    p.add_argument("--mesh", default=None, help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--mesh", default=None,
+                   help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh; same as mesh.* overrides)")
+    add_json_flag(p, "the results")
     p.set_defaults(run=run)
 
 
@@ -41,21 +43,21 @@ def parse_mesh(text: str | None):
 
 
 def run(args) -> int:
-    from photon_jax import distributed
-    from photon_jax.evaluation_runs import evaluate_run
+    from photon_jax.eval.evaluate import evaluate_run
 
-    distributed.initialize()  # multi-process eval from the PHOTON_* / SLURM environment (launch/README.md)
+    distributed.initialize_from_args(args)  # multi-process eval: flags or PHOTON_* / SLURM (launch/README.md)
 
     if args.max_batches < 0 or args.batch_size < 0:
         raise UserError("--max-batches and --batch-size must be >= 0")
     results = evaluate_run(args.workdir, step=args.step, text=args.text, data=args.data, split=args.split,
                            choices=args.choices, max_batches=args.max_batches or None,
                            batch_size=args.batch_size or None, mesh_cfg=parse_mesh(args.mesh),
-                           agreement_windows=args.agreement_windows if args.recgen_agreement else 0)
+                           agreement_windows=args.agreement_windows if args.recgen_agreement else 0,
+                           overrides=args.overrides)
     if not distributed.is_main_process():
         return 0
     if args.json:
-        print(json.dumps(results, indent=2))
+        print_json(results)
         return 0
     for name, value in results.items():
         if name == "agreement":

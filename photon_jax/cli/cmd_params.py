@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
-from photon_jax.analysis import report
-from photon_jax.cli.common import add_config_args, config_from_args
+from photon_jax.cli.common import add_config_args, add_json_flag, config_from_args, print_json
 from photon_jax.config import list_presets
+from photon_jax.model.accounting import report
 
 
 def register(subparsers) -> None:
@@ -14,7 +12,7 @@ def register(subparsers) -> None:
     add_config_args(p, default_preset="photon-tiny")
     p.add_argument("--context", type=int, default=0, help="context for KV bytes (default: data.seq_len)")
     p.add_argument("--kv-bytes", type=int, default=2, help="bytes per cached value (2 = bf16)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_flag(p, "the report")
     p.add_argument("--list", action="store_true", help="list the presets and exit")
     p.set_defaults(run=run)
 
@@ -34,13 +32,13 @@ def run(args) -> int:
         raise UserError(f"--context must be > 0, got {context}")
     rep = report(cfg.model, cfg.data.seq_len, context)
     if args.kv_bytes != 2:
-        from photon_jax.analysis import kv_bytes_per_sample, modes_for
+        from photon_jax.model.accounting import kv_bytes_per_sample, modes_for
         rep["kv_bytes_per_sample"] = {
             mode: sum(kv_bytes_per_sample(cfg.model, context, mode, args.kv_bytes).values())
             for mode in modes_for(cfg.model)}
     rep["name"] = cfg.name
     if args.json:
-        print(json.dumps(rep, indent=2))
+        print_json(rep)
         return 0
     total = rep["total_params"]
     print(f"{cfg.name}: {total:,} parameters ({cfg.model.family}, width {cfg.model.width})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from photon_jax.cli.common import add_config_args, config_from_args
+from photon_jax.cli.common import add_config_args, add_json_flag, config_from_args, default_workdir, print_json
 
 
 def register(subparsers) -> None:
@@ -13,7 +13,10 @@ def register(subparsers) -> None:
     add_config_args(p, default_preset="photon-tiny")
     p.add_argument("--corpus", default=None, help="'shakespeare', a text file, a directory of .txt or a .jsonl "
                                                   "(default: data.corpus)")
-    p.add_argument("--out", default=None, help="output data dir (default: data.data_dir, else ./data)")
+    p.add_argument("--out", default=None,
+                   help="output data dir (default: where `train` with the same preset and overrides reads it: "
+                        "data.data_dir, else <workdir>/data)")
+    p.add_argument("--workdir", default=None, help="the run directory train will use (default: runs/<preset name>)")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="tokenizer size to train, or that --tokenizer must have (0 = any) "
                         "(default: data.vocab_size, else model.vocab_size)")
@@ -22,12 +25,14 @@ def register(subparsers) -> None:
                    help="share of documents held out (default: data.validation_fraction)")
     p.add_argument("--seed", type=int, default=None, help="seed of the train/validation split (default: data.seed)")
     p.add_argument("--force", action="store_true", help="replace an existing data dir prepared from other inputs")
+    add_json_flag(p, "the manifest")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from photon_jax.data.prepare import MANIFEST_FILE, prepare
     from photon_jax.errors import UserError
+    from photon_jax.runs.workdir import data_dir_for
 
     cfg = config_from_args(args)
     changes = {key: value for key, value in (("corpus", args.corpus), ("tokenizer", args.tokenizer),
@@ -39,8 +44,11 @@ def run(args) -> int:
     vocab = args.vocab_size if args.vocab_size is not None else (data.vocab_size or cfg.model.vocab_size)
     if vocab < 0 or (vocab == 0 and not data.tokenizer):
         raise UserError(f"--vocab-size must be > 0, got {vocab}")
-    out = args.out or data.data_dir or "data"
+    out = args.out or data_dir_for(cfg, Path(args.workdir or default_workdir(cfg.name)))
     manifest = prepare(data, out, vocab, overwrite=args.force)
+    if args.json:
+        print_json(manifest)
+        return 0
     verb = "reused" if manifest["reused"] else "prepared"
     print(f"{verb} {data.corpus}: {manifest['documents']} documents, vocab {manifest['vocab_size']} "
           f"(eos {manifest['eos_id']}), {manifest['seconds']:.1f} s")

@@ -3,10 +3,8 @@ evaluate it on the held-out plays, and generate from it; prints one results tabl
 
 from __future__ import annotations
 
-import json
-
-from photon_jax.cli.common import add_config_args, config_from_args
-from photon_jax.cli.cmd_train import default_workdir
+from photon_jax.cli.common import add_config_args, add_json_flag, config_from_args, default_workdir, print_json
+from photon_jax.generation.text import DEFAULT_MAX_NEW_TOKENS
 
 DEFAULT_PROMPT = "ROMEO.\nWhat light is"
 
@@ -16,15 +14,15 @@ def register(subparsers) -> None:
     add_config_args(p, default_preset="photon-tiny")
     p.add_argument("--workdir", default=None, help="run directory (default: runs/<preset name>)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    add_json_flag(p, "the train summary, evaluation and sample")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from photon_jax.cli.cmd_generate import generate_text
-    from photon_jax.evaluation_runs import evaluate_run
-    from photon_jax.inference import load_run
+    from photon_jax.eval.evaluate import evaluate_run
+    from photon_jax.generation.text import generate_text
+    from photon_jax.runs.workdir import load_run
     from photon_jax.train.loop import train
 
     cfg = config_from_args(args)
@@ -32,15 +30,17 @@ def run(args) -> int:
     summary = train(cfg, workdir)
     results = evaluate_run(workdir)
     loaded = load_run(workdir)
-    sample = generate_text(loaded, args.prompt, max_new_tokens=args.max_new_tokens, temperature=0.8, top_k=40)
+    sample = generate_text(loaded, args.prompt, max_new_tokens=args.max_new_tokens)
     report = {"train": summary, "eval": results, "sample": sample}
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return 0
     v = results["validation"]
     print(f"\n== {cfg.name} after {summary['step']} steps ({summary['params']:,} params) ==")
     print(f"held-out plays: token loss {v['token_loss']:.4f}  perplexity {v['perplexity']:.2f}  "
           f"bits/byte {v['bits_per_byte']:.4f}  ({int(v['targets']):,} tokens)")
-    print(f"sample ({sample['mode']}, temperature 0.8, top-k 40):\n{args.prompt}{sample['samples'][0]['text']}")
+    knobs = sample["sampling"]
+    print(f"sample ({sample['mode']}, temperature {knobs['temperature']:g}, top-k {knobs['top_k']}):\n"
+          f"{args.prompt}{sample['samples'][0]['text']}")
     print(f"\nrun directory: {summary['workdir']} (photon-jax eval / generate --workdir ...)")
     return 0

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from photon_jax.config import PRESET_DIR
+from photon_jax.cli.common import add_json_flag, add_overrides, print_json
+from photon_jax.config import GRID_DIR
 from photon_jax.errors import UserError
-
-GRID_DIR = PRESET_DIR.parent / "grids"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="a grid of configs -> resumable runs -> one results table")
-    p.add_argument("grid", help=f"a grid YAML file, or the name of one in experiments/grids ({', '.join(grid_names())})")
+    p.add_argument("grid", help=f"a grid YAML file, or the name of a shipped grid ({', '.join(grid_names())})")
     p.add_argument("--workdir", default=None, help="sweep directory (default: runs/sweeps/<grid name>)")
     p.add_argument("--only", default=None, help="comma-separated run names to train now (others are only tabled)")
     p.add_argument("--list", action="store_true", help="print the resolved runs (steps, params, FLOPs) and exit")
     p.add_argument("--no-plot", action="store_true", help="skip results.png")
     p.add_argument("--quiet", action="store_true", help="no per-step training output")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every run, last")
+    add_json_flag(p, "the results table (or, with --list, the resolved runs)")
+    add_overrides(p, " (applied to every run, last)")
     p.set_defaults(run=run)
 
 
@@ -44,11 +44,12 @@ def run(args) -> int:
     path = grid_path(args.grid)
     grid = load_grid(path, extra_overrides=args.overrides)
     if args.list:
-        rows = []
-        for spec in grid.runs:
-            c = cost(spec)
-            rows.append([spec.name, c["family"], fmt(c["params"], ",d"), str(c["steps"]),
-                         fmt(c["train_tokens"], ",d"), fmt(c["train_flops"], ".3e")])
+        costs = [dict(run=spec.name, **cost(spec)) for spec in grid.runs]
+        if args.json:
+            print_json(costs)
+            return 0
+        rows = [[c["run"], c["family"], fmt(c["params"], ",d"), str(c["steps"]), fmt(c["train_tokens"], ",d"),
+                 fmt(c["train_flops"], ".3e")] for c in costs]
         print(table(["run", "family", "params", "steps", "tokens", "train FLOPs"], rows))
         return 0
     only = [n for n in args.only.split(",") if n] if args.only else None
@@ -56,6 +57,10 @@ def run(args) -> int:
     result = run_sweep(grid, workdir, only=only, quiet=args.quiet, plot=not args.no_plot)
     from photon_jax.sweep.table import text
 
+    if args.json:
+        print_json({"reference": result["reference"], "rows": result["rows"], "finished": result["finished"],
+                    "runs": len(result["runs"]), "workdir": str(Path(workdir).resolve())})
+        return 0
     print(text(result["rows"], result["reference"]))
     print(f"{result['finished']} of {len(result['runs'])} runs finished; table in {Path(workdir).resolve()}/results.csv")
     return 0

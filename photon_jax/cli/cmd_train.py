@@ -7,11 +7,8 @@ Multi-process runs: see photon_jax/distributed.py and launch/README.md.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from photon_jax import distributed
-from photon_jax.cli.common import add_config_args, config_from_args
+from photon_jax.cli.common import add_config_args, add_json_flag, config_from_args, default_workdir, print_json
 
 
 def register(subparsers) -> None:
@@ -19,15 +16,11 @@ def register(subparsers) -> None:
     add_config_args(p, default_preset="photon-tiny")
     p.add_argument("--workdir", default=None, help="run directory (default: runs/<preset name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    add_json_flag(p, "the final summary (or the --dry-run report)")
     p.add_argument("--dry-run", action="store_true",
                    help="compile the train step for the mesh and print memory per device; no data, no state")
     distributed.add_arguments(p)
     p.set_defaults(run=run)
-
-
-def default_workdir(name: str) -> Path:
-    return Path("runs") / name
 
 
 def run(args) -> int:
@@ -38,7 +31,7 @@ def run(args) -> int:
 
         report = dry_run(cfg)
         if distributed.is_main_process():
-            print(json.dumps(report, indent=2) if args.json else describe_dry_run(report))
+            print_json(report) if args.json else print(describe_dry_run(report))
         return 0
 
     from photon_jax.train.loop import train
@@ -47,7 +40,7 @@ def run(args) -> int:
     if not distributed.is_main_process():
         return 0
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
     elif summary["validation"]:
         v = summary["validation"]
         print(f"done: step {summary['step']}, validation loss {v['token_loss']:.4f}, ppl {v['perplexity']:.2f}, "

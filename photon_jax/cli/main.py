@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import sys
 
+from photon_jax.cli.common import json_output
 from photon_jax.errors import UserError
 
 COMMAND_ORDER = ["params", "prepare", "train", "eval", "generate", "bench", "run", "sweep"]
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "json", None) is True:  # one JSON document on stdout (cli/common.py)
+            with json_output():
+                return int(args.run(args) or 0)
         return int(args.run(args) or 0)
     except UserError as e:
         print(f"photon-jax: error: {e}", file=sys.stderr)

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from photon_jax.analysis import modes_for
 from photon_jax.config import ModelConfig
 from photon_jax.errors import UserError
-from photon_jax.generation.api import plan, run_rows
-from photon_jax.generation.modes import check_mode
+from photon_jax.generation.api import check_mode, plan, run_rows
 from photon_jax.generation.sampling import GREEDY
+from photon_jax.model.hierarchy import modes_for
 
 
 def _log_softmax(x):

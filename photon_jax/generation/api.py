@@ -25,13 +25,38 @@ import numpy as np
 
 from photon_jax.config import ModelConfig
 from photon_jax.errors import UserError
-from photon_jax.model.convert import unrolled
-from photon_jax.sharding import strip_boxes
-from photon_jax.generation.caches import round_up
 from photon_jax.generation.engine import RunSpec, Session
 from photon_jax.generation.loop import FINISH_REASONS
-from photon_jax.generation.modes import check_mode
 from photon_jax.generation.sampling import SamplingConfig, sampling_kind
+from photon_jax.model.convert import unrolled
+from photon_jax.model.hierarchy import PHOTON_MODES, Hierarchy, modes_for
+from photon_jax.sharding import strip_boxes
+
+ALL_MODES = PHOTON_MODES + ("vanilla",)  # what each PHOTON mode computes: photon_runner.py
+
+
+def default_mode(cfg: ModelConfig) -> str:
+    return "vanilla" if cfg.family == "vanilla" else "hiergen"
+
+
+def check_mode(cfg: ModelConfig, mode: str | None) -> str:
+    """Return the mode to run, or raise a one-line UserError when the model cannot run it."""
+    mode = default_mode(cfg) if mode in (None, "", "auto") else mode
+    if mode not in ALL_MODES:
+        raise UserError(f"unknown generation mode {mode!r} (known: {', '.join(ALL_MODES)})")
+    if cfg.family == "vanilla":
+        if mode != "vanilla":
+            raise UserError(f"mode {mode!r} needs a PHOTON model; a vanilla model generates with mode 'vanilla'")
+        return mode
+    if mode == "vanilla":
+        raise UserError("mode 'vanilla' is for vanilla models; a PHOTON model generates with "
+                        f"{', '.join(modes_for(cfg))}")
+    if mode == "exact-local":
+        if len(cfg.levels) < 2:
+            raise UserError("mode 'exact-local' needs at least two levels (with one level it is 'hiergen')")
+        if not cfg.block_local_lower:
+            raise UserError("mode 'exact-local' needs a model trained with model.block_local_lower=true")
+    return mode
 
 
 @dataclasses.dataclass
@@ -95,7 +120,6 @@ def start_session(cfg: ModelConfig, params, mode: str, prompts: list[list[int]],
                   forced: list[list[int]] | None = None):
     """Validated inputs -> (prefilled Session, prompt length per row). forced[r]: tokens forced at
     the positions after row r's prompt (agreement.py); rows are prompt-major."""
-    b_meta = cfg.meta_context
     lens = np.array([len(p) for p in prompts], np.int32)
     max_prompt = int(lens.max())
     limit = max_prompt + max_new_tokens if max_context is None else min(max_prompt + max_new_tokens, max_context)
@@ -103,8 +127,9 @@ def start_session(cfg: ModelConfig, params, mode: str, prompts: list[list[int]],
         prompt_pad = max_prompt
         cap = limit
     else:
-        prompt_pad = (max_prompt // b_meta + 1) * b_meta
-        cap = max(round_up(limit, b_meta), prompt_pad)
+        hier = Hierarchy.of(cfg)
+        prompt_pad = hier.prompt_pad(max_prompt)
+        cap = max(hier.capacity(limit), prompt_pad)
     shared = num_samples > 1 and share_prompt
     groups = len(prompts) if shared else len(prompts) * num_samples
     samples = num_samples if shared else 1

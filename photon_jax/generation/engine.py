@@ -9,13 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
-from photon_jax.generation import multiquery
-from photon_jax.generation.hiergen import Cascade
 from photon_jax.generation.loop import init_loop, run_loop
-from photon_jax.generation.photon_ops import Hier
-from photon_jax.generation.prefill import prefill as photon_prefill
+from photon_jax.generation.photon_runner import PhotonRunner
 from photon_jax.generation.sampling import SamplingConfig
-from photon_jax.generation.vanilla_decode import VanillaDecoder
+from photon_jax.generation.vanilla_runner import VanillaRunner
 from photon_jax.sharding import strip_boxes
 
 
@@ -34,26 +31,6 @@ class RunSpec:
     @property
     def rows(self) -> int:
         return self.groups * self.samples
-
-
-class PhotonRunner:
-    def __init__(self, cfg, mode):
-        self.hier = Hier(cfg, mode)
-        self.cascade = Cascade(self.hier)
-
-    def prefill(self, params, tokens, prompt_len, cap):
-        return photon_prefill(self.hier, params, tokens, prompt_len, cap)
-
-    def advance(self, params, st, tokens, fed, adv):
-        return self.cascade.advance(params, st, tokens, fed, adv)
-
-    def share(self, st, prompt_len, spec: RunSpec):
-        return multiquery.share_photon_state(self.hier, st, prompt_len, spec.prompt_pad, spec.max_new, spec.samples)
-
-
-class VanillaRunner(VanillaDecoder):
-    def share(self, st, prompt_len, spec: RunSpec):
-        return multiquery.share_vanilla_state(st, prompt_len, spec.prompt_pad, spec.max_new, spec.samples)
 
 
 def make_runner(cfg: ModelConfig, mode: str):

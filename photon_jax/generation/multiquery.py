@@ -7,8 +7,8 @@ After a batch-of-prompts prefill, every global KV cache is split into
 Sample s of prompt p is row p * N + s. A new unit (token) at absolute index u of a row whose
 prompt holds `base` entries is written at suffix slot u - base. Attention over
 [shared prompt part ; own suffix] is computed as two partials with their log-sum-exp and
-merged exactly (pallas_kernels.reference.merge_partials); the shared partial folds the N
-samples into the query axis, so each prompt's cache is read once per step for all samples.
+merged exactly (model/attention.py, through the kernel package); the shared partial folds
+the N samples into the query axis, so each prompt's cache is read once per step for all samples.
 Small per-row state (local decoder caches, rings, buffers, xhat) is copied per sample.
 Only global caches with global attention are shared (a block-local lower encoder in hiergen
 mode sees at most its own meta-context, so it is copied).
@@ -18,42 +18,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-
-
-def masked_partial(q_bthd, k_bskd, v_bskd, mask_bts):
-    """Attention over one cache part with an arbitrary mask: (out (b,t,h,d), lse (b,t,h) fp32)."""
-    b, t, h, d = q_bthd.shape
-    kvh = k_bskd.shape[2]
-    q = q_bthd.astype(jnp.float32).reshape(b, t, kvh, h // kvh, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k_bskd.astype(jnp.float32)) * (d ** -0.5)
-    logits = jnp.where(mask_bts[:, None, None], logits, -jnp.inf)
-    m = jnp.max(logits, axis=-1, keepdims=True)
-    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
-    p = jnp.exp(logits - m_safe)
-    total = jnp.sum(p, axis=-1, keepdims=True)
-    out = jnp.einsum("bkgts,bskd->bkgtd", p, v_bskd.astype(jnp.float32)) / jnp.where(total > 0, total, 1.0)
-    lse = jnp.where(total[..., 0] > 0, m_safe[..., 0] + jnp.log(jnp.where(total[..., 0] > 0, total[..., 0], 1.0)),
-                    -jnp.inf)
-    out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, d)
-    lse = jnp.transpose(lse, (0, 3, 1, 2)).reshape(b, t, h)
-    return out, lse
-
-
-def shared_prefix_attention(q_bthd, k_bskd, v_bskd, mask_bts, cache):
-    """Attention of each row over its prompt group's shared cache and its own (masked) cache."""
-    from pallas_kernels.reference import decode_attention_reference, merge_partials
-
-    b, t, h, d = q_bthd.shape
-    groups = cache["shared_k"].shape[0]
-    per = b // groups
-    q_group = q_bthd.reshape(groups, per * t, h, d)
-    out_s, lse_s = decode_attention_reference(q_group, cache["shared_k"], cache["shared_v"], cache["shared_len"])
-    out_s = out_s.reshape(b, t, h, d).astype(jnp.float32)
-    lse_s = lse_s.reshape(b, t, h)
-    out_o, lse_o = masked_partial(q_bthd, k_bskd, v_bskd, mask_bts)
-    out, _ = merge_partials([out_s, out_o], [lse_s, lse_o])
-    return out.astype(q_bthd.dtype)
 
 
 def repeat_rows(tree, n: int, axis: int = 0):

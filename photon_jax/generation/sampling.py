@@ -17,8 +17,10 @@ from photon_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    temperature: float = 1.0  # <= 0 means greedy
-    top_k: int = 0  # 0 = off
+    """The one set of sampling defaults: the API, `photon-jax generate` and `photon-jax run` use these."""
+
+    temperature: float = 0.8  # <= 0 means greedy
+    top_k: int = 40  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     greedy: bool = False
 

@@ -5,7 +5,8 @@ vocab); the sharding rules map them to mesh axes. No mesh axis is named here.
 
 Attention takes an optional per-layer KV cache {"k", "v"} of shape
 (batch, cache_len, kv_heads, head_dim): new keys/values are written at each row's
-`write_index_b`, and the caller's mask says which cache slots each query may read.
+`write_index_b`, and the caller's mask says which cache slots each query may read. The
+attention itself (full, cached decode, shared-prompt cascade) is attention.py's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
+from photon_jax.model.attention import attention
 
 Dtype = Any
 
@@ -78,54 +80,6 @@ def apply_rope(x_bthd, positions_bt, theta: float):
     return rotated.astype(x_bthd.dtype)
 
 
-def causal_mask(q_pos_bt, kv_pos_bs, kv_valid_bs=None, block: int = 0):
-    """(batch, q, kv) bool: kv position <= q position, optionally within the same block of `block`."""
-    mask = kv_pos_bs[:, None, :] <= q_pos_bt[:, :, None]
-    if block:
-        mask &= (kv_pos_bs[:, None, :] // block) == (q_pos_bt[:, :, None] // block)
-    if kv_valid_bs is not None:
-        mask &= kv_valid_bs[:, None, :]
-    return mask
-
-
-def attend(q_bthd, k_bskd, v_bskd, mask_bts):
-    """Grouped-query softmax attention in fp32; fully masked rows return zeros."""
-    b, t, h, d = q_bthd.shape
-    kv_heads = k_bskd.shape[2]
-    q_btkgd = q_bthd.reshape(b, t, kv_heads, h // kv_heads, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q_btkgd.astype(jnp.float32), k_bskd.astype(jnp.float32))
-    logits = logits * (d ** -0.5)
-    mask = mask_bts[:, None, None, :, :]
-    logits = jnp.where(mask, logits, -1e30)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = jnp.where(mask, probs, 0.0)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd.astype(jnp.float32))
-    return out.reshape(b, t, h, d).astype(q_bthd.dtype)
-
-
-def uses_decode_kernel(spec: "StackSpec", cache_dtype) -> bool:
-    """Whether single-query cached attention goes to the Pallas kernel (attention_impl, platform)."""
-    if spec.attention_impl == "xla":
-        return False
-    from pallas_kernels.dispatch import resolve_impl
-
-    kind, _ = resolve_impl(spec.attention_impl, spec.head_dim, cache_dtype)
-    return kind != "xla"
-
-
-def prefix_decode_attention(q_b1hd, k_bskd, v_bskd, mask_b1s, impl: str):
-    """One query per row over a cache whose readable slots are a prefix of length sum(mask).
-
-    Every cache the generation code reads one query at a time is filled front to back (level
-    caches, exact-local rings, local decoder windows), so its mask is such a prefix.
-    """
-    from pallas_kernels.dispatch import decode_attention
-
-    lengths_b = jnp.sum(mask_b1s[:, 0, :], axis=-1).astype(jnp.int32)
-    out, _ = decode_attention(q_b1hd, k_bskd, v_bskd, lengths_b, impl=impl)
-    return out
-
-
 def write_cache(cache_bskd, new_btkd, write_index_b):
     """Write each row's new entries at its own offset."""
     def one(row_skd, new_tkd, index):
@@ -174,14 +128,7 @@ class Attention(nn.Module):
             v_all = write_cache(cache["v"], v, write_index_b)
             new_cache = {"k": k_all, "v": v_all}
             k, v = k_all, v_all
-        if cache is not None and "shared_k" in cache:
-            # Multi-query decode: a prompt cache shared by several samples (generation/multiquery.py).
-            from photon_jax.generation.multiquery import shared_prefix_attention
-            out = shared_prefix_attention(q, k, v, mask_bts, cache)
-        elif cache is not None and q.shape[1] == 1 and uses_decode_kernel(s, k.dtype):
-            out = prefix_decode_attention(q, k, v, mask_bts, s.attention_impl)
-        else:
-            out = attend(q, k, v, mask_bts)
+        out = attention(q, k, v, mask_bts, impl=s.attention_impl, cache=cache)
         y = Einsum((s.num_heads, s.head_dim, s.width), "bthk,hkd->btd", ("heads", "head_dim", "embed"),
                    (s.num_heads * s.head_dim) ** -0.5, s.dtype, s.param_dtype, name="out")(out)
         return y, new_cache

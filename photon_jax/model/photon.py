@@ -1,4 +1,4 @@
-"""PHOTON: bottom-up hierarchical encoder + top-down chunk-local decoders (PHOTON.md section 3).
+"""PHOTON: bottom-up hierarchical encoder + top-down chunk-local decoders (docs/method.md 3).
 
 Level indices are 0-based in code: `i` is level l = i + 1. Encoder i turns level-i
 states (i = 0: narrow token embeddings) into X^(i+1); decoder i turns the
@@ -6,20 +6,22 @@ conditioning of each level-(i+1) unit into Xhat^(i) for its C_{i+1} children
 (decoder 0 rebuilds token states, read by the LM head).
 
 Alignment: `logits[:, i]` predicts `tokens[:, i]` from t_<i (variant A; B and C
-see less, see PHOTON.md 3.3). Every method below is also a building block of
-cached generation, so the training forward and decoding share one code path.
+see less, see docs/method.md 3.3). The static facts (chunk lengths, attention blocks,
+which stream conditions which unit) come from hierarchy.Hierarchy. Every method below
+is also a building block of cached generation, so the training forward and decoding
+share one code path.
 """
 
 from __future__ import annotations
-
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
-from photon_jax.model.layers import RMSNorm, Stack, StackSpec, causal_mask, dtype_of, logical_init
+from photon_jax.model.attention import causal_mask
+from photon_jax.model.hierarchy import Hierarchy, feed_own_outputs
+from photon_jax.model.layers import RMSNorm, Stack, StackSpec, dtype_of, logical_init
 from photon_jax.model.vanilla import lm_head, positions_like, token_embedding
 
 
@@ -78,7 +80,8 @@ class PhotonLM(nn.Module):
     def setup(self):
         m = self.cfg
         spec = StackSpec.from_model(m)
-        n = len(m.levels)
+        self.hier = Hierarchy.of(m)
+        n = self.hier.num_levels
         self.encoder_embed = token_embedding(m, m.embed_width, "encoder_embed")
         self.chunkers = [Chunker(m, m.chunker_kind(i), name=f"chunker_{i}") for i in range(n)]
         self.encoders = [Stack(spec, lv.encoder_layers, name=f"encoder_{i}") for i, lv in enumerate(m.levels)]
@@ -88,10 +91,10 @@ class PhotonLM(nn.Module):
         if not m.tie_embeddings:
             self.lm_head = lm_head(m)
         if m.start_latent == "learned":
-            # Variant A shifts only the top level; B and C shift every level.
-            needed = range(n) if m.alignment in ("B", "C") else [n - 1]
+            # one start vector per shifted stream: the top level under A, every level under B and C
             init = logical_init(nn.initializers.normal(stddev=1.0), ("embed",))
-            self.starts = {i: self.param(f"start_{i}", init, (m.width,), dtype_of(m.param_dtype)) for i in needed}
+            self.starts = {i: self.param(f"start_{i}", init, (m.width,), dtype_of(m.param_dtype))
+                           for i in range(n) if self.hier.shifted(i)}
 
     # ------------------------------------------------------------------ building blocks
 
@@ -100,15 +103,6 @@ class PhotonLM(nn.Module):
         if self.cfg.start_latent == "learned":
             return self.starts[i]
         return jnp.ones((self.cfg.width,), dtype_of(self.cfg.dtype))
-
-    def units_per_meta_context(self, i: int) -> int:
-        """Level-(i+1) units inside one top-level unit."""
-        return math.prod(lv.chunk for lv in self.cfg.levels[i + 1:])
-
-    def encoder_block(self, i: int) -> int:
-        """Attention block size of encoder i: 0 (global) unless block-local lower encoders are on."""
-        lower = i < len(self.cfg.levels) - 1
-        return self.units_per_meta_context(i) if (self.cfg.block_local_lower and lower) else 0
 
     def embed_for_encoder(self, tokens_bt):
         return self.encoder_embed(tokens_bt)
@@ -145,7 +139,7 @@ class PhotonLM(nn.Module):
         for i in range(len(self.cfg.levels)):
             a_bmd = self.chunk(i, lower)
             positions = positions_like(a_bmd)
-            mask = causal_mask(positions, positions, block=self.encoder_block(i))
+            mask = causal_mask(positions, positions, block=self.hier.encoder_block(i))
             lower, _ = self.encode(i, a_bmd, positions, mask)
             states.append(lower)
         return states
@@ -169,12 +163,8 @@ class PhotonLM(nn.Module):
             h, _ = self.decode(i, window.reshape(b * m, width, d), positions, mask)
             return h[:, r - 1:].reshape(b, m, c, d)
 
-        if self.cfg.alignment == "C" and i > 0:
-            # Literal recursion: each slot's output is the content input of the next (C passes).
-            content = jnp.zeros((b, m, c - 1, d), rows_bmrd.dtype)
-            for j in range(c - 1):
-                content = content.at[:, :, j].set(run(content)[:, :, j])
-            out = run(content)
+        if self.hier.self_fed(i):  # variant C: each slot's output is the content input of the next
+            out = run(feed_own_outputs(run, jnp.zeros((b, m, c - 1, d), rows_bmrd.dtype), c))
         else:
             out = run(content_bmcd[:, :, : c - 1])
         return out.reshape(b, m * c, d)
@@ -182,7 +172,7 @@ class PhotonLM(nn.Module):
     def __call__(self, tokens_bt, token_mask_bt=None):
         """logits (B, T, V) with logits[:, i] predicting tokens[:, i]; aux holds L_rec."""
         m = self.cfg
-        n = len(m.levels)
+        n = self.hier.num_levels
         b, t = tokens_bt.shape
         if token_mask_bt is None:
             token_mask_bt = jnp.ones((b, t), jnp.float32)
@@ -203,7 +193,7 @@ class PhotonLM(nn.Module):
                 tokens_per_unit = t // target.shape[1]
                 unit_weight = token_mask_bt.reshape(b, target.shape[1], tokens_per_unit).max(-1)
                 rec_terms.append(cosine_distance(xhat, target, unit_weight))
-                cond = xhat if m.alignment == "A" else shift_right(xhat, self.start(i - 1))
+                cond = shift_right(xhat, self.start(i - 1)) if self.hier.shifted(i - 1) else xhat
         logits = self.logits(xhat)
         rec = jnp.sum(jnp.stack(rec_terms)) if rec_terms else jnp.zeros((), jnp.float32)
         if m.rec_alpha == 0:  # reported as a metric only: no backward pass through it

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
-from photon_jax.model.layers import Stack, StackSpec, causal_mask, dtype_of, logical_init
+from photon_jax.model.attention import causal_mask
+from photon_jax.model.layers import Stack, StackSpec, dtype_of, logical_init
 
 
 def token_embedding(m: ModelConfig, width: int, name: str) -> nn.Embed:

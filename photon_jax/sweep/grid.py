@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
-from photon_jax.analysis import train_flops_per_token
 from photon_jax.config import Config, ConfigError, load_config, read_yaml_mapping
 from photon_jax.errors import UserError
+from photon_jax.model.accounting import train_flops_per_token
 
 DEFAULT_TPM = {"pf": "256/32", "de": "32/256", "max_batch": 8, "repeats": 1, "memory_budget_gib": 1.0}
 DEFAULT_MEASURE = {"agreement_windows": 8, "eval_batches": 0, "tpm": DEFAULT_TPM}  # eval_batches 0 = whole split

@@ -12,9 +12,11 @@ import json
 import time
 from pathlib import Path
 
-from photon_jax.analysis import count_params, train_flops_per_token
 from photon_jax.bench.models import BenchModel, select_modes
 from photon_jax.bench.report import GIB
+from photon_jax.bench.tpm import resolve_regimes, run_tpm
+from photon_jax.eval.evaluate import evaluate_run
+from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.sweep.grid import RunSpec
 
 
@@ -47,8 +49,6 @@ def training_curve(workdir: Path, key: str = "token_loss") -> dict:
 
 
 def quality(spec: RunSpec, workdir: Path, agreement_windows: int, eval_batches: int = 0) -> dict:
-    from photon_jax.evaluation_runs import evaluate_run
-
     model = spec.cfg.model
     windows = agreement_windows if model.family == "photon" and len(model.levels) > 1 else 0
     results = evaluate_run(workdir, agreement_windows=windows, max_batches=eval_batches or None)
@@ -59,8 +59,6 @@ def quality(spec: RunSpec, workdir: Path, agreement_windows: int, eval_batches: 
 
 
 def tpm(spec: RunSpec, settings: dict, log) -> dict:
-    from photon_jax.bench.tpm import resolve_regimes, run_tpm
-
     bench_model = BenchModel(spec.name, spec.cfg)
     regimes = resolve_regimes("both", pf=settings["pf"], de=settings["de"])
     modes = select_modes([bench_model], None)

@@ -20,6 +20,8 @@ from pathlib import Path
 from photon_jax.errors import UserError
 from photon_jax.sweep import measure, table
 from photon_jax.sweep.grid import Grid, RunSpec
+from photon_jax.sweep.plot import sweep_figure
+from photon_jax.train.loop import train
 
 # DataConfig fields that do not change what `prepare` writes (and so may differ between runs sharing data).
 NOT_PREPARE_KEYS = ("data_dir", "seq_len", "worker_count")
@@ -72,8 +74,6 @@ def _load_result(path: Path) -> dict | None:
 
 def run_one(spec: RunSpec, grid: Grid, workdir: Path, log=print, quiet: bool = False) -> tuple[dict, str]:
     """(result record, what happened: 'reused' | 'measured' | 'trained')."""
-    from photon_jax.train.loop import train
-
     spec = shared_data_dir(spec, workdir)
     run_dir = workdir / "runs" / spec.name
     result_path = run_dir / "results.json"
@@ -148,7 +148,5 @@ def _write_table(grid: Grid, workdir: Path, records: dict, plot: bool) -> dict:
             "runs": [r.name for r in grid.runs], "finished": len(rows)}
     table.write(workdir, rows, meta)
     if plot and rows:
-        from photon_jax.sweep.plot import sweep_figure
-
         sweep_figure(ordered, rows, str(workdir / "results.png"))
     return {**meta, "rows": rows, "records": ordered}

@@ -20,18 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from photon_jax.analysis import count_params, train_flops_per_token
 from photon_jax.config import Config
 from photon_jax.data import pipeline
 from photon_jax.errors import UserError
-from photon_jax.evaluate import evaluate_batches
-from photon_jax.sharding import (batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules,
-                                 make_mesh)
-from photon_jax.train import checkpoint as ckpt
-from photon_jax.train.data_setup import ensure_data, token_byte_lengths_for
+from photon_jax.eval.metrics import evaluate_batches, make_eval_step
+from photon_jax.model.accounting import count_params, train_flops_per_token
+from photon_jax.runs import checkpoint as ckpt
+from photon_jax.runs.workdir import ensure_data, token_byte_lengths_for
+from photon_jax.sharding import batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules, make_mesh
 from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
 from photon_jax.train.state import init_state, learning_rate_schedule, make_optimizer, state_layout
-from photon_jax.train.step import make_eval_step, make_train_step
+from photon_jax.train.step import make_train_step
 
 
 class _StopFlag:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from photon_jax.config import Config
 from photon_jax.model import build_model
-from photon_jax.sharding import check_divisible, check_rules_cover, logical_to_shardings, strip_boxes
+from photon_jax.sharding import StateLayout, layout_of, strip_boxes
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -33,15 +30,6 @@ def learning_rate_schedule(cfg: Config):
         decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.learning_rate * t.min_lr_ratio)
 
 
-@dataclasses.dataclass(frozen=True)
-class StateLayout:
-    """What jit needs to create and move the state: abstract shapes and shardings."""
-
-    abstract: dict  # ShapeDtypeStructs (unboxed)
-    shardings: dict  # NamedShardings, same structure
-    logical_specs: dict  # logical PartitionSpecs (for golden files and reports)
-
-
 def _init_state_boxed(cfg: Config, tx, rng):
     model = build_model(cfg.model)
     tokens = jnp.zeros((1, cfg.data.seq_len), jnp.int32)
@@ -51,27 +39,7 @@ def _init_state_boxed(cfg: Config, tx, rng):
 
 
 def state_layout(cfg: Config, tx, mesh, rules) -> StateLayout:
-    boxed = jax.eval_shape(lambda: _init_state_boxed(cfg, tx, jax.random.PRNGKey(0)))
-    logical = nn.get_partition_spec(boxed)
-    abstract = strip_boxes(boxed)
-    check_rules_cover(logical, rules)
-    with nn.logical_axis_rules(rules):
-        shardings = logical_to_shardings(logical, mesh, rules)
-    check_divisible(abstract, shardings)
-    return StateLayout(abstract, shardings, logical)
-
-
-def params_layout(cfg: Config, mesh, rules) -> StateLayout:
-    """Params only (evaluation / generation without optimizer state)."""
-    model = build_model(cfg.model)
-    tokens = jax.ShapeDtypeStruct((1, cfg.data.seq_len), jnp.int32)
-    boxed = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t)["params"], tokens)
-    logical = nn.get_partition_spec(boxed)
-    abstract = strip_boxes(boxed)
-    check_rules_cover(logical, rules)
-    shardings = logical_to_shardings(logical, mesh, rules)
-    check_divisible(abstract, shardings)
-    return StateLayout(abstract, shardings, logical)
+    return layout_of(jax.eval_shape(lambda: _init_state_boxed(cfg, tx, jax.random.PRNGKey(0))), mesh, rules)
 
 
 def init_state(cfg: Config, tx, layout: StateLayout):

@@ -1,4 +1,4 @@
-"""The pure train and eval steps (jitted by the caller with explicit shardings)."""
+"""The pure train step (jitted by the caller with explicit shardings); the eval step is eval/metrics.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 
 from photon_jax.config import Config
-from photon_jax.losses import loss_fn, token_nll
 from photon_jax.model import build_model
+from photon_jax.model.losses import loss_fn
 
 
 def make_train_step(cfg: Config, tx, schedule):
@@ -63,18 +63,3 @@ def make_train_step(cfg: Config, tx, schedule):
         return new_state, metrics
 
     return train_step
-
-
-def make_eval_step(cfg: Config):
-    """Sum of target NLL and target count over a batch (fp32), for exact corpus-level averages."""
-    model = build_model(cfg.model)
-
-    def eval_step(params, batch):
-        tokens, mask = batch["tokens"], batch["mask"]
-        logits, _ = model.apply({"params": params}, tokens, mask)
-        nll = token_nll(cfg.model, logits, tokens)
-        weight = mask[:, 1:].astype(jnp.float32)
-        return {"nll_sum": jnp.sum(nll * weight), "targets": jnp.sum(weight),
-                "nll_bt": nll * weight}
-
-    return eval_step

@@ -10,9 +10,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
-from photon_jax.generation import rows
+from photon_jax.generation import multiquery, rows
 from photon_jax.generation.caches import kv_zeros
-from photon_jax.model.layers import causal_mask
+from photon_jax.model.attention import causal_mask
 from photon_jax.model.vanilla import VanillaLM
 
 
@@ -20,7 +20,9 @@ def _hidden(module, tokens_bt, positions_bt, mask_bts, cache, write_index_b):
     return module.stack(module.embed(tokens_bt), positions_bt, mask_bts, cache, write_index_b)
 
 
-class VanillaDecoder:
+class VanillaRunner:
+    """Prefill and decode of a VanillaLM (mode 'vanilla')."""
+
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
         self.model = VanillaLM(cfg)
@@ -48,3 +50,7 @@ class VanillaDecoder:
         out = dict(cache)
         out.update(k=new["k"], v=new["v"])
         return {**st, "tokens": out}, self.call(params, VanillaLM.logits, hid[:, 0])
+
+    def share(self, st, prompt_len_g, spec):
+        """Prefill state of G prompts -> loop state of G * spec.samples rows sharing the prompt cache."""
+        return multiquery.share_vanilla_state(st, prompt_len_g, spec.prompt_pad, spec.max_new, spec.samples)

@@ -2,7 +2,7 @@
 
 Parameter counts come from jax.eval_shape over the actual Flax init (no arrays are
 allocated), so they count exactly what the model has. FLOPs and KV bytes are
-analytic, per the stack shapes each family runs (PHOTON.md sections 7 and 9).
+analytic, per the stack shapes each family runs (docs/method.md 7 and 9).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from photon_jax.config import ModelConfig
 from photon_jax.model import build_model
+from photon_jax.model.hierarchy import Hierarchy, modes_for
 from photon_jax.sharding import strip_boxes
 
 
@@ -63,21 +64,18 @@ def forward_flops_per_token(m: ModelConfig, seq_len: int) -> float:
     head = 2.0 * m.width * m.vocab_size
     if m.family == "vanilla":
         return _stack_flops(m, m.num_layers, 1, seq_len) / seq_len + head
+    hier = Hierarchy.of(m)
     total = head * seq_len
-    units = seq_len
     in_width = m.embed_width
     for i, level in enumerate(m.levels):
-        units //= level.chunk
+        units = seq_len // hier.tokens_per_unit(i + 1)
         if m.chunker_kind(i) == "norm_linear":
             total += units * 2.0 * level.chunk * in_width * m.width
         in_width = m.width
-        upm = math.prod(lv.chunk for lv in m.levels[i + 1:])
-        block = upm if (m.block_local_lower and i < len(m.levels) - 1) else 0
-        total += _stack_flops(m, level.encoder_layers, 1, units, block)
-        # decoder i: one window of R + C - 1 rows per level-(i+1) unit; C passes under variant C (i > 0)
-        passes = level.chunk if (m.alignment == "C" and i > 0) else 1
-        window = level.fanout + level.chunk - 1
-        total += passes * _stack_flops(m, level.decoder_layers, units, window)
+        total += _stack_flops(m, level.encoder_layers, 1, units, hier.encoder_block(i))
+        # decoder i: one window of R + C - 1 rows per level-(i+1) unit; C passes when self-fed (variant C)
+        passes = level.chunk if hier.self_fed(i) else 1
+        total += passes * _stack_flops(m, level.decoder_layers, units, hier.windows[i])
         total += units * 2.0 * m.width * level.fanout * m.width  # converter
     return total / seq_len
 
@@ -99,32 +97,12 @@ def kv_bytes_per_sample(m: ModelConfig, context: int, mode: str, bytes_per_value
     per_entry = 2 * m.kv_heads * m.head_width * bytes_per_value  # K and V
     if m.family == "vanilla":
         return {"tokens": m.num_layers * context * per_entry}
-    n = len(m.levels)
+    hier = Hierarchy.of(m)
     out = {}
-    units = context
     for i, level in enumerate(m.levels):
-        units = math.ceil(units / level.chunk)
-        top = i == n - 1
-        if mode == "hiergen" or top:
-            entries = units
-        elif mode == "exact-local":
-            entries = math.prod(lv.chunk for lv in m.levels[i + 1:])
-        elif mode == "recgen":
-            entries = 0
-        else:
-            raise ValueError(f"unknown generation mode {mode!r}")
-        out[f"encoder_{i}"] = level.encoder_layers * entries * per_entry
+        out[f"encoder_{i}"] = level.encoder_layers * hier.cached_units(i, mode, context) * per_entry
         out[f"decoder_{i}"] = level.decoder_layers * (level.fanout + level.chunk) * per_entry
     return out
-
-
-def modes_for(m: ModelConfig) -> list[str]:
-    if m.family == "vanilla":
-        return ["vanilla"]
-    modes = ["hiergen", "recgen"]
-    if m.block_local_lower and len(m.levels) > 1:
-        modes.append("exact-local")
-    return modes
 
 
 def report(m: ModelConfig, seq_len: int, context: int) -> dict:

@@ -13,10 +13,11 @@ from photon_jax.data import pipeline
 from photon_jax.data.prepare import load_manifest
 from photon_jax.data.tokenizer import check_vocab
 from photon_jax.errors import UserError
-from photon_jax.evaluate import evaluate_batches, load_choice_file, score_choices
-from photon_jax.inference import load_run
+from photon_jax.eval.choices import load_choice_file, score_choices
+from photon_jax.eval.metrics import evaluate_batches, make_eval_step
+from photon_jax.generation.agreement import agreement
+from photon_jax.runs.workdir import load_run
 from photon_jax.sharding import batch_sharding, check_batch
-from photon_jax.train.step import make_eval_step
 
 
 def pack_text_batches(token_ids: list[int], seq_len: int, batch_size: int, pad_id: int):
@@ -49,8 +50,9 @@ def read_text(path: str) -> str:
 
 
 def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation", choices=None,
-                 max_batches=None, batch_size=None, mesh_cfg=None, agreement_windows: int = 0) -> dict:
-    run = load_run(workdir, step=step, mesh_cfg=mesh_cfg)
+                 max_batches=None, batch_size=None, mesh_cfg=None, agreement_windows: int = 0,
+                 overrides=()) -> dict:
+    run = load_run(workdir, step=step, mesh_cfg=mesh_cfg, overrides=overrides)
     cfg, tok = run.cfg, run.tokenizer
     batch_size = batch_size or cfg.train.batch_size
     seq_len = cfg.data.seq_len
@@ -87,9 +89,7 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
 
 
 def held_out_agreement(run, windows: int) -> dict:
-    """recgen / exact-local vs hiergen on the first `windows` full held-out windows (PHOTON.md 5.3)."""
-    from photon_jax.generation.agreement import agreement
-
+    """recgen / exact-local vs hiergen on the first `windows` full held-out windows (docs/method.md 5.3)."""
     rows = []
     for batch in pipeline.eval_batches(run.data_dir, "validation", run.cfg.data.seq_len, windows, 1):
         rows = [t for t, m in zip(batch["tokens"], batch["mask"]) if m.all()]

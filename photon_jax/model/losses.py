@@ -1,4 +1,4 @@
-"""Losses on one shared set of targets for every family (PHOTON.md 3.3).
+"""Losses on one shared set of targets for every family (docs/method.md 3.3).
 
 Targets are tokens[:, 1:] (positions 2..T, 1-based). A vanilla model predicts them
 from logits[:, :-1]; PHOTON's logits[:, i] already predict tokens[:, i], so it uses

@@ -1,0 +1,111 @@
+"""Attention for every stack, through one entry point: `attention(q, k, v, mask, impl=, cache=)`.
+
+Three cases, chosen from what the caller passes:
+* full attention (training, prefill, a local decoder window): `attend`, softmax in fp32 over an
+  explicit (batch, q, kv) mask;
+* one query per row over a KV cache (decode steps): the kernel package's decode attention
+  (pallas_kernels.dispatch) when `impl` selects a kernel for this platform and shape, else `attend`;
+* a cache split into a prompt part shared by several samples and each sample's own suffix
+  (multi-sample generation, generation/multiquery.py): the shared part through the kernel
+  package's decode attention with the samples' queries stacked (each prompt's cache is read once
+  for all of its samples), the suffix as a masked partial, merged exactly by their log-sum-exp
+  (pallas_kernels.merge.merge_two).
+
+Shapes: q (batch, q_len, heads, head_dim); k, v (batch, kv_len, kv_heads, head_dim), grouped-query
+attention with heads % kv_heads == 0; mask (batch, q_len, kv_len) bool.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.dispatch import decode_attention, resolve_impl
+from pallas_kernels.merge import merge_two
+
+
+def causal_mask(q_pos_bt, kv_pos_bs, kv_valid_bs=None, block: int = 0):
+    """(batch, q, kv) bool: kv position <= q position, optionally within the same block of `block`."""
+    mask = kv_pos_bs[:, None, :] <= q_pos_bt[:, :, None]
+    if block:
+        mask &= (kv_pos_bs[:, None, :] // block) == (q_pos_bt[:, :, None] // block)
+    if kv_valid_bs is not None:
+        mask &= kv_valid_bs[:, None, :]
+    return mask
+
+
+def attend(q_bthd, k_bskd, v_bskd, mask_bts):
+    """Grouped-query softmax attention in fp32; fully masked rows return zeros."""
+    b, t, h, d = q_bthd.shape
+    kv_heads = k_bskd.shape[2]
+    q_btkgd = q_bthd.reshape(b, t, kv_heads, h // kv_heads, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q_btkgd.astype(jnp.float32), k_bskd.astype(jnp.float32))
+    logits = logits * (d ** -0.5)
+    mask = mask_bts[:, None, None, :, :]
+    logits = jnp.where(mask, logits, -1e30)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jnp.where(mask, probs, 0.0)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd.astype(jnp.float32))
+    return out.reshape(b, t, h, d).astype(q_bthd.dtype)
+
+
+def masked_partial(q_bthd, k_bskd, v_bskd, mask_bts):
+    """Attention over one cache part with an arbitrary mask: (out (b,t,h,d) fp32, lse (b,t,h) fp32);
+    a row that sees nothing gives out = 0, lse = -inf (the identity of the merge)."""
+    b, t, h, d = q_bthd.shape
+    kvh = k_bskd.shape[2]
+    q = q_bthd.astype(jnp.float32).reshape(b, t, kvh, h // kvh, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k_bskd.astype(jnp.float32)) * (d ** -0.5)
+    logits = jnp.where(mask_bts[:, None, None], logits, -jnp.inf)
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.exp(logits - m_safe)
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    out = jnp.einsum("bkgts,bskd->bkgtd", p, v_bskd.astype(jnp.float32)) / jnp.where(total > 0, total, 1.0)
+    lse = jnp.where(total[..., 0] > 0, m_safe[..., 0] + jnp.log(jnp.where(total[..., 0] > 0, total[..., 0], 1.0)),
+                    -jnp.inf)
+    out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, d)
+    lse = jnp.transpose(lse, (0, 3, 1, 2)).reshape(b, t, h)
+    return out, lse
+
+
+def uses_decode_kernel(impl: str, head_dim: int, cache_dtype) -> bool:
+    """Whether single-query cached attention goes to a Pallas kernel (attention_impl, platform, shape)."""
+    if impl == "xla":
+        return False
+    kind, _ = resolve_impl(impl, head_dim, cache_dtype)
+    return kind != "xla"
+
+
+def prefix_decode_attention(q_b1hd, k_bskd, v_bskd, mask_b1s, impl: str):
+    """One query per row over a cache whose readable slots are a prefix of length sum(mask).
+
+    Every cache the generation code reads one query at a time is filled front to back (level
+    caches, exact-local rings, local decoder windows), so its mask is such a prefix.
+    """
+    lengths_b = jnp.sum(mask_b1s[:, 0, :], axis=-1).astype(jnp.int32)
+    out, _ = decode_attention(q_b1hd, k_bskd, v_bskd, lengths_b, impl=impl)
+    return out
+
+
+def shared_prefix_attention(q_bthd, k_bskd, v_bskd, mask_bts, cache, impl: str):
+    """Each row over its prompt group's shared cache part (the first shared_len entries, read once per
+    group with the group's queries stacked) and its own suffix (masked), merged exactly."""
+    b, t, h, d = q_bthd.shape
+    groups = cache["shared_k"].shape[0]
+    q_group = q_bthd.reshape(groups, (b // groups) * t, h, d)
+    out_s, lse_s = decode_attention(q_group, cache["shared_k"], cache["shared_v"], cache["shared_len"], impl=impl)
+    out_o, lse_o = masked_partial(q_bthd, k_bskd, v_bskd, mask_bts)
+    out, _ = merge_two(out_s.reshape(b, t, h, d).astype(jnp.float32), lse_s.reshape(b, t, h), out_o, lse_o)
+    return out.astype(q_bthd.dtype)
+
+
+def attention(q_bthd, k_bskd, v_bskd, mask_bts, *, impl: str = "xla", cache: dict | None = None):
+    """The entry point (see the module doc). `cache` is the layer's cache dict when k, v come from
+    one (it may carry a shared prompt part: shared_k, shared_v, shared_len); `impl` is
+    model.attention_impl (auto | xla | pallas)."""
+    if cache is not None and "shared_k" in cache:
+        return shared_prefix_attention(q_bthd, k_bskd, v_bskd, mask_bts, cache, impl)
+    if cache is not None and q_bthd.shape[1] == 1 and uses_decode_kernel(impl, q_bthd.shape[-1], k_bskd.dtype):
+        return prefix_decode_attention(q_bthd, k_bskd, v_bskd, mask_bts, impl)
+    return attend(q_bthd, k_bskd, v_bskd, mask_bts)

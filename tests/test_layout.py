@@ -1,0 +1,75 @@
+"""The package layout follows the pipeline: config -> model -> generation / runs -> eval -> train ->
+bench -> sweep -> cli. No module imports from a layer above its own, and no import hides inside a
+function (a lazy import would only dodge a cycle)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = [  # lowest first; a module may import its own layer and the ones before it
+    {"photon_jax.errors", "photon_jax.config"},
+    {"photon_jax.sharding", "photon_jax.distributed", "photon_jax.data", "pallas_kernels"},
+    {"photon_jax.model"},
+    {"photon_jax.generation", "photon_jax.runs"},
+    {"photon_jax.eval"},
+    {"photon_jax.train"},
+    {"photon_jax.bench"},
+    {"photon_jax.sweep"},
+    {"photon_jax.cli"},
+]
+LAZY_OK = {"pallas_kernels/gpu_check.py"}  # a standalone script: imports jax only after reading its flags
+
+
+def layer_of(module: str) -> int | None:
+    for index, names in enumerate(LAYERS):
+        if any(module == name or module.startswith(name + ".") for name in names):
+            return index
+    return None
+
+
+def project_imports(tree: ast.AST):
+    """(imported module, line, at module top?) for every import of photon_jax / pallas_kernels."""
+    top = {id(node) for node in tree.body}
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name.split(".")[0] in ("photon_jax", "pallas_kernels"):
+                yield name, node.lineno, id(node) in top
+
+
+def modules():
+    for package in ("photon_jax", "pallas_kernels"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            yield str(rel), ".".join(rel.with_suffix("").parts).removesuffix(".__init__"), path
+
+
+def test_every_module_has_a_layer():
+    missing = [name for _, name, _ in modules() if layer_of(name) is None and name not in ("photon_jax",)]
+    assert not missing, missing
+
+
+def test_no_import_from_a_higher_layer_and_none_inside_functions():
+    upward, lazy = [], []
+    for rel, name, path in modules():
+        own = layer_of(name)
+        for imported, line, at_top in project_imports(ast.parse(path.read_text())):
+            target = layer_of(imported)
+            if own is not None and target is not None and target > own:
+                upward.append(f"{rel}:{line} ({LAYERS[own]}) imports {imported}")
+            if not at_top and rel not in LAZY_OK and not rel.startswith("photon_jax/cli/"):
+                lazy.append(f"{rel}:{line} imports {imported} inside a function")
+    assert not upward, "\n".join(upward)
+    assert not lazy, "\n".join(lazy)
+
+
+def test_the_model_never_imports_generation_and_never_names_a_mesh_axis():
+    for path in sorted((ROOT / "photon_jax" / "model").glob("*.py")):
+        text = path.read_text()
+        assert "photon_jax.generation" not in text, path
+        for axis in ('"data"', '"fsdp"', '"tensor"'):
+            assert axis not in text, (path, axis)
