@@ -23,7 +23,22 @@ def next_power_of_2(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
-def check_shapes(q_bqhd, k_bskd, v_bskd, lengths_b):
+KERNEL_DTYPES = ("float32", "bfloat16", "float16")
+KERNEL_MAX_HEAD_DIM = 256
+
+
+def kernel_shape_problem(head_dim: int, dtype) -> str | None:
+    """Why the Pallas kernels cannot take this head dim / cache dtype, or None when they can. Any head
+    dim in [1, 256] works: the GPU kernel loads a power-of-two tile and masks the extra columns, the
+    TPU kernel lays whole kv heads side by side in lanes."""
+    if not 1 <= head_dim <= KERNEL_MAX_HEAD_DIM:
+        return f"head dim {head_dim} is outside [1, {KERNEL_MAX_HEAD_DIM}]"
+    if jnp.dtype(dtype).name not in KERNEL_DTYPES:
+        return f"dtype {jnp.dtype(dtype).name} is not one of {', '.join(KERNEL_DTYPES)}"
+    return None
+
+
+def check_shapes(q_bqhd, k_bskd, v_bskd, lengths_b, starts_b=None):
     b, nq, h, d = q_bqhd.shape
     if k_bskd.ndim != 4 or k_bskd.shape != v_bskd.shape:
         raise ValueError(f"k {k_bskd.shape} and v {v_bskd.shape} must both be (batch, cache_len, kv_heads, head_dim)")
@@ -34,6 +49,8 @@ def check_shapes(q_bqhd, k_bskd, v_bskd, lengths_b):
         raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({kh})")
     if jnp.shape(lengths_b) != (b,):
         raise ValueError(f"lengths must have shape ({b},), got {jnp.shape(lengths_b)}")
+    if starts_b is not None and jnp.shape(starts_b) != (b,):
+        raise ValueError(f"starts must have shape ({b},), got {jnp.shape(starts_b)}")
     return b, nq, h, d, s, kh
 
 
@@ -64,6 +81,14 @@ def combine_splits(out_bs_md, lse_bs_m):
 
 def clip_lengths(lengths_b, cache_len: int):
     return jnp.clip(jnp.asarray(lengths_b).astype(jnp.int32), 0, cache_len)
+
+
+def window(lengths_b, starts_b, cache_len: int):
+    """The readable window [start, end) of each row, clipped to the cache (end = length; start
+    defaults to 0; an end below its start is an empty window)."""
+    end = clip_lengths(lengths_b, cache_len)
+    start = jnp.zeros_like(end) if starts_b is None else jnp.minimum(clip_lengths(starts_b, cache_len), end)
+    return start, end
 
 
 def on_platform() -> str:

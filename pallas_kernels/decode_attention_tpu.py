@@ -7,11 +7,11 @@ partial (out, lse) after its last block.  Splits are merged afterwards with the
 exact (out, lse) merge (splits only help when batch * kv_head_blocks is small,
 e.g. to feed both TensorCores of a megacore chip).
 
-Lengths are scalar-prefetched into SMEM (PrefetchScalarGridSpec): the compute of
-blocks at or past a row's length is skipped (pl.when), and their index_map is
-clamped to the row's last valid block, so the pipeline sees an unchanged block
-index and issues no DMA for them: a row of length L reads ceil(L / block_k)
-blocks, whatever the cache capacity.
+Each row's readable window [start, end) is scalar-prefetched into SMEM
+(PrefetchScalarGridSpec): the compute of blocks outside it is skipped (pl.when), and
+their index_map is clamped into the window's first..last block, so the pipeline sees
+an unchanged block index and issues no DMA for them: a row reads only the blocks
+that overlap its window, whatever the cache capacity.
 
 Layout ((8, 128) tiling): the cache (batch, cache_len, kv_heads, head_dim) is
 viewed, for free, as (batch, cache_len, kv_heads * head_dim); a block is
@@ -63,9 +63,9 @@ def tpu_block_config(kv_heads: int, head_dim: int, dtype):
     return hb, block_k
 
 
-def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, acc_scr, m_scr, l_scr, *,
+def _kernel(start_ref, end_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, acc_scr, m_scr, l_scr, *,
             block_k, blocks_per_split, scale):
-    # len_ref: (batch,) int32 SMEM         scalar-prefetched lengths
+    # start_ref, end_ref: (batch,) int32 SMEM   scalar-prefetched windows [start, end)
     # q_ref:   (hb, m, lanes)              head j's queries in lanes of head j, zeros elsewhere
     # k_ref:   (block_k, lanes)            cache block (hb kv heads side by side in lanes)
     # v_ref:   (block_k, lanes)
@@ -73,8 +73,8 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, acc_scr, m_scr, l_scr,
     # lse_ref: (hb, m, 128) f32            partial lse, replicated over lanes
     # acc_scr: (hb, m, lanes) f32; m_scr, l_scr: (hb, m, 128) f32 (lane-replicated running max / sum)
     b, split, i = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-    length = len_ref[b]
-    start = (split * blocks_per_split + i) * block_k
+    lo, hi = start_ref[b], end_ref[b]
+    start = (split * blocks_per_split + i) * block_k                   # first cache row of this block
     hb, m, lanes = q_ref.shape
     precision = lax.Precision.HIGHEST if q_ref.dtype == jnp.float32 else None
 
@@ -88,11 +88,12 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, acc_scr, m_scr, l_scr,
         k = k_ref[...]
         v = v_ref[...]
         if partial:
-            # Rows past the length (and past cache_len in the last block) may hold garbage,
+            # Rows outside the window (and past cache_len in the last block) may hold garbage,
             # even NaN: zero them in V (in f32: no bf16 select needed) and mask the logits.
             row = start + lax.broadcasted_iota(jnp.int32, (block_k, lanes), 0)
-            v = jnp.where(row < length, v.astype(jnp.float32), 0.0).astype(v_ref.dtype)
-            valid = (start + lax.broadcasted_iota(jnp.int32, (m, block_k), 1)) < length
+            v = jnp.where((row >= lo) & (row < hi), v.astype(jnp.float32), 0.0).astype(v_ref.dtype)
+            col = start + lax.broadcasted_iota(jnp.int32, (m, block_k), 1)
+            valid = (col >= lo) & (col < hi)
         for j in range(hb):                                            # static, hb <= kv_heads
             s = lax.dot_general(q_ref[j], k, (((1,), (1,)), ((), ())), precision=precision,
                                 preferred_element_type=jnp.float32) * scale   # (m, block_k)
@@ -110,9 +111,11 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, acc_scr, m_scr, l_scr,
                                  preferred_element_type=jnp.float32)    # (m, lanes)
             acc_scr[j] = acc_scr[j] * alpha + pv
 
-    # Blocks at or past the length do nothing (and their DMA was elided by the index_map).
-    pl.when(start + block_k <= length)(lambda: update(partial=False))
-    pl.when((start < length) & (start + block_k > length))(lambda: update(partial=True))
+    # Blocks outside the window do nothing (and their DMA was elided by the index_map).
+    inside = (start >= lo) & (start + block_k <= hi)
+    overlaps = (lo < hi) & (start < hi) & (start + block_k > lo)
+    pl.when(inside)(lambda: update(partial=False))
+    pl.when(overlaps & ~inside)(lambda: update(partial=True))
 
     @pl.when(i == blocks_per_split - 1)
     def _finish():
@@ -142,16 +145,17 @@ def _gather_heads(out, hb: int, d: int):
 
 @functools.partial(jax.jit, static_argnames=("scale", "block_k", "num_splits", "interpret",
                                              "return_splits"))
-def decode_attention_tpu(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None, block_k=None,
+def decode_attention_tpu(q_bqhd, k_bskd, v_bskd, lengths_b, starts_b=None, *, scale=None, block_k=None,
                          num_splits=None, interpret=False, return_splits=False):
     """Decode attention on TPU (Pallas -> Mosaic).  Same contract as decode_attention_reference.
 
     q_bqhd: (batch, num_queries, heads, head_dim); k/v_bskd: (batch, cache_len, kv_heads, head_dim);
-    lengths_b: (batch,) int.  Returns out_bqhd (q's dtype) and lse_bqh (float32; -inf for empty rows).
+    lengths_b, starts_b: (batch,) int, the readable window [start, end) of each row (start default 0).
+    Returns out_bqhd (q's dtype) and lse_bqh (float32; -inf for empty windows).
     With return_splits=True returns the unmerged partials: out (batch, splits, kv_heads, m, head_dim)
     f32 and lse (batch, splits, kv_heads, m), m = num_queries * group padded to the sublane tile.
     """
-    b, nq, h, d, s_len, kh = common.check_shapes(q_bqhd, k_bskd, v_bskd, lengths_b)
+    b, nq, h, d, s_len, kh = common.check_shapes(q_bqhd, k_bskd, v_bskd, lengths_b, starts_b)
     out_dtype = q_bqhd.dtype
     dtype = k_bskd.dtype                  # compute in the cache's dtype: cast the tiny q, not the cache
     q_bqhd = q_bqhd.astype(dtype)
@@ -178,26 +182,27 @@ def decode_attention_tpu(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None, block
     q = _spread_queries(common.group_queries(q_bqhd, kh, m_pad), hb)    # (b, kb, hb, m_pad, lanes)
     k = k_bskd.reshape(b, s_len, kh * d)                                # free: contiguous view
     v = v_bskd.reshape(b, s_len, kh * d)
-    lengths_b = common.clip_lengths(lengths_b, s_len)
+    starts_b, ends_b = common.window(lengths_b, starts_b, s_len)
 
-    def kv_index(bi, ji, si, ii, len_ref):
-        # Clamp to the row's last valid block: skipped blocks repeat the index -> no new DMA.
-        last = jnp.maximum(pl.cdiv(len_ref[bi], block_k) - 1, 0)
-        return bi, jnp.minimum(si * blocks_per_split + ii, last), ji
+    def kv_index(bi, ji, si, ii, start_ref, end_ref):
+        # Clamp into the window's blocks: skipped blocks repeat an index -> no new DMA.
+        first = lax.div(start_ref[bi], block_k)  # non-negative: truncating division (no sign op in Mosaic)
+        last = jnp.maximum(pl.cdiv(end_ref[bi], block_k) - 1, first)
+        return bi, jnp.clip(si * blocks_per_split + ii, first, last), ji
 
     grid_spec = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=1,
+        num_scalar_prefetch=2,
         grid=(b, kb, num_splits, blocks_per_split),
         in_specs=[
-            pl.BlockSpec((None, None, hb, m_pad, lanes), lambda bi, ji, si, ii, len_ref: (bi, ji, 0, 0, 0)),
+            pl.BlockSpec((None, None, hb, m_pad, lanes), lambda bi, ji, si, ii, *_: (bi, ji, 0, 0, 0)),
             pl.BlockSpec((None, block_k, lanes), kv_index),
             pl.BlockSpec((None, block_k, lanes), kv_index),
         ],
         out_specs=[
             pl.BlockSpec((None, None, None, hb, m_pad, lanes),
-                         lambda bi, ji, si, ii, len_ref: (bi, si, ji, 0, 0, 0)),
+                         lambda bi, ji, si, ii, *_: (bi, si, ji, 0, 0, 0)),
             pl.BlockSpec((None, None, None, hb, m_pad, LANES),
-                         lambda bi, ji, si, ii, len_ref: (bi, si, ji, 0, 0, 0)),
+                         lambda bi, ji, si, ii, *_: (bi, si, ji, 0, 0, 0)),
         ],
         scratch_shapes=[
             pltpu.VMEM((hb, m_pad, lanes), jnp.float32),
@@ -217,7 +222,7 @@ def decode_attention_tpu(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None, block
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
         interpret=interpret,
         name="photon_decode_attention_tpu",
-    )(lengths_b, q, k, v)
+    )(starts_b, ends_b, q, k, v)
     out = _gather_heads(out, hb, d).reshape(b, num_splits, kh, m_pad, d)
     lse = lse[..., 0].reshape(b, num_splits, kh, m_pad)
     if return_splits:

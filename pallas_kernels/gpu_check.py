@@ -6,7 +6,9 @@
 On a GPU it
   (a) checks the compiled Triton kernel against the pure-jnp reference (bf16/fp32,
       head dims 64/128, GQA 1/4/8, ragged lengths incl. 0, 1, non-multiples of the
-      block, full) and that dispatch's impl="auto" picks it,
+      block, full), checks decode_attention(impl="auto") against the reference for
+      head dims 52/56/60, and records what dispatch.resolve_impl("auto", d, dtype)
+      picks for d in 52/56/60/64/128 and bf16/fp32 (it must be "gpu" on a GPU),
   (b) times decode attention in bf16 over cache lengths 1k..64k and batch 1..256:
       the Pallas kernel, the XLA path (reference.decode_attention_xla), and
       jax.nn.dot_product_attention with a length mask (implementation xla and cudnn),
@@ -14,8 +16,11 @@ On a GPU it
   (c) measures device-to-device copy bandwidth (a large array copy, read + write
       bytes) and reports each path's achieved GB/s against it,
 and writes DIR/kernels.json (rewritten after every section, so a run cut short keeps
-what it measured) and prints a table.  Without a GPU and without --interpret it
-measures nothing and exits 0.
+what it measured) and prints a table.
+
+Exit status: 0 when every correctness row and every dispatch row passed, 1 when any
+failed (or the correctness section crashed), 2 without a GPU and without --interpret
+(nothing measured).  Timings never fail the run; their errors are recorded per row.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ BENCH_CACHE_LENS = (1024, 4096, 16384, 65536)
 BENCH_BATCHES = (1, 8, 32, 128, 256)
 RAGGED_BATCH = 32                      # one extra ragged-length run per cache length at this batch
 IMPLS = ("pallas", "xla", "dpa_xla", "dpa_cudnn")
+DISPATCH_HEAD_DIMS = (52, 56, 60, 64, 128)   # resolve_impl("auto", d, dtype) must pick the kernel on a GPU
+ODD_HEAD_DIMS = (52, 56, 60)                 # checked end to end through decode_attention(impl="auto")
 
 
 def _log(*a):
@@ -78,11 +85,29 @@ def _time_fn(fn, args, *, min_time=0.05, max_iters=200, warmup=2):
 
 # ----------------------------------------------------------------------------- (a) correctness
 
+def _compare(out, lse, out_r, lse_r, lengths, tol):
+    """-> dict(ok, max_out_err, max_lse_err, empty_rows_ok): kernel output vs the reference."""
+    import jax.numpy as jnp
+    out, out_r = np.asarray(out.astype(jnp.float32)), np.asarray(out_r.astype(jnp.float32))
+    lse, lse_r = np.asarray(lse), np.asarray(lse_r)
+    nonempty = np.asarray(lengths) > 0
+    err_out = float(np.max(np.abs(out - out_r) / (tol + np.abs(out_r))) * tol)
+    err_lse = float(np.max(np.abs(lse[nonempty] - lse_r[nonempty]))) if nonempty.any() else 0.0
+    empty_ok = bool(np.all(out[~nonempty] == 0) and np.all(np.isneginf(lse[~nonempty])))
+    ok = bool(np.all(np.isfinite(out))
+              and np.allclose(out, out_r, rtol=tol, atol=tol)
+              and np.allclose(lse[nonempty], lse_r[nonempty], rtol=tol, atol=tol)
+              and empty_ok)
+    return dict(ok=ok, max_out_err=err_out, max_lse_err=err_lse, empty_rows_ok=empty_ok)
+
+
 def check_correctness(interpret: bool):
+    """-> rows: the Pallas GPU kernel (head dims 64/128) and decode_attention(impl="auto") (odd head
+    dims) against the reference, one row per (path, dtype, head_dim, group, num_queries)."""
     import jax
     import jax.numpy as jnp
     from pallas_kernels.decode_attention_gpu import decode_attention_gpu
-    from pallas_kernels.dispatch import resolve_impl
+    from pallas_kernels.dispatch import decode_attention, resolve_impl
     from pallas_kernels.reference import decode_attention_reference
 
     rows = []
@@ -91,41 +116,66 @@ def check_correctness(interpret: bool):
     groups = (1, 8) if interpret else (1, 4, 8)
     queries = (1,) if interpret else (1, 3)
     kv_heads = 2
+    cases = []
     for dtype in (jnp.bfloat16, jnp.float32):
-        tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
         for d in (64, 128):
             for group in groups:
                 for nq in queries:
-                    key = jax.random.PRNGKey(len(rows))
-                    kq, kk, kv = jax.random.split(key, 3)
-                    b = len(lengths)
-                    q = jax.random.normal(kq, (b, nq, kv_heads * group, d), dtype)
-                    k = jax.random.normal(kk, (b, cache_len, kv_heads, d), dtype)
-                    v = jax.random.normal(kv, (b, cache_len, kv_heads, d), dtype)
-                    lens = jnp.asarray(lengths, jnp.int32)
-                    row = dict(dtype=jnp.dtype(dtype).name, head_dim=d, group=group, num_queries=nq,
-                               kv_heads=kv_heads, cache_len=cache_len, lengths=lengths, tol=tol)
-                    try:
-                        out, lse = decode_attention_gpu(q, k, v, lens, interpret=interpret)
-                        out_r, lse_r = decode_attention_reference(q, k, v, lens)
-                        out, out_r = np.asarray(out.astype(jnp.float32)), np.asarray(out_r.astype(jnp.float32))
-                        lse, lse_r = np.asarray(lse), np.asarray(lse_r)
-                        nonempty = np.asarray(lengths) > 0
-                        err_out = float(np.max(np.abs(out - out_r) / (tol + np.abs(out_r))) * tol)
-                        err_lse = float(np.max(np.abs(lse[nonempty] - lse_r[nonempty])))
-                        empty_ok = bool(np.all(out[~nonempty] == 0) and np.all(np.isneginf(lse[~nonempty])))
-                        ok = bool(np.all(np.isfinite(out))
-                                  and np.allclose(out, out_r, rtol=tol, atol=tol)
-                                  and np.allclose(lse[nonempty], lse_r[nonempty], rtol=tol, atol=tol)
-                                  and empty_ok)
-                        row.update(ok=ok, max_out_err=err_out, max_lse_err=err_lse, empty_rows_ok=empty_ok)
-                    except Exception as e:  # record and keep going
-                        row.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
-                    rows.append(row)
-                    _log(f"  correctness {row['dtype']:8s} d={d:3d} group={group} nq={nq}: "
-                         f"{'ok' if row['ok'] else 'FAIL ' + row.get('error', '')[:200]}")
-    auto = resolve_impl("auto", 128, jnp.bfloat16)
-    return rows, {"auto_bf16_d128": list(auto)}
+                    cases.append(("kernel", dtype, d, group, nq))
+    # Odd head dims through dispatch (whatever "auto" picks must be right); on CPU "auto" is XLA: one cheap row.
+    odd = ODD_HEAD_DIMS if not interpret else ODD_HEAD_DIMS[:1]
+    for dtype in ((jnp.bfloat16, jnp.float32) if not interpret else (jnp.float32,)):
+        for d in odd:
+            for group in ((1, 8) if not interpret else (1,)):
+                cases.append(("auto", dtype, d, group, 1))
+    for path, dtype, d, group, nq in cases:
+        tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
+        key = jax.random.PRNGKey(len(rows))
+        kq, kk, kv = jax.random.split(key, 3)
+        b = len(lengths)
+        row = dict(path=path, dtype=jnp.dtype(dtype).name, head_dim=d, group=group, num_queries=nq,
+                   kv_heads=kv_heads, cache_len=cache_len, lengths=lengths, tol=tol)
+        try:
+            q = jax.random.normal(kq, (b, nq, kv_heads * group, d), dtype)
+            k = jax.random.normal(kk, (b, cache_len, kv_heads, d), dtype)
+            v = jax.random.normal(kv, (b, cache_len, kv_heads, d), dtype)
+            lens = jnp.asarray(lengths, jnp.int32)
+            if path == "kernel":
+                out, lse = decode_attention_gpu(q, k, v, lens, interpret=interpret)
+            else:
+                row["resolved"] = list(resolve_impl("auto", d, dtype))
+                out, lse = decode_attention(q, k, v, lens, impl="auto")
+            out_r, lse_r = decode_attention_reference(q, k, v, lens)
+            row.update(_compare(out, lse, out_r, lse_r, lengths, tol))
+        except Exception as e:  # record and keep going
+            row.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
+        rows.append(row)
+        via = f" (auto -> {row['resolved'][0]})" if "resolved" in row else ""
+        _log(f"  correctness {path:6s} {row['dtype']:8s} d={d:3d} group={group} nq={nq}{via}: "
+             f"{'ok' if row['ok'] else 'FAIL ' + row.get('error', '')[:200]}")
+    return rows
+
+
+def check_dispatch(on_gpu: bool):
+    """-> rows: what resolve_impl("auto", d, dtype) picks; it must be the GPU kernel on a GPU
+    (and the XLA path on a host without one, where only the script itself is being smoke-tested)."""
+    import jax.numpy as jnp
+    from pallas_kernels.dispatch import resolve_impl
+
+    expected = "gpu" if on_gpu else "xla"
+    rows = []
+    for dtype in (jnp.bfloat16, jnp.float32):
+        for d in DISPATCH_HEAD_DIMS:
+            row = dict(head_dim=d, dtype=jnp.dtype(dtype).name, expected=expected)
+            try:
+                kind, interp = resolve_impl("auto", d, dtype)
+                row.update(kind=kind, interpret=bool(interp), ok=kind == expected and not (on_gpu and interp))
+            except Exception as e:
+                row.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
+            rows.append(row)
+            _log(f"  dispatch auto {row['dtype']:8s} d={d:3d}: {row.get('kind', row.get('error', '')[:200])}"
+                 f"{'' if row['ok'] else '  FAIL (expected ' + expected + ')'}")
+    return rows
 
 
 # ----------------------------------------------------------------------------- (c) copy bandwidth
@@ -263,7 +313,7 @@ def main(argv=None):
     if not on_gpu and not args.interpret:
         _log(f"no GPU: nothing measured (default backend is {backend!r}; "
              f"use --interpret for an interpret-mode smoke of this script)")
-        return 0
+        return 2
 
     start = time.time()
     deadline = start + args.budget_s
@@ -297,12 +347,20 @@ def main(argv=None):
     _log("(a) correctness vs reference")
     t0 = time.time()
     try:
-        results["correctness"], results["dispatch"] = check_correctness(interpret)
+        results["correctness"] = check_correctness(interpret)
     except Exception:
         results["correctness_error"] = traceback.format_exc()[-3000:]
     results["correctness_s"] = time.time() - t0
     passed = [r.get("ok") for r in results.get("correctness", [])]
     results["correctness_all_ok"] = bool(passed) and all(passed)
+    _log("(a) dispatch: resolve_impl('auto', head_dim, dtype)")
+    try:
+        results["dispatch"] = check_dispatch(on_gpu)
+    except Exception:
+        results["dispatch_error"] = traceback.format_exc()[-3000:]
+    dispatched = [r.get("ok") for r in results.get("dispatch", [])]
+    results["dispatch_all_ok"] = bool(dispatched) and all(dispatched)
+    results["ok"] = results["correctness_all_ok"] and results["dispatch_all_ok"]
     path = _write(args.out, results)
 
     _log("(c) device-to-device copy bandwidth")
@@ -322,8 +380,17 @@ def main(argv=None):
     results["total_s"] = time.time() - start
     path = _write(args.out, results)
     print_table(results)
-    _log(f"\ncorrectness: {sum(bool(p) for p in passed)}/{len(passed)} ok; wrote {path}")
-    return 0
+    results["failed"] = ([f"correctness {r.get('path')} {r['dtype']} d={r['head_dim']} group={r['group']} "
+                          f"nq={r['num_queries']}" for r in results.get("correctness", []) if not r.get("ok")]
+                         + [f"dispatch {r['dtype']} d={r['head_dim']}: {r.get('kind', 'error')} "
+                            f"(expected {r['expected']})" for r in results.get("dispatch", []) if not r.get("ok")]
+                         + [k for k in ("correctness_error", "dispatch_error") if k in results])
+    path = _write(args.out, results)
+    _log(f"\ncorrectness: {sum(bool(p) for p in passed)}/{len(passed)} ok; "
+         f"dispatch: {sum(bool(p) for p in dispatched)}/{len(dispatched)} ok; wrote {path}")
+    for line in results["failed"]:
+        _log(f"FAILED: {line}")
+    return 0 if results["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Conventions (shared by every kernel in this package):
   q_bqhd:   (batch, num_queries, heads, head_dim)      queries of one decode step
   k_bskd:   (batch, cache_len, kv_heads, head_dim)     preallocated key cache
   v_bskd:   (batch, cache_len, kv_heads, head_dim)     preallocated value cache
-  lengths_b:(batch,) int                               valid prefix length of each row
+  lengths_b:(batch,) int                               end of each row's readable window
+  starts_b: (batch,) int, optional                     start of the window (default 0): a row reads
+                                                       cache slots [start, end), e.g. a block-local
+                                                       cache whose block starts past slot 0
 Grouped-query attention: heads % kv_heads == 0 and query head h reads kv head
 h // (heads // kv_heads).  Every query of a row sees every valid entry (no causal
 mask inside the queries: this is decode over a cache).
@@ -13,7 +16,7 @@ Every function returns (out, lse):
   out_bqhd: (batch, num_queries, heads, head_dim) in q's dtype
   lse_bqh:  (batch, num_queries, heads) float32, log-sum-exp of the *scaled*
             logits over the valid entries.
-A row with length 0 attends to nothing: out = 0 and lse = -inf.  That is the
+A row with an empty window (end <= start) attends to nothing: out = 0 and lse = -inf.  That is the
 identity element of `merge_partials`, so an empty cache part merges exactly.
 """
 
@@ -31,11 +34,19 @@ def default_scale(head_dim: int) -> float:
     return 1.0 / float(head_dim) ** 0.5
 
 
-def decode_attention_reference(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None):
-    """Attention of a few queries per row over the first lengths[b] cache entries.
+def _valid_slots(lengths_b, starts_b, s: int):
+    """(batch, s) bool: slot j of row b is in [start_b, end_b) (both clipped to [0, s])."""
+    end = jnp.clip(jnp.asarray(lengths_b, jnp.int32), 0, s)
+    start = jnp.zeros_like(end) if starts_b is None else jnp.clip(jnp.asarray(starts_b, jnp.int32), 0, s)
+    slots = jnp.arange(s)[None, :]
+    return (slots >= start[:, None]) & (slots < end[:, None])
+
+
+def decode_attention_reference(q_bqhd, k_bskd, v_bskd, lengths_b, *, starts_b=None, scale=None):
+    """Attention of a few queries per row over cache slots [starts[b], lengths[b]).
 
     Softmax is computed in float32 whatever the input dtype; out is cast back to
-    q's dtype, lse stays float32.  Lengths are clipped to [0, cache_len].
+    q's dtype, lse stays float32.  The window is clipped to [0, cache_len].
     """
     b, nq, h, d = q_bqhd.shape
     bk, s, kh, dk = k_bskd.shape
@@ -45,14 +56,13 @@ def decode_attention_reference(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None)
         raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({kh})")
     g = h // kh
     scale = default_scale(d) if scale is None else float(scale)
-    lengths_b = jnp.clip(jnp.asarray(lengths_b, jnp.int32), 0, s)
 
     # Group query heads under their kv head: (b, q, kh, g, d).
     q = q_bqhd.astype(jnp.float32).reshape(b, nq, kh, g, d)
     k = k_bskd.astype(jnp.float32)
     v = v_bskd.astype(jnp.float32)
     logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, precision=jax.lax.Precision.HIGHEST) * scale
-    valid_bs = jnp.arange(s)[None, :] < lengths_b[:, None]
+    valid_bs = _valid_slots(lengths_b, starts_b, s)
     logits = jnp.where(valid_bs[:, None, None, None, :], logits, NEG_INF)
 
     m = jnp.max(logits, axis=-1, keepdims=True)
@@ -69,7 +79,7 @@ def decode_attention_reference(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None)
     return out_bqhd, lse_bqh
 
 
-def decode_attention_xla(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None):
+def decode_attention_xla(q_bqhd, k_bskd, v_bskd, lengths_b, *, starts_b=None, scale=None):
     """The production XLA path: same contract as decode_attention_reference, kernel numerics.
 
     Dots take the cache in its own dtype with float32 accumulation (no upcast copy
@@ -83,7 +93,6 @@ def decode_attention_xla(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None):
         raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({kh})")
     g = h // kh
     scale = default_scale(d) if scale is None else float(scale)
-    lengths_b = jnp.clip(jnp.asarray(lengths_b, jnp.int32), 0, s)
     dtype = k_bskd.dtype                   # compute in the cache's dtype (cast q, never the cache)
     v_bskd = v_bskd.astype(dtype)
     precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
@@ -91,7 +100,7 @@ def decode_attention_xla(q_bqhd, k_bskd, v_bskd, lengths_b, *, scale=None):
     q = q_bqhd.astype(dtype).reshape(b, nq, kh, g, d)
     logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k_bskd, precision=precision,
                         preferred_element_type=jnp.float32) * scale
-    valid_bs = jnp.arange(s)[None, :] < lengths_b[:, None]
+    valid_bs = _valid_slots(lengths_b, starts_b, s)
     logits = jnp.where(valid_bs[:, None, None, None, :], logits, NEG_INF)
     m = jnp.max(logits, axis=-1, keepdims=True)
     m_safe = jnp.where(jnp.isfinite(m), m, 0.0)

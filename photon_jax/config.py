@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from pallas_kernels.common import kernel_shape_problem
+
 from photon_jax.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"  # package data (also experiments/configs)
@@ -215,6 +217,9 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.remat in ("none", "full", "dots"), f"model.remat must be none, full or dots, got {m.remat!r}")
     _require(m.attention_impl in ("auto", "xla", "pallas"),
              f"model.attention_impl must be auto, xla or pallas, got {m.attention_impl!r}")
+    if m.attention_impl == "pallas":
+        problem = kernel_shape_problem(m.head_width, m.dtype)
+        _require(problem is None, f"model.attention_impl=pallas: the decode kernels cannot take this model: {problem}")
     if m.family == "vanilla":
         _require(m.num_layers > 0, f"model.num_layers must be > 0, got {m.num_layers}")
         return

@@ -1,9 +1,18 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and tiny shared configs."""
+"""Test setup: 8 fake CPU devices (set before jax is imported) and tiny shared configs.
+
+PHOTON_TEST_PLATFORM=gpu|cuda|tpu|auto (default cpu) runs on an accelerator instead (for the
+hardware-marked tests, e.g. scripts/gpu_checks.sh): JAX_PLATFORMS is set to that platform with the
+CPU as second backend ("auto": JAX_PLATFORMS left as it is) and no fake CPU devices are forced.
+"""
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_PLATFORM = os.environ.get("PHOTON_TEST_PLATFORM", "cpu").strip().lower() or "cpu"
+if _PLATFORM == "cpu":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+elif _PLATFORM != "auto":
+    os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(_PLATFORM, _PLATFORM) + ",cpu"
 
 import pytest  # noqa: E402
 

@@ -156,6 +156,7 @@ def test_tpm_json_schema(tpm_run):
                                                  ("vanilla-tiny", "vanilla")) for g in ("pf",)}
     for r in data["results"]:
         assert set(report.TPM_RESULT_KEYS) <= set(r), set(report.TPM_RESULT_KEYS) - set(r)
+        assert r["attention"] == {"impl": "auto", "kernel_sites": 0, "path": "xla"}  # auto on CPU: the XLA path
         assert {"fit", "used", "capped", "cap", "budget_bytes"} <= set(r["batch"])
         assert r["batch"]["used"] == 3 and r["batch"]["capped"]  # the budget fits far more
         assert {"analytic", "analytic_total", "measured", "measured_total", "allocated", "device_slope"} \
@@ -182,10 +183,13 @@ def test_allocated_caches_equal_the_measured_figures(tpm_run):
 
 
 def test_context_json_schema(tmp_path, capsys):
+    """Through the Pallas kernels (interpret mode here): each row says which attention ran and how many
+    kernel sites its decode program holds (recgen: two local decoders + the top encoder, one layer each;
+    vanilla: its layers)."""
     path = tmp_path / "ctx.json"
     code, out, err = cli(capsys, "bench", "context", "--models", "photon-tiny,vanilla-tiny", "--modes", "recgen",
                          "--contexts", "12", "--gen-len", "4", "--repeats", "1", "--json-file", str(path),
-                         "--plot", str(tmp_path / "ctx.png"), *TINY)
+                         "--plot", str(tmp_path / "ctx.png"), *TINY, "model.attention_impl=pallas")
     assert code == 0, err
     data = json.loads(path.read_text())
     assert set(report.TOP_KEYS) <= set(data) and data["schema_version"] == 1 and data["benchmark"] == "context"
@@ -194,6 +198,11 @@ def test_context_json_schema(tmp_path, capsys):
     for r in data["results"]:
         assert set(report.CONTEXT_RESULT_KEYS) <= set(r)
         assert r["kv_bytes_per_sample"]["allocated_total"] == r["kv_bytes_per_sample"]["measured_total"]
+        layers = load_config(preset=r["model"], overrides=TINY).model
+        expected = (sum(lv.decoder_layers for lv in layers.levels) + layers.levels[-1].encoder_layers
+                    if r["family"] == "photon" else layers.num_layers)
+        assert r["attention"] == {"impl": "pallas", "kernel_sites": expected, "path": "pallas"}
+    assert f"pallas x{data['results'][1]['attention']['kernel_sites']}" in out
     assert (tmp_path / "ctx.png").stat().st_size > 1000
     assert "vanilla-tiny" in out
 

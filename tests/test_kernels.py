@@ -15,6 +15,8 @@ from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import (cascade_decode_attention, decode_attention, decode_attention_reference,
                             decode_attention_xla, merge_partials, resolve_impl, sharded_decode_attention)
+from pallas_kernels.common import kernel_shape_problem
+from pallas_kernels.dispatch import kernel_sites
 from pallas_kernels.decode_attention_gpu import decode_attention_gpu, gpu_block_config
 from pallas_kernels.decode_attention_tpu import decode_attention_tpu, tpu_block_config
 
@@ -196,10 +198,58 @@ def test_cascade_attention_equals_concatenated_cache():
     assert_close(out, lse, out_ref, lse_ref, np.asarray(lens), jnp.float32)
 
 
+# ----------------------------------------------------------------------------- windows and head dims
+
+# (start, end) per row: from 0, from the middle, empty in the middle (start = end), up to the cache end
+WINDOWS = ([0, 13, 21, 5], [29, 40, 21, 64])
+
+
+@pytest.mark.parametrize("body", ["gpu", "tpu"])
+@pytest.mark.parametrize("d", [52, 56, 60, 64, 128])
+def test_kernel_reads_a_window_at_any_head_dim(body, d):
+    """Rows read slots [start, end) of the cache: the paper's head dims 52 / 56 / 60 (the GPU kernel loads
+    a power-of-two tile and masks the extra columns) and 64 / 128; garbage (NaN) outside every window."""
+    starts, ends = (np.asarray(x, np.int32) for x in WINDOWS)
+    q, k, v, _ = make_inputs(d, 4, 1, 8, 2, d, 64, jnp.float32, ends)
+    outside = (np.arange(64)[None, :] < starts[:, None])[:, :, None, None]
+    k, v = (jnp.where(outside, jnp.nan, x) for x in (k, v))
+    out, lse = KERNELS[body](q, k, v, jnp.asarray(ends), jnp.asarray(starts), interpret=True, block_k=16)
+    out_ref, lse_ref = decode_attention_reference(q, k, v, jnp.asarray(ends), starts_b=jnp.asarray(starts))
+    assert_close(out, lse, out_ref, lse_ref, ends - starts, jnp.float32)
+    out_x, lse_x = decode_attention_xla(q, k, v, jnp.asarray(ends), starts_b=jnp.asarray(starts))
+    assert_close(out_x, lse_x, out_ref, lse_ref, ends - starts, jnp.float32)
+
+
+def test_reference_window_is_the_prefix_difference():
+    """Independent of the window code: attention over [start, end) equals attention over a cache whose
+    slots before `start` were cut off."""
+    q, k, v, _ = make_inputs(3, 2, 1, 4, 2, 16, 24, jnp.float32, [24, 24])
+    out, lse = decode_attention_reference(q, k, v, jnp.array([20, 9]), starts_b=jnp.array([6, 2]))
+    for row, (start, end) in enumerate(((6, 20), (2, 9))):
+        o, l = decode_attention_reference(q[row:row + 1], k[row:row + 1, start:], v[row:row + 1, start:],
+                                          jnp.array([end - start]))
+        np.testing.assert_allclose(out[row:row + 1], o, atol=1e-6)
+        np.testing.assert_allclose(lse[row:row + 1], l, atol=1e-6)
+
+
+def test_kernel_sites_count_the_kernel_launches():
+    q, k, v, lengths = make_inputs(2, 2, 1, 4, 2, 52, 16, jnp.float32, [16, 3])
+    one = lambda q, k: decode_attention(q, k, v, lengths, impl="pallas", block_k=16)[0]  # noqa: E731
+    assert kernel_sites(one, q, k) == 1
+    assert kernel_sites(lambda q, k: decode_attention(q, k, v, lengths, impl="xla")[0], q, k) == 0
+    both = lambda q, k: jax.lax.cond(q.sum() > 0, lambda: one(q, k), lambda: one(2 * q, k))  # noqa: E731
+    assert kernel_sites(jax.jit(both), q, k) == 2  # every branch, inside jit
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 def test_dispatch_impls_agree_on_cpu():
     assert resolve_impl("auto", 64, jnp.float32) == ("xla", False)
+    for d in (52, 56, 60, 64, 128):  # what auto picks where a kernel exists: the paper's head dims included
+        assert resolve_impl("auto", d, jnp.bfloat16, target="gpu")[0] in ("xla", "gpu")
+        assert kernel_shape_problem(d, jnp.bfloat16) is None
+    assert "head dim 320" in kernel_shape_problem(320, jnp.float32)
+    assert "int8" in kernel_shape_problem(64, jnp.int8)
     assert resolve_impl("pallas", 64, jnp.float32) == ("gpu", True)
     assert resolve_impl("pallas", 64, jnp.float32, target="tpu") == ("tpu", True)
     with pytest.raises(ValueError):

@@ -35,6 +35,7 @@ def run_context(models: list[BenchModel], modes: dict[str, list[str]], contexts:
                 results.append({
                     "model": m.name, "family": m.family, "mode": mode, "context": c, "gen_len": gen_len,
                     "batch": batch, "params": n_params, "dtype": cfg.dtype, "kv_bytes_per_sample": kv,
+                    "attention": allocated["attention"],
                     "timing": timing, "ttft_s": timing["ttft_s"], "decode_tokens_per_s": timing["decode_tokens_per_s"],
                     "kv_read_bytes_per_token": memory.kv_reads_per_token(cfg, mode, c, gen_len, dtype_bytes(cfg))})
         del params

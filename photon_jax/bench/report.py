@@ -20,10 +20,10 @@ GIB = 2 ** 30
 TOP_KEYS = ("schema_version", "benchmark", "created_utc", "environment", "settings", "reference", "results",
             "notes")
 TPM_RESULT_KEYS = ("model", "family", "mode", "regime", "prompt_len", "gen_len", "params", "dtype", "batch",
-                   "kv_bytes_per_sample", "timing", "ttft_s", "throughput_k_tokens_per_s",
+                   "attention", "kv_bytes_per_sample", "timing", "ttft_s", "throughput_k_tokens_per_s",
                    "decode_k_tokens_per_s", "tpm", "kv_read_bytes_per_token", "vs_reference", "perplexity")
 CONTEXT_RESULT_KEYS = ("model", "family", "mode", "context", "gen_len", "batch", "params", "dtype",
-                       "kv_bytes_per_sample", "timing", "ttft_s", "decode_tokens_per_s", "kv_read_bytes_per_token")
+                       "attention", "kv_bytes_per_sample", "timing", "ttft_s", "decode_tokens_per_s", "kv_read_bytes_per_token")
 TRAIN_RESULT_KEYS = ("model", "family", "params", "seq_len", "batch_size", "tokens_per_step", "step_time_s",
                      "tokens_per_s", "train_flops_per_token", "achieved_flops_per_s", "mfu", "compile_s",
                      "vs_reference")
@@ -88,8 +88,14 @@ def fmt(x, spec: str = ".3g") -> str:
     return format(x, spec)
 
 
+def attention_label(row: dict) -> str:
+    """Which decode attention ran: 'pallas xN' (N kernel sites in the decode program) or 'xla'."""
+    a = row["attention"]
+    return f"pallas x{a['kernel_sites']}" if a["kernel_sites"] else "xla"
+
+
 def tpm_table(data: dict) -> str:
-    headers = ["model", "mode", "regime", "P/G", "batch", "KV/sample MiB", "analytic MiB", "KV read/tok KiB",
+    headers = ["model", "mode", "attn", "regime", "P/G", "batch", "KV/sample MiB", "analytic MiB", "KV read/tok KiB",
                "TTFT ms", "thr Ktok/s", "TPM", "TPM x", "mem /"]
     rows = []
     for r in data["results"]:
@@ -97,7 +103,8 @@ def tpm_table(data: dict) -> str:
         b = r["batch"]
         batch = f"{b['used']}" + (f" (fit {b['fit']})" if b["capped"] else "")
         vs = r["vs_reference"] or {}
-        rows.append([r["model"], r["mode"], r["regime"].upper(), f"{r['prompt_len']}/{r['gen_len']}", batch,
+        rows.append([r["model"], r["mode"], attention_label(r), r["regime"].upper(), f"{r['prompt_len']}/{r['gen_len']}",
+                     batch,
                      fmt(kv["measured_total"] / 2 ** 20, ".4f"), fmt(kv["analytic_total"] / 2 ** 20, ".4f"),
                      fmt(r["kv_read_bytes_per_token"]["total"] / 1024, ".1f"), fmt(1e3 * r["ttft_s"], ".1f"),
                      fmt(r["throughput_k_tokens_per_s"], ".3f"), fmt(r["tpm"]["measured"], ".4g"),
@@ -106,9 +113,9 @@ def tpm_table(data: dict) -> str:
 
 
 def context_table(data: dict) -> str:
-    headers = ["model", "mode", "context", "KV/sample MiB", "analytic MiB", "TTFT ms", "decode tok/s",
+    headers = ["model", "mode", "attn", "context", "KV/sample MiB", "analytic MiB", "TTFT ms", "decode tok/s",
                "KV read/tok KiB"]
-    rows = [[r["model"], r["mode"], str(r["context"]), fmt(r["kv_bytes_per_sample"]["measured_total"] / 2 ** 20, ".4f"),
+    rows = [[r["model"], r["mode"], attention_label(r), str(r["context"]), fmt(r["kv_bytes_per_sample"]["measured_total"] / 2 ** 20, ".4f"),
              fmt(r["kv_bytes_per_sample"]["analytic_total"] / 2 ** 20, ".4f"), fmt(1e3 * r["ttft_s"], ".1f"),
              fmt(r["decode_tokens_per_s"], ".4g"), fmt(r["kv_read_bytes_per_token"]["total"] / 1024, ".1f")]
             for r in data["results"]]

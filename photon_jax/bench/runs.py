@@ -23,7 +23,8 @@ import jax
 from photon_jax.bench.memory import device_bytes_in_use
 from photon_jax.bench.models import random_prompts
 from photon_jax.bench.timing import summarize
-from photon_jax.generation import generate, plan, run_rows
+from photon_jax.generation import generate, plan
+from photon_jax.generation.api import start_session
 from photon_jax.generation.caches import named_cache_bytes, tree_nbytes
 from photon_jax.generation.sampling import GREEDY
 
@@ -31,20 +32,25 @@ TIMING_KEYS = ("prefill_s", "decode_s", "total_s", "throughput_tokens_per_s", "d
 
 
 def allocated_state(cfg, params, mode: str, prompts: list[list[int]], gen_len: int) -> dict:
-    """Run once through generation.run_rows (compiling as generate would) and size the state it returns."""
+    """Run once through the generation API's session (compiling as generate would), size the state it
+    returns, and count the decode-attention kernel sites of its decode program (which path ran)."""
     gc.collect()
     before = device_bytes_in_use()
     mode, prompts, sampling = plan(cfg, mode, prompts, gen_len, GREEDY, None, 1, None)
-    out, timings, _ = run_rows(cfg, params, mode, prompts, gen_len, sampling, None, 0)
-    state = jax.block_until_ready(out.pop("model"))
-    del out  # the generated tokens (on CPU, numpy views that keep their device buffers alive)
+    session, _ = start_session(cfg, params, mode, prompts, gen_len, sampling, None, 0)
+    attention = {"impl": cfg.attention_impl, "kernel_sites": session.decode_kernel_sites()}
+    attention["path"] = "pallas" if attention["kernel_sites"] else "xla"
+    session.step(gen_len)
+    timings = session.timings
+    state = jax.block_until_ready(session.loop["model"])
+    del session  # the loop state (tokens, logits) would keep its device buffers alive
     gc.collect()
     after = device_bytes_in_use()
     caches = named_cache_bytes(state)
     result = {"batch": len(prompts), "caches": caches, "caches_total": sum(caches.values()),
               "state_total": tree_nbytes(state),
               "device_bytes_held": None if before is None or after is None else after - before,
-              "compile_s": timings.get("compile_s")}
+              "compile_s": timings.get("compile_s"), "attention": attention}
     del state
     gc.collect()
     return result

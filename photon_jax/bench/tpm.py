@@ -138,6 +138,7 @@ def run_tpm(models: list[BenchModel], modes: dict[str, list[str]], regimes: dict
                 results.append({
                     "model": m.name, "family": m.family, "mode": mode, "regime": regime, "prompt_len": p,
                     "gen_len": g, "params": n_params, "dtype": cfg.dtype, "batch": search.to_dict(),
+                    "attention": allocated["attention"],
                     "kv_bytes_per_sample": kv, "timing": timing, "ttft_s": timing["ttft_s"],
                     "throughput_k_tokens_per_s": thr / 1e3,
                     "decode_k_tokens_per_s": timing["decode_tokens_per_s"] / 1e3,

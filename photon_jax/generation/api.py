@@ -170,6 +170,16 @@ def run_rows(cfg: ModelConfig, params, mode: str, prompts: list[list[int]], max_
     return _host(session.loop), session.timings, row_len
 
 
+def decode_kernel_sites(model_cfg: ModelConfig, params, prompts, mode: str | None = None, max_new_tokens: int = 8,
+                        num_samples: int = 1, share_prompt: bool = True) -> int:
+    """How many decode-attention kernel launches the decode program of generate(...) with these inputs
+    holds (Session.decode_kernel_sites): 0 = the XLA path, > 0 = the Pallas kernels run."""
+    mode, prompts, sampling = plan(model_cfg, mode, prompts, max_new_tokens, None, None, num_samples, None)
+    session, _ = start_session(model_cfg, params, mode, prompts, max_new_tokens, sampling, None, 0, num_samples,
+                               None, share_prompt)
+    return session.decode_kernel_sites()
+
+
 def _finish_reason(code: int) -> str:
     return FINISH_REASONS[code] if code else "length"
 

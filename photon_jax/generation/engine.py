@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
 import jax.numpy as jnp
+
+from pallas_kernels.dispatch import kernel_sites
 
 from photon_jax.config import ModelConfig
 from photon_jax.generation.loop import init_loop, run_loop
@@ -106,6 +109,12 @@ class Session:
         self.timings["decode_s"] += t2 - t1
         self.timings["compiled"] |= fresh
         return self.loop
+
+    def decode_kernel_sites(self) -> int:
+        """Decode-attention kernel launches in this batch's decode program (pallas_kernels.kernel_sites):
+        > 0 proves the kernel path is taken, 0 means every cached attention runs the XLA path."""
+        dargs = (self.params, self.loop, jnp.asarray(1, jnp.int32)) + self.knobs
+        return kernel_sites(functools.partial(_decode, spec=self.spec), *dargs)
 
     @property
     def done(self) -> bool:

@@ -4,11 +4,16 @@ Three cases, chosen from what the caller passes:
 * full attention (training, prefill, a local decoder window): `attend`, softmax in fp32 over an
   explicit (batch, q, kv) mask;
 * one query per row over a KV cache (decode steps): the kernel package's decode attention
-  (pallas_kernels.dispatch) when `impl` selects a kernel for this platform and shape, else `attend`;
+  (pallas_kernels.dispatch) when `impl` selects a kernel for this platform and shape, else `attend`.
+  The kernels read a window [start, end) of slots per row: every cache the generation code reads
+  one query at a time exposes a contiguous readable window (level caches and local decoder windows
+  from slot 0, block-local caches from their block's first unit, exact-local rings), which
+  `mask_window` reads off the mask;
 * a cache split into a prompt part shared by several samples and each sample's own suffix
-  (multi-sample generation, generation/multiquery.py): the shared part through the kernel
-  package's decode attention with the samples' queries stacked (each prompt's cache is read once
-  for all of its samples), the suffix as a masked partial, merged exactly by their log-sum-exp
+  (multi-sample generation, generation/multiquery.py): cascade attention. The shared part goes
+  through decode attention with the samples' queries stacked (each prompt's cache is read once for
+  all of its samples), the suffix through decode attention too when a kernel is selected (else a
+  masked partial), and the two partials merge exactly by their log-sum-exp
   (pallas_kernels.merge.merge_two).
 
 Shapes: q (batch, q_len, heads, head_dim); k, v (batch, kv_len, kv_heads, head_dim), grouped-query
@@ -77,15 +82,21 @@ def uses_decode_kernel(impl: str, head_dim: int, cache_dtype) -> bool:
     return kind != "xla"
 
 
-def prefix_decode_attention(q_b1hd, k_bskd, v_bskd, mask_b1s, impl: str):
-    """One query per row over a cache whose readable slots are a prefix of length sum(mask).
+def mask_window(mask_b1s):
+    """(start_b, end_b) of each row's readable slots, for a mask whose true slots are contiguous
+    (first true slot, one past the last; (0, 0) for a row that reads nothing)."""
+    valid_bs = mask_b1s[:, 0, :]
+    s = valid_bs.shape[-1]
+    any_b = jnp.any(valid_bs, axis=-1)
+    start_b = jnp.argmax(valid_bs, axis=-1).astype(jnp.int32)
+    end_b = (s - jnp.argmax(valid_bs[:, ::-1], axis=-1)).astype(jnp.int32)
+    return jnp.where(any_b, start_b, 0), jnp.where(any_b, end_b, 0)
 
-    Every cache the generation code reads one query at a time is filled front to back (level
-    caches, exact-local rings, local decoder windows), so its mask is such a prefix.
-    """
-    lengths_b = jnp.sum(mask_b1s[:, 0, :], axis=-1).astype(jnp.int32)
-    out, _ = decode_attention(q_b1hd, k_bskd, v_bskd, lengths_b, impl=impl)
-    return out
+
+def window_decode_attention(q_b1hd, k_bskd, v_bskd, mask_b1s, impl: str):
+    """One query per row over the readable window of a cache, through the kernel: (out, lse fp32)."""
+    start_b, end_b = mask_window(mask_b1s)
+    return decode_attention(q_b1hd, k_bskd, v_bskd, end_b, start_b, impl=impl)
 
 
 def shared_prefix_attention(q_bthd, k_bskd, v_bskd, mask_bts, cache, impl: str):
@@ -95,8 +106,12 @@ def shared_prefix_attention(q_bthd, k_bskd, v_bskd, mask_bts, cache, impl: str):
     groups = cache["shared_k"].shape[0]
     q_group = q_bthd.reshape(groups, (b // groups) * t, h, d)
     out_s, lse_s = decode_attention(q_group, cache["shared_k"], cache["shared_v"], cache["shared_len"], impl=impl)
-    out_o, lse_o = masked_partial(q_bthd, k_bskd, v_bskd, mask_bts)
-    out, _ = merge_two(out_s.reshape(b, t, h, d).astype(jnp.float32), lse_s.reshape(b, t, h), out_o, lse_o)
+    if t == 1 and uses_decode_kernel(impl, d, k_bskd.dtype):
+        out_o, lse_o = window_decode_attention(q_bthd, k_bskd, v_bskd, mask_bts, impl)
+    else:
+        out_o, lse_o = masked_partial(q_bthd, k_bskd, v_bskd, mask_bts)
+    out, _ = merge_two(out_s.reshape(b, t, h, d).astype(jnp.float32), lse_s.reshape(b, t, h),
+                       out_o.astype(jnp.float32), lse_o)
     return out.astype(q_bthd.dtype)
 
 
@@ -107,5 +122,5 @@ def attention(q_bthd, k_bskd, v_bskd, mask_bts, *, impl: str = "xla", cache: dic
     if cache is not None and "shared_k" in cache:
         return shared_prefix_attention(q_bthd, k_bskd, v_bskd, mask_bts, cache, impl)
     if cache is not None and q_bthd.shape[1] == 1 and uses_decode_kernel(impl, q_bthd.shape[-1], k_bskd.dtype):
-        return prefix_decode_attention(q_bthd, k_bskd, v_bskd, mask_bts, impl)
+        return window_decode_attention(q_bthd, k_bskd, v_bskd, mask_bts, impl)[0]
     return attend(q_bthd, k_bskd, v_bskd, mask_bts)
