@@ -9,6 +9,7 @@
 #                 choice for head dims 52..128, kernel timings vs XLA and the device copy bandwidth
 #   tpm_pf/tpm_de the paper's TPM protocol for the 600M presets, one regime per step
 #   context       KV memory / decode speed vs context for the 600M presets
+#   train         train step of photon-600m and vanilla-600m: tokens/s, MFU, step memory, fused attention
 # Each step has its own timeout; its output goes to $OUT/<step>.log, its result to $OUT/<step>.json
 # (or the JSON the step itself writes), and $OUT/summary.json lists every step. The exit status is 0
 # only when every step passed. Runs from a bare checkout: the repository and the installed wheels go
@@ -285,7 +286,7 @@ if [ "$probe_rc" != 0 ]; then
     step gpu_check 240 "$PY" -m pallas_kernels.gpu_check --interpret --out "$OUT" --budget-s 20
     rc=$LAST_RC
     finish gpu_check "$rc" "interpret smoke: $(helper kernels "$OUT/kernels.json")"
-    for s in kernel_tests tpm_pf tpm_de context; do
+    for s in kernel_tests tpm_pf tpm_de context train; do
         STEPS+=("$(printf '%-13s %-5s %4ss  %s' "$s" skip 0 "needs a GPU")")
     done
     summary
@@ -334,6 +335,15 @@ step context 70 "$PY" -m photon_jax.cli.main bench context --models "$MODELS" --
 rc=$LAST_RC
 [ "$rc" = 0 ] && [ ! -s "$OUT/context_600m.json" ] && rc=1
 finish context "$rc" "$([ -s "$OUT/context_600m.json" ] && echo "wrote context_600m.json" || echo "no JSON") (rc $LAST_RC)"
+
+# train step of the 600M presets: tokens/s, MFU vs the device's peak, step memory, fused attention, remat named
+CMDLINE="photon-jax bench train"
+rm -f "$OUT/train_600m.json"
+step train 110 "$PY" -m photon_jax.cli.main bench train --models photon-600m,vanilla-600m --steps 3 --warmup 1 \
+    --batch-size 8 --seq-len 2048 --devices 1 --json-file "$OUT/train_600m.json" model.dtype=bfloat16 model.remat=dots
+rc=$LAST_RC
+[ "$rc" = 0 ] && [ ! -s "$OUT/train_600m.json" ] && rc=1
+finish train "$rc" "$([ -s "$OUT/train_600m.json" ] && echo "wrote train_600m.json" || echo "no JSON") (rc $LAST_RC)"
 
 summary
 [ "$status" = 0 ] && echo "ALL GPU CHECKS PASSED" || echo "SOME GPU CHECKS FAILED (see $OUT/*.log)"

@@ -126,7 +126,8 @@ CASES = [
     case("negative-temperature", lambda p: generate(p, "--temperature", "-1"), "temperature must be >= 0"),
     case("top-p-zero", lambda p: generate(p, "--top-p", "0"), "top_p must be in (0, 1]"),
     case("top-k-too-big", lambda p: generate(p, "--top-k", "100000"), "top_k must be in [0, 512]"),
-    case("unknown-mode", lambda p: generate(p, "--mode", "bogus"), "unknown generation mode 'bogus'"),
+    case("unknown-mode", lambda p: generate(p, "--mode", "bogus"),
+         "argument --mode: invalid choice: 'bogus' (choose from 'hiergen', 'recgen', 'exact-local', 'vanilla')"),
     case("unknown-split", lambda p: ["eval", "--workdir", p.run, "--split", "test"], "invalid choice: 'test'"),
     # --- configs
     case("unknown-preset", lambda p: ["params", "--preset", "nope"], "unknown preset 'nope'"),

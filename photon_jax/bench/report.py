@@ -25,8 +25,8 @@ TPM_RESULT_KEYS = ("model", "family", "mode", "regime", "prompt_len", "gen_len",
 CONTEXT_RESULT_KEYS = ("model", "family", "mode", "context", "gen_len", "batch", "params", "dtype",
                        "attention", "kv_bytes_per_sample", "timing", "ttft_s", "decode_tokens_per_s", "kv_read_bytes_per_token")
 TRAIN_RESULT_KEYS = ("model", "family", "params", "seq_len", "batch_size", "tokens_per_step", "step_time_s",
-                     "tokens_per_s", "train_flops_per_token", "achieved_flops_per_s", "mfu", "compile_s",
-                     "vs_reference")
+                     "tokens_per_s", "train_flops_per_token", "achieved_flops_per_s", "mfu", "compile_s", "remat",
+                     "attention", "step_memory_bytes", "peak_device_bytes", "vs_reference")
 
 
 def environment() -> dict:
@@ -123,13 +123,16 @@ def context_table(data: dict) -> str:
 
 
 def train_table(data: dict) -> str:
-    headers = ["model", "params", "seq x batch", "step ms", "tokens/s", "FLOPs/token", "MFU %", "FLOPs/tok x",
-               "time/tok x", "FLOPs/tok/param x"]
+    headers = ["model", "params", "seq x batch", "attn", "remat", "step ms", "temp MiB", "peak MiB", "tokens/s",
+               "FLOPs/token", "MFU %", "FLOPs/tok x", "time/tok x", "FLOPs/tok/param x"]
     rows = []
     for r in data["results"]:
         vs = r["vs_reference"] or {}
-        rows.append([r["model"], f"{r['params']:,}", f"{r['seq_len']}x{r['batch_size']}",
-                     fmt(1e3 * r["step_time_s"], ".1f"),
+        temp = (r["step_memory_bytes"] or {}).get("temporaries")
+        peak = r["peak_device_bytes"]
+        rows.append([r["model"], f"{r['params']:,}", f"{r['seq_len']}x{r['batch_size']}", r["attention"], r["remat"],
+                     fmt(1e3 * r["step_time_s"], ".1f"), fmt(None if temp is None else temp / 2 ** 20, ".1f"),
+                     fmt(None if peak is None else peak / 2 ** 20, ".1f"),
                      fmt(r["tokens_per_s"], ".4g"), fmt(r["train_flops_per_token"], ".3e"), fmt(100 * r["mfu"], ".2f"),
                      fmt(vs.get("flops_per_token_ratio"), ".3f"), fmt(vs.get("time_per_token_ratio"), ".3f"),
                      fmt(vs.get("flops_per_token_per_param_ratio"), ".3f")])

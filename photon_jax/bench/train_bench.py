@@ -27,6 +27,7 @@ from photon_jax.bench.report import envelope
 from photon_jax.bench.timing import median, timed
 from photon_jax.config import Config
 from photon_jax.errors import UserError
+from photon_jax.model.attention import uses_fused
 from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.sharding import batch_sharding, logical_rules, make_mesh
 from photon_jax.train.metrics import peak_flops_per_device
@@ -69,6 +70,7 @@ def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, 
         start = time.perf_counter()
         compiled = step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - start
+        step_memory = compiled_memory_bytes(compiled)
         for _ in range(warmup):
             (state, _), _ = timed(compiled, state, batch)
         times = []
@@ -80,7 +82,30 @@ def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, 
     del state
     gc.collect()
     return {"compile_s": compile_s, "step_times_s": times, "step_time_s": median(times), "final_loss": loss,
-            "devices": int(np.prod(list(mesh.shape.values())))}
+            "devices": int(np.prod(list(mesh.shape.values()))), "memory": step_memory,
+            "peak_device_bytes": device_peak_bytes()}
+
+
+def compiled_memory_bytes(compiled) -> dict | None:
+    """XLA's memory analysis of the compiled train step, per device (None where the backend has none)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+    if m is None:
+        return None
+    keys = {"arguments": "argument_size_in_bytes", "outputs": "output_size_in_bytes",
+            "temporaries": "temp_size_in_bytes", "aliased": "alias_size_in_bytes"}
+    return {name: int(getattr(m, attr, 0) or 0) for name, attr in keys.items()}
+
+
+def device_peak_bytes() -> int | None:
+    """Peak bytes the first device's allocator has held (GPU/TPU), None where the backend does not say."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001
+        return None
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
 def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int | None, seq_len: int | None,
@@ -102,6 +127,8 @@ def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int
             "step_times_s": run["step_times_s"], "tokens_per_s": tps, "train_flops_per_token": flops,
             "achieved_flops_per_s": tps * flops, "mfu": tps * flops / (peak * run["devices"]),
             "compile_s": run["compile_s"], "devices": run["devices"], "final_loss": run["final_loss"],
+            "remat": cfg.model.remat, "attention": "fused" if uses_fused(cfg.model.attention_impl) else "reference",
+            "step_memory_bytes": run["memory"], "peak_device_bytes": run["peak_device_bytes"],
             "vs_reference": None})
     reference = reference_model(models)
     notes = []

@@ -77,7 +77,7 @@ import jax.numpy as jnp
 from photon_jax.config import ModelConfig
 from photon_jax.generation import multiquery, rows
 from photon_jax.generation.caches import kv_zeros
-from photon_jax.model.attention import causal_mask
+from photon_jax.model.attention import CausalMask, causal_mask
 from photon_jax.model.hierarchy import Hierarchy, feed_own_outputs
 from photon_jax.model.photon import PhotonLM, shift_right
 
@@ -212,7 +212,7 @@ class PhotonRunner:
                 x, enc[i] = h.call(params, PhotonLM.encode, i, a_bmd, pos, mask, kv_zeros(cfg, layers, b, size),
                                    jnp.zeros((b,), jnp.int32))
             else:
-                x, _ = h.call(params, PhotonLM.encode, i, a_bmd, pos, causal_mask(pos, pos, block=h.block[i]))
+                x, _ = h.call(params, PhotonLM.encode, i, a_bmd, pos, CausalMask(h.block[i]))
                 if h.kinds[i] == "ring":
                     blk = h.block[i]
                     first = (counts[i + 1] // blk) * blk  # first unit of the current meta-context

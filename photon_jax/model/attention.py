@@ -1,8 +1,15 @@
 """Attention for every stack, through one entry point: `attention(q, k, v, mask, impl=, cache=)`.
 
-Three cases, chosen from what the caller passes:
-* full attention (training, prefill, a local decoder window): `attend`, softmax in fp32 over an
-  explicit (batch, q, kv) mask;
+Four cases, chosen from what the caller passes:
+* causal self-attention without a cache (training and evaluation forwards: every encoder, every
+  local decoder window, the vanilla stack): the mask is a `CausalMask` description (causal, within
+  blocks for block-local encoders), never a (T, T) array. With `impl` auto on GPU/TPU, or pallas,
+  it runs fused: jax.nn.dot_product_attention with is_causal (cuDNN flash attention on GPU where
+  the shape allows, XLA elsewhere), block-local blocks folded into the batch. Otherwise (xla, or
+  auto on CPU) the stack builds the dense mask once (`resolve_mask`) and runs `attend`, the
+  reference;
+* full attention over an explicit (batch, q, kv) mask (prefill into a cache, decoder windows in
+  generation): `attend`, softmax in fp32;
 * one query per row over a KV cache (decode steps): the kernel package's decode attention
   (pallas_kernels.dispatch) when `impl` selects a kernel for this platform and shape, else `attend`.
   The kernels read a window [start, end) of slots per row: every cache the generation code reads
@@ -22,6 +29,8 @@ attention with heads % kv_heads == 0; mask (batch, q_len, kv_len) bool.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -37,6 +46,51 @@ def causal_mask(q_pos_bt, kv_pos_bs, kv_valid_bs=None, block: int = 0):
     if kv_valid_bs is not None:
         mask &= kv_valid_bs[:, None, :]
     return mask
+
+
+FUSED_SCOPE = "photon_fused_attention"
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class CausalMask:
+    """Causal self-attention over the positions 0..T-1 of one sequence (the keys are the queries),
+    restricted to blocks of `block` positions when block > 0: a description, not an array."""
+
+    block: int = 0
+
+    def dense(self, length: int):
+        """The same mask as a (1, T, T) bool array (the reference path)."""
+        positions = jnp.arange(length, dtype=jnp.int32)[None, :]
+        return causal_mask(positions, positions, block=self.block)
+
+
+def uses_fused(impl: str) -> bool:
+    """Whether causal self-attention runs fused: always with pallas, on GPU/TPU with auto, never with xla."""
+    if impl == "xla":
+        return False
+    return impl == "pallas" or jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+
+
+def resolve_mask(mask, length: int, impl: str):
+    """Once per stack: a CausalMask stays a description when the fused path will take it, else it
+    becomes the dense array every layer reads; arrays pass through."""
+    if isinstance(mask, CausalMask) and not uses_fused(impl):
+        return mask.dense(length)
+    return mask
+
+
+def fused_causal_attention(q_bthd, k_bthd, v_bthd, block: int = 0):
+    """Causal (block-local when block > 0) grouped-query self-attention through
+    jax.nn.dot_product_attention: cuDNN flash attention on GPU when it supports the shape, XLA
+    otherwise. Block-local attention is causal attention inside each block, so the blocks are folded
+    into the batch axis: no mask array at all."""
+    b, t, h, d = q_bthd.shape
+    if block and block < t:
+        fold = lambda x: x.reshape(b * (t // block), block, *x.shape[2:])  # noqa: E731
+        return fused_causal_attention(fold(q_bthd), fold(k_bthd), fold(v_bthd)).reshape(b, t, h, d)
+    with jax.named_scope(FUSED_SCOPE):  # visible in traced programs: tests check the path was taken
+        return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, is_causal=True)
 
 
 def attend(q_bthd, k_bskd, v_bskd, mask_bts):
@@ -116,9 +170,11 @@ def shared_prefix_attention(q_bthd, k_bskd, v_bskd, mask_bts, cache, impl: str):
 
 
 def attention(q_bthd, k_bskd, v_bskd, mask_bts, *, impl: str = "xla", cache: dict | None = None):
-    """The entry point (see the module doc). `cache` is the layer's cache dict when k, v come from
-    one (it may carry a shared prompt part: shared_k, shared_v, shared_len); `impl` is
-    model.attention_impl (auto | xla | pallas)."""
+    """The entry point (see the module doc). `mask_bts` is a (batch, q, kv) bool array or a CausalMask
+    (after resolve_mask); `cache` is the layer's cache dict when k, v come from one (it may carry a
+    shared prompt part: shared_k, shared_v, shared_len); `impl` is model.attention_impl."""
+    if isinstance(mask_bts, CausalMask):  # no cache: the stack kept the description for the fused path
+        return fused_causal_attention(q_bthd, k_bskd, v_bskd, mask_bts.block)
     if cache is not None and "shared_k" in cache:
         return shared_prefix_attention(q_bthd, k_bskd, v_bskd, mask_bts, cache, impl)
     if cache is not None and q_bthd.shape[1] == 1 and uses_decode_kernel(impl, q_bthd.shape[-1], k_bskd.dtype):

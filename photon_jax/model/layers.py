@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
-from photon_jax.model.attention import attention
+from photon_jax.model.attention import attention, resolve_mask
 
 Dtype = Any
 
@@ -183,6 +183,7 @@ class Stack(nn.Module):
             policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if s.remat == "dots" else None
             block_cls = nn.remat(Block, policy=policy, prevent_cse=not s.scan_layers)
         x_btd = x_btd.astype(dtype_of(s.dtype))
+        mask_bts = resolve_mask(mask_bts, x_btd.shape[1], s.attention_impl)  # once per stack, not per layer
         if s.scan_layers:
             scanned = nn.scan(
                 block_cls,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
-from photon_jax.model.attention import causal_mask
+from photon_jax.model.attention import CausalMask
 from photon_jax.model.hierarchy import Hierarchy, feed_own_outputs
 from photon_jax.model.layers import RMSNorm, Stack, StackSpec, dtype_of, logical_init
 from photon_jax.model.vanilla import lm_head, positions_like, token_embedding
@@ -139,8 +139,7 @@ class PhotonLM(nn.Module):
         for i in range(len(self.cfg.levels)):
             a_bmd = self.chunk(i, lower)
             positions = positions_like(a_bmd)
-            mask = causal_mask(positions, positions, block=self.hier.encoder_block(i))
-            lower, _ = self.encode(i, a_bmd, positions, mask)
+            lower, _ = self.encode(i, a_bmd, positions, CausalMask(self.hier.encoder_block(i)))
             states.append(lower)
         return states
 
@@ -156,7 +155,7 @@ class PhotonLM(nn.Module):
         rows_bmrd = self.convert(i, cond_bmd)
         width = r + c - 1
         positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (b * m, width))
-        mask = causal_mask(positions, positions)
+        mask = CausalMask()
 
         def run(content_bmkd):
             window = jnp.concatenate([rows_bmrd, content_bmkd.astype(rows_bmrd.dtype)], axis=2)

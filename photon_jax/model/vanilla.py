@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
-from photon_jax.model.attention import causal_mask
+from photon_jax.model.attention import CausalMask
 from photon_jax.model.layers import Stack, StackSpec, dtype_of, logical_init
 
 
@@ -50,5 +50,5 @@ class VanillaLM(nn.Module):
 
     def __call__(self, tokens_bt, token_mask_bt=None):
         positions = positions_like(tokens_bt)
-        logits_btv, _ = self.run_stack(tokens_bt, positions, causal_mask(positions, positions))
+        logits_btv, _ = self.run_stack(tokens_bt, positions, CausalMask())
         return logits_btv, {}
