@@ -4,8 +4,9 @@ Four cases, chosen from what the caller passes:
 * causal self-attention without a cache (training and evaluation forwards: every encoder, every
   local decoder window, the vanilla stack): the mask is a `CausalMask` description (causal, within
   blocks for block-local encoders), never a (T, T) array. With `impl` auto on GPU/TPU, or pallas,
-  it runs fused: jax.nn.dot_product_attention with is_causal (cuDNN flash attention on GPU where
-  the shape allows, XLA elsewhere), block-local blocks folded into the batch. Otherwise (xla, or
+  it runs fused: jax.nn.dot_product_attention with is_causal (cuDNN flash attention on GPU in
+  bf16/fp16 for head dims up to 128, padded to a multiple of 8; its XLA implementation elsewhere),
+  block-local blocks folded into the batch. Otherwise (xla, or
   auto on CPU) the stack builds the dense mask once (`resolve_mask`) and runs `attend`, the
   reference;
 * full attention over an explicit (batch, q, kv) mask (prefill into a cache, decoder windows in
@@ -90,7 +91,21 @@ def fused_causal_attention(q_bthd, k_bthd, v_bthd, block: int = 0):
         fold = lambda x: x.reshape(b * (t // block), block, *x.shape[2:])  # noqa: E731
         return fused_causal_attention(fold(q_bthd), fold(k_bthd), fold(v_bthd)).reshape(b, t, h, d)
     with jax.named_scope(FUSED_SCOPE):  # visible in traced programs: tests check the path was taken
-        return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, is_causal=True)
+        if not cudnn_takes(q_bthd.dtype, d):
+            return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, is_causal=True, implementation="xla")
+        # cuDNN wants a head dim that is a multiple of 8 (the 600M preset has 52): zero columns change no
+        # logit and produce zero outputs; the scale stays the true head dim's
+        padded = -(-d // 8) * 8
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, padded - d)))  # noqa: E731
+        out = jax.nn.dot_product_attention(pad(q_bthd), pad(k_bthd), pad(v_bthd), is_causal=True,
+                                           scale=d ** -0.5, implementation="cudnn")
+        return out[..., :d]
+
+
+def cudnn_takes(dtype, head_dim: int) -> bool:
+    """cuDNN flash attention: on a GPU, bf16/fp16, head dim up to 128 (after padding to a multiple of 8)."""
+    return (jax.default_backend() in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+            and head_dim <= 128)
 
 
 def attend(q_bthd, k_bskd, v_bskd, mask_bts):
