@@ -18,10 +18,8 @@ from photon_jax.model.losses import loss_fn
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-CASES = {  # name: (family, chunks, alignment, block_local)
+CASES = {  # name: (family, chunks, alignment, block_local); every mask kind and alignment rule once
     "vanilla": ("vanilla", (4,), "A", False),
-    "block-L1": ("photon", (4,), "A", False),
-    "L2-A": ("photon", (4, 4), "A", False),
     "L2-B": ("photon", (2, 2), "B", False),
     "L2-C": ("photon", (2, 2), "C", False),
     "L3-A-blocklocal": ("photon", (2, 2, 2), "A", True),
