@@ -24,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "reliability_worker.py"
+# a busy loop that ends by itself once its parent is gone (a killed run leaves no burner behind)
+BURN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
 SCENARIOS = [("commit", "ENOSPC"), ("commit", "EROFS"), ("mkdir", "ENOSPC"), ("mkdir", "EROFS")]
 OVERRIDES = ["model.family=vanilla", "model.vocab_size=512", "model.width=32", "model.ffn_width=64",
              "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=1", "model.dtype=float32",
@@ -72,7 +74,7 @@ def main() -> int:
     burners = []
     try:
         data = prepare_data(root)
-        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+        burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(args.busy)]
         results = []
         for index in range(args.repeats):
             for where, code in SCENARIOS:

@@ -19,6 +19,20 @@ import pytest  # noqa: E402
 from photon_jax.config import load_config  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """After each test module, drop its compiled programs. A whole-suite process otherwise keeps every
+    executable it ever compiled, and their memory maps add up until XLA's compiler fails (seen as a
+    segfault or abort in backend_compile late in a full run)."""
+    yield
+    import jax
+
+    from photon_jax.generation import engine
+
+    engine.clear_compiled()
+    jax.clear_caches()
+
+
 def tiny_overrides(chunks=(4, 4), alignment="A", vocab=64, width=32, layers=1, seq_mult=4, **extra):
     levels = ",".join(f"{{chunk: {c}, encoder_layers: {layers}, decoder_layers: {layers}}}" for c in chunks)
     seq_len = seq_mult

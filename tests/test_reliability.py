@@ -39,6 +39,8 @@ from photon_jax.train.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "reliability_worker.py"
+# a busy loop that ends by itself once its parent is gone (a killed run leaves no burner behind)
+BURN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
 VOCAB = 512
 FINAL = 10  # resumed runs continue to this step; the reference has checkpoints at 2, 4, ..., FINAL
 
@@ -444,7 +446,7 @@ def test_failed_checkpoint_write_is_one_line_and_the_previous_checkpoint_resumes
 @contextlib.contextmanager
 def busy_cores(count=2):
     """Processes that keep `count` cores busy (the late-noise race of a failed save shows under load)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    procs = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(count)]
     try:
         yield
     finally:

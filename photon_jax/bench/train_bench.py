@@ -150,5 +150,5 @@ def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int
                 "devices": devices or jax.device_count(),
                 "models": [m.name for m in models], "overrides": list(overrides), "peak_flops_per_device": peak,
                 "peak_source": peak_source, "flops": "analytic model FLOPs (fwd + bwd = 3x fwd, no remat), "
-                                                     "embedding lookups free (analysis.train_flops_per_token)"}
+                                                     "embedding lookups free (accounting.train_flops_per_token)"}
     return envelope("train", settings, reference, results, notes)

@@ -82,7 +82,7 @@ def cache_axes(tree):
 
 
 def named_cache_bytes(tree: dict) -> dict[str, int]:
-    """Bytes per cache, named like analysis.kv_bytes_per_sample (encoder_i, decoder_i, tokens)."""
+    """Bytes per cache, named like accounting.kv_bytes_per_sample (encoder_i, decoder_i, tokens)."""
     out = {}
     if "tokens" in tree:
         out["tokens"] = tree_nbytes(tree["tokens"])

@@ -63,6 +63,12 @@ _decode_jit = jax.jit(_decode, static_argnames=("spec",), donate_argnames=("loop
 _COMPILED: dict = {}
 
 
+def clear_compiled() -> None:
+    """Drop the compiled generation programs (a long-lived process, e.g. a notebook or a test session,
+    that has run many shapes: each CPU executable holds memory maps until it is released)."""
+    _COMPILED.clear()
+
+
 def _compiled(name, fn, spec, *args):
     """AOT-compile once per (program, spec, parameter layout); returns (executable, compiled now?)."""
     layout = tuple((x.shape, str(x.dtype), str(getattr(x, "sharding", ""))) for x in jax.tree.leaves(args[0]))

@@ -9,7 +9,7 @@ Loop state (batch b, token capacity T):
   next_logits (b, V)     logits for the token at position `length`
   forced  (b, T) int32   teacher-forced tokens (-1 = sample) (agreement.py)
   logits_out (b, T, V)   optional record of next_logits at every sampled position
-  model   the family's model state (hiergen.py / vanilla_decode.py)
+  model   the family's model state (photon_runner.py / vanilla_runner.py)
 The step count is a traced bound of a lax.while_loop that also stops when no row is active,
 so one compiled program serves every max_new_tokens at a given (batch, capacity).
 """

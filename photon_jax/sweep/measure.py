@@ -1,7 +1,7 @@
 """What a sweep records for one trained run: size and cost, held-out quality, RecGen agreement, TPM.
 
 Perplexity and bits per byte are computed on the whole held-out split of the run's prepared data
-(evaluation_runs.evaluate_run); agreement compares RecGen with exact HierGen on held-out windows
+(eval.evaluate.evaluate_run); agreement compares RecGen with exact HierGen on held-out windows
 (PHOTON L >= 2 only); TPM runs the paper's PF / DE protocol (bench/tpm.py) at the grid's CPU-sized
 regimes on random weights of the run's shape (speed and memory do not depend on weight values).
 """
