@@ -6,6 +6,13 @@ CPU as second backend ("auto": JAX_PLATFORMS left as it is) and no fake CPU devi
 """
 
 import os
+import tempfile
+
+# Hermetic: no network for Hugging Face datasets / hub (the harness tests use local task files), and
+# their caches in a temporary directory instead of ~/.cache.
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="photon-test-hf-"))
 
 _PLATFORM = os.environ.get("PHOTON_TEST_PLATFORM", "cpu").strip().lower() or "cpu"
 if _PLATFORM == "cpu":

@@ -1,4 +1,5 @@
-"""`photon-jax eval`: loss, perplexity and bits per byte of a trained run; multiple-choice accuracy."""
+"""`photon-jax eval`: loss, perplexity and bits per byte of a trained run; multiple-choice accuracy;
+lm-evaluation-harness tasks (--tasks)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,19 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="validation", choices=["train", "validation"])
     p.add_argument("--choices", default=None, help="JSONL of {context, choices, answer} to score")
     p.add_argument("--max-batches", type=int, default=0, help="0 = the whole split")
-    p.add_argument("--batch-size", type=int, default=0, help="0 = train.batch_size")
+    p.add_argument("--batch-size", type=int, default=0, help="0 = train.batch_size (with --tasks: 8)")
+    harness = p.add_argument_group("lm-evaluation-harness tasks (the [eval] extra)")
+    harness.add_argument("--tasks", default=None,
+                         help="comma-separated harness task names, e.g. hellaswag,sciq,arc_easy,wikitext")
+    harness.add_argument("--include-path", action="append", default=[],
+                         help="a directory of local task YAMLs (repeatable); local data files need no network")
+    harness.add_argument("--limit", type=float, default=None,
+                         help="documents per task (a fraction when < 1); for quick checks, not for reporting")
+    harness.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
+    harness.add_argument("--mode", default=None, choices=["hiergen", "recgen", "exact-local", "vanilla"],
+                         help="generation mode for generate_until tasks (default: hiergen; vanilla for vanilla)")
+    harness.add_argument("--output", default=None, help="write the harness's full results JSON here")
+    harness.add_argument("--log-samples", action="store_true", help="keep per-document samples in the results")
     p.add_argument("--recgen-agreement", action="store_true",
                    help="greedy-token agreement and KL of recgen (and exact-local) vs exact hiergen")
     p.add_argument("--agreement-windows", type=int, default=8, help="held-out windows for --recgen-agreement")
@@ -49,6 +62,10 @@ def run(args) -> int:
 
     if args.max_batches < 0 or args.batch_size < 0:
         raise UserError("--max-batches and --batch-size must be >= 0")
+    if args.tasks is not None:
+        return run_tasks(args)
+    if args.include_path or args.limit is not None or args.num_fewshot is not None or args.output or args.mode:
+        raise UserError("--include-path, --limit, --num-fewshot, --mode and --output go with --tasks")
     results = evaluate_run(args.workdir, step=args.step, text=args.text, data=args.data, split=args.split,
                            choices=args.choices, max_batches=args.max_batches or None,
                            batch_size=args.batch_size or None, mesh_cfg=parse_mesh(args.mesh),
@@ -67,3 +84,32 @@ def run(args) -> int:
         else:
             print(f"{name}: {value}")
     return 0
+
+
+def run_tasks(args) -> int:
+    from photon_jax.eval.evaluate import evaluate_run_tasks
+    from photon_jax.eval.tasks import summary_table
+
+    if args.text or args.data or args.choices or args.recgen_agreement:
+        raise UserError("--tasks runs harness tasks alone: drop --text/--data/--choices/--recgen-agreement")
+    out = evaluate_run_tasks(args.workdir, args.tasks, step=args.step, mesh_cfg=parse_mesh(args.mesh),
+                             overrides=args.overrides, batch_size=args.batch_size or 8, limit=_limit(args.limit),
+                             num_fewshot=args.num_fewshot, include_path=args.include_path, mode=args.mode,
+                             output=args.output, log_samples=args.log_samples)
+    if out is None:  # not process 0
+        return 0
+    if args.json:
+        print_json({"run": out["run"], "summary": out["summary"], "harness": out["harness"]})
+        return 0
+    run = out["run"]
+    print(f"{run['model']} step {run['step']} on mesh {run['mesh']}")
+    print(summary_table(out["summary"]))
+    if args.output:
+        print(f"harness results: {args.output}")
+    return 0
+
+
+def _limit(value):
+    if value is None:
+        return None
+    return int(value) if value >= 1 and float(value).is_integer() else value

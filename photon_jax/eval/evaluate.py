@@ -15,6 +15,7 @@ from photon_jax.data.tokenizer import check_vocab
 from photon_jax.errors import UserError
 from photon_jax.eval.choices import load_choice_file, score_choices
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
+from photon_jax.eval.tasks import evaluate_tasks
 from photon_jax.generation.agreement import agreement
 from photon_jax.runs.workdir import load_run
 from photon_jax.sharding import batch_sharding, check_batch
@@ -86,6 +87,21 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
             rows = load_choice_file(choices)
             results["choices"] = score_choices(cfg.model, run.params, tok.encode, rows, seq_len, tok.pad_id)
     return results
+
+
+def evaluate_run_tasks(workdir, tasks, *, step=None, mesh_cfg=None, overrides=(), batch_size: int = 8,
+                       **options) -> dict | None:
+    """lm-evaluation-harness tasks on a trained run, params sharded on the run's (or the given) mesh.
+    `options`: eval.tasks.evaluate_tasks's (limit, num_fewshot, include_path, mode, output, ...).
+    Returns None on processes other than 0."""
+    run = load_run(workdir, step=step, mesh_cfg=mesh_cfg, overrides=overrides)
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+        out = evaluate_tasks(run.cfg.model, run.params, run.tokenizer, tasks, max_len=run.cfg.data.seq_len,
+                             batch_size=batch_size, mesh=run.mesh, rules=run.rules, **options)
+    if out is not None:
+        out["run"] = {"workdir": str(Path(workdir).resolve()), "step": run.step, "model": run.cfg.name,
+                      "mesh": ",".join(f"{k}={v}" for k, v in run.mesh.shape.items())}
+    return out
 
 
 def held_out_agreement(run, windows: int) -> dict:
