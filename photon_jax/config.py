@@ -132,6 +132,11 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     nonfinite: str = "skip"  # "skip" the update or "halt" on a non-finite loss / gradient
+    # lm-evaluation-harness tasks during training (the [eval] extra; docs/evaluation.md)
+    eval_tasks: tuple[str, ...] = ()
+    eval_tasks_every: int = 0  # steps between task evaluations; 0 = at the last step only
+    eval_tasks_limit: float = 0.0  # documents per task (a fraction when < 1); 0 = every document
+    eval_tasks_include: tuple[str, ...] = ()  # directories of local task YAMLs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +188,8 @@ class Config:
         _require(t.batch_size % t.grad_accum == 0,
                  f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
         _require(t.nonfinite in ("skip", "halt"), f"train.nonfinite must be skip or halt, got {t.nonfinite!r}")
+        _require(t.eval_tasks_every >= 0, f"train.eval_tasks_every must be >= 0, got {t.eval_tasks_every}")
+        _require(t.eval_tasks_limit >= 0, f"train.eval_tasks_limit must be >= 0, got {t.eval_tasks_limit}")
         for axis in ("data", "fsdp", "tensor"):
             size = getattr(self.mesh, axis)
             _require(size == -1 or size >= 1, f"mesh.{axis} must be -1 or >= 1, got {size}")

@@ -46,21 +46,46 @@ def test_eval_text_file_matches_token_count(trained_run, tmp_path):
     assert results["text"]["token_loss"] > 0 and results["text"]["bits_per_byte"] > 0
 
 
+def test_bits_per_byte_equals_an_independent_computation(trained_run, tmp_path):
+    """bpb of a known text = its target NLL in bits over its target bytes, from plain forwards per window."""
+    text = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 2
+    path = tmp_path / "richard.txt"
+    path.write_text(text)
+    got = evaluate_run(trained_run, text=str(path), batch_size=8)["text"]
+    run = load_run(trained_run)
+    cfg, tok = run.cfg, run.tokenizer
+    model = build_model(cfg.model)
+    ids = tok.encode(text) + [tok.eos_id]
+    seq_len = cfg.data.seq_len
+    nll_sum, first_bytes = 0.0, 0
+    for start in range(0, len(ids), seq_len):
+        window = ids[start:start + seq_len]
+        first_bytes += len(tok.decode([window[0]]).encode("utf-8"))  # a window's first token is never a target
+        tokens = np.full((1, seq_len), tok.pad_id, np.int32)
+        tokens[0, : len(window)] = window
+        logits, _ = model.apply({"params": run.params}, jnp.asarray(tokens))
+        nll_sum += float(np.asarray(token_nll(cfg.model, logits, jnp.asarray(tokens)))[0, : len(window) - 1].sum())
+    target_bytes = len(text.encode("utf-8")) - first_bytes  # the EOS target has no bytes
+    assert got["bytes"] == target_bytes
+    assert got["bits_per_byte"] == pytest.approx(nll_sum / np.log(2) / target_bytes, rel=1e-5)
+
+
 def test_multiple_choice_scores_equal_the_unpadded_forward(trained_run):
     run = load_run(trained_run)
     cfg, tok = run.cfg, run.tokenizer
     rows = [{"context": "ROMEO. What light", "choices": [" through yonder window", " xq zz"], "answer": 0},
             {"context": "Good night, good night!", "choices": [" Parting is", " such sweet", " sorrow"], "answer": 2}]
-    result = score_choices(cfg.model, run.params, tok.encode, rows, cfg.data.seq_len, tok.pad_id)
+    result = score_choices(cfg.model, run.params, tok, rows, cfg.data.seq_len)
     assert result["questions"] == 2 and 0 <= result["acc"] <= 1 and 0 <= result["acc_norm"] <= 1
 
-    # the same log-likelihoods, computed directly on sequences padded to two meta-contexts more
+    # each choice's log-likelihood, computed directly on its own sequence padded to three meta-contexts more
     model = build_model(cfg.model)
     unit = cfg.model.meta_context
 
     def loglik(context, choice):
         ctx, cont = tok.encode(context), tok.encode(choice)
-        seq = ctx + cont
+        assert tok.encode(context + choice) == ctx + cont  # no merge across the boundary in these texts
+        seq = [tok.eos_id] + ctx + cont  # the document boundary first, as in training
         width = (len(seq) // unit + 3) * unit
         tokens = np.full((1, width), tok.pad_id, np.int32)
         tokens[0, : len(seq)] = seq
@@ -68,11 +93,12 @@ def test_multiple_choice_scores_equal_the_unpadded_forward(trained_run):
         nll = np.asarray(token_nll(cfg.model, logits, jnp.asarray(tokens)))[0]
         return -nll[len(seq) - 1 - len(cont): len(seq) - 1].sum()
 
-    expected = []
-    for row in rows:
-        scores = [loglik(row["context"], c) for c in row["choices"]]
-        expected.append(int(np.argmax(scores)) == row["answer"])
-    assert result["acc"] == pytest.approx(np.mean(expected))
+    correct = []
+    for row, question in zip(rows, result["per_question"]):
+        expected = [loglik(row["context"], c) for c in row["choices"]]
+        np.testing.assert_allclose(question["loglikelihoods"], expected, rtol=1e-5, atol=1e-4)
+        correct.append(int(np.argmax(expected)) == row["answer"])
+    assert result["acc"] == pytest.approx(np.mean(correct))
 
 
 def test_eval_cli_choices_agreement_and_bad_input(trained_run, tmp_path, capsys):

@@ -198,6 +198,8 @@ def trained_run(setup):
     cfg = load_config(preset="photon-tiny", overrides=[
         f"data.data_dir={setup['data']}", f"model.vocab_size={VOCAB}", "model.width=32", "model.ffn_width=64",
         "model.dtype=float32", "data.seq_len=32", "train.batch_size=8", "train.steps=2", "train.eval_batches=1",
+        "train.eval_tasks=[tiny_choice,tiny_rolling]", "train.eval_tasks_limit=6",
+        f"train.eval_tasks_include=[{setup['tasks']}]",  # evaluation during training, at the last step
     ])
     train(cfg, root / "run", quiet=True)
     return root / "run"
@@ -239,6 +241,14 @@ def test_scores_equal_on_every_mesh_and_with_two_processes(setup, trained_run, c
                                        tmp_path)
     reference = _scores(runs["8,1,1"])
     assert reference["tiny_choice"]["acc,none"] >= 0 and "bits_per_byte,none" in reference["tiny_rolling"]
+    # the same scores were logged by the evaluation during training (train.eval_tasks), at its last step
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if r["split"] == "tasks"]
+    assert [r["step"] for r in logged] == [2]
+    for task in reference:
+        for key, value in reference[task].items():
+            if not key.split(",")[0].endswith("_stderr"):
+                assert logged[0][f"{task}/{key.split(',')[0]}"] == pytest.approx(value, rel=1e-5), (task, key)
     for name, results in runs.items():
         scores = _scores(results)
         assert scores.keys() == reference.keys(), name
@@ -248,7 +258,8 @@ def test_scores_equal_on_every_mesh_and_with_two_processes(setup, trained_run, c
                 assert scores[task][key] == pytest.approx(reference[task][key], rel=1e-5), (name, task, key)
 
 
-@pytest.mark.parametrize("case", ["unknown task", "missing dataset offline", "no tokenizer", "bad batch"])
+@pytest.mark.parametrize("case", ["unknown task", "missing dataset offline", "no tokenizer", "bad batch",
+                                  "unknown task in training"])
 def test_bad_task_inputs_are_one_line_exit_2(setup, trained_run, case, capsys, tmp_path, monkeypatch):
     args = ["eval", "--workdir", str(trained_run), "--tasks", "tiny_choice", "--include-path", str(setup["tasks"])]
     if case == "unknown task":
@@ -265,9 +276,14 @@ def test_bad_task_inputs_are_one_line_exit_2(setup, trained_run, case, capsys, t
     elif case == "no tokenizer":
         args += [f"data.data_dir={tmp_path / 'gone'}"]
         expect = "gone"
-    else:
+    elif case == "bad batch":
         args += ["--batch-size", "3"]
         expect = "batch size 3 is not divisible"
+    else:  # checked before the first step
+        args = ["train", "--preset", "photon-tiny", "--workdir", str(tmp_path / "run"), f"data.data_dir={setup['data']}",
+                f"model.vocab_size={VOCAB}", "train.eval_tasks=[tiny_choice,nope_task]",
+                f"train.eval_tasks_include=[{setup['tasks']}]"]
+        expect = "unknown lm-eval task 'nope_task'"
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from photon_jax.config import ModelConfig
+from photon_jax.data.tokenizer import Tokenizer
 from photon_jax.errors import UserError
-from photon_jax.model import build_model
-from photon_jax.model.losses import token_nll
+from photon_jax.eval.scoring import SpanScorer, context_continuation_span
 
 
 def load_choice_file(path: str | Path) -> list[dict]:
@@ -43,43 +41,24 @@ def load_choice_file(path: str | Path) -> list[dict]:
     return rows
 
 
-def score_choices(cfg: ModelConfig, params, encode, rows: list[dict], max_len: int, pad_id: int = 0) -> dict:
-    """Accuracy by summed log-likelihood of each choice (acc) and per byte (acc_norm, length-normalised).
+def score_choices(cfg: ModelConfig, params, tokenizer: Tokenizer, rows: list[dict], max_len: int,
+                  batch_size: int = 8, mesh=None, batch_sharding=None) -> dict:
+    """Accuracy by summed log-likelihood of each choice (acc) and per UTF-8 byte of the choice (acc_norm),
+    with every choice's log-likelihood in `questions`.
 
-    Each (context, choice) is one sequence right-padded to a multiple of the model's
-    meta-context; right padding cannot change earlier logits (causality), so the
-    scores equal those of the unpadded sequence.
-    """
-    model = build_model(cfg)
-    unit = cfg.meta_context
-
-    @jax.jit
-    def nll_fn(tokens_bt):
-        logits, _ = model.apply({"params": params}, tokens_bt)
-        return token_nll(cfg, logits, tokens_bt)
-
-    correct, correct_norm = 0, 0
+    Each (context, choice) is scored exactly as the harness model scores a loglikelihood request
+    (scoring.py: [EOS] + context + choice, batched on the width ladder)."""
+    spans = [context_continuation_span(tokenizer.encode, tokenizer.eos_id, row["context"], choice, max_len)
+             for row in rows for choice in row["choices"]]
+    scorer = SpanScorer(cfg, params, max_len, batch_size, tokenizer.pad_id, mesh, batch_sharding)
+    scores = iter(scorer.score(spans))
+    questions, correct, correct_norm = [], 0, 0
     for row in rows:
-        context = encode(row["context"])
-        seqs, spans = [], []
-        for choice in row["choices"]:
-            cont = encode(choice)
-            seq = (context + cont)[-max_len:]
-            n_cont = min(len(cont), len(seq) - 1)
-            seqs.append(seq)
-            spans.append(n_cont)
-        width = max(len(s) for s in seqs)
-        width = max(unit, -(-width // unit) * unit)
-        tokens = np.full((len(seqs), width), pad_id, np.int32)
-        for i, s in enumerate(seqs):
-            tokens[i, : len(s)] = s
-        nll = np.asarray(nll_fn(jnp.asarray(tokens)))  # (n, width-1): nll[:, j] scores token j+1
-        scores, norm_scores = [], []
-        for i, (s, n_cont) in enumerate(zip(seqs, spans)):
-            ll = -float(np.sum(nll[i, len(s) - 1 - n_cont: len(s) - 1]))
-            scores.append(ll)
-            norm_scores.append(ll / max(len(row["choices"][i].encode("utf-8")), 1))
-        correct += int(np.argmax(scores) == row["answer"])
-        correct_norm += int(np.argmax(norm_scores) == row["answer"])
+        lls = [next(scores)[0] for _ in row["choices"]]
+        per_byte = [ll / max(len(c.encode("utf-8")), 1) for ll, c in zip(lls, row["choices"])]
+        pred, pred_norm = int(np.argmax(lls)), int(np.argmax(per_byte))
+        correct += pred == row["answer"]
+        correct_norm += pred_norm == row["answer"]
+        questions.append({"loglikelihoods": lls, "pred": pred, "pred_norm": pred_norm, "answer": row["answer"]})
     n = len(rows)
-    return {"questions": n, "acc": correct / n, "acc_norm": correct_norm / n}
+    return {"questions": n, "acc": correct / n, "acc_norm": correct_norm / n, "per_question": questions}

@@ -85,7 +85,8 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
             results["agreement"] = held_out_agreement(run, agreement_windows)
         if choices is not None:
             rows = load_choice_file(choices)
-            results["choices"] = score_choices(cfg.model, run.params, tok.encode, rows, seq_len, tok.pad_id)
+            results["choices"] = score_choices(cfg.model, run.params, tok, rows, seq_len, batch_size, run.mesh,
+                                               in_sharding)
     return results
 
 

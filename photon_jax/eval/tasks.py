@@ -25,6 +25,7 @@ from photon_jax.eval.backend import ModelBackend
 from photon_jax.eval.harness import HarnessModel, require_lm_eval
 from photon_jax.sharding import batch_sharding, check_batch
 
+BUNDLED_TASKS = Path(__file__).resolve().parent / "local_tasks"  # shakespeare_next_line, shakespeare_ppl
 NOT_METRICS = ("sample_len", "alias", "sample_count")
 
 
@@ -45,11 +46,11 @@ def task_manager_for(tasks: list[str], include_path: list[str] | None):
     for p in paths:
         if not Path(p).is_dir():
             raise UserError(f"task include path {p} is not a directory")
-    if paths:
-        local = TaskManager(include_path=paths, include_defaults=False)
-        if all(t in local.all_tasks for t in tasks):
-            return local
-    manager = TaskManager(include_path=paths or None)
+    paths = [str(BUNDLED_TASKS)] + paths
+    local = TaskManager(include_path=paths, include_defaults=False)
+    if all(t in local.all_tasks for t in tasks):
+        return local
+    manager = TaskManager(include_path=paths)
     for t in tasks:
         if t not in manager.all_tasks:
             near = difflib.get_close_matches(t, manager.all_tasks, 3)

@@ -26,10 +26,11 @@ from photon_jax.errors import UserError
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.runs import checkpoint as ckpt
-from photon_jax.runs.workdir import ensure_data, token_byte_lengths_for
+from photon_jax.runs.workdir import ensure_data, token_byte_lengths_for, tokenizer_for
 from photon_jax.sharding import batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules, make_mesh
 from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
 from photon_jax.train.state import init_state, learning_rate_schedule, make_optimizer, state_layout
+from photon_jax.train.task_eval import TaskEvaluator
 from photon_jax.train.step import make_train_step
 
 
@@ -189,6 +190,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
     rules = logical_rules(cfg.mesh)
     check_batch(mesh, rules, cfg.train.batch_size, jax.process_count())
     manifest, data_dir = _ensure_data_once(cfg, workdir, say)
+    task_eval = TaskEvaluator(cfg, tokenizer_for(data_dir, manifest), mesh, rules)  # task names checked now
     tx, schedule = make_optimizer(cfg), learning_rate_schedule(cfg)
     layout = state_layout(cfg, tx, mesh, rules)
     in_sharding = batch_sharding(mesh, rules)
@@ -270,6 +272,11 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
                     writer.write(step, "validation", last_eval)
                     bar.write(f"step {step}: validation loss {last_eval['token_loss']:.4f} "
                               f"ppl {last_eval['perplexity']:.2f} bpb {last_eval.get('bits_per_byte', 0):.4f}") \
+                        if is_main and not quiet else None
+                if task_eval.due(step, end):
+                    scores = task_eval.run(state["params"])
+                    writer.write(step, "tasks", scores)
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())) \
                         if is_main and not quiet else None
                 if step % t.checkpoint_every == 0 or step == end:
                     ckpt.save(manager, step, state, iterator.get_state(), cfg, meta)
