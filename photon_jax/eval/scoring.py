@@ -6,9 +6,9 @@ harness's `is_greedy`). Every sequence starts with the document boundary token (
 what precedes every document in training (data/packing.py), so an empty context is just [EOS].
 
 Batching: requests are sorted by length (longest first), cut into batches of `batch_size` rows, and
-each batch is right-padded to a width from a short ladder (the meta-context times a power of two,
-capped at the model's context), so a whole task compiles at most log2(context / meta-context) + 1
-programs. Right padding and filler rows cannot change a row's scores: every family is causal (tests
+each batch is right-padded to a width from a short ladder (16 tokens, rounded up to the meta-context,
+times a power of two, capped at the model's context), so a whole task compiles a handful of programs
+(4 for the tiny presets' 128-token context: widths 16, 32, 64, 128). Right padding and filler rows cannot change a row's scores: every family is causal (tests
 prove it by perturbation), and the scored positions are read only where the row is real.
 """
 
@@ -80,10 +80,14 @@ def rolling_spans(token_ids: list[int], boundary_id: int, max_len: int) -> list[
     return spans
 
 
+MIN_WIDTH = 16  # the narrowest padded batch (rounded up to the meta-context): short rows cost little anyway
+
+
 def width_ladder(unit: int, max_len: int) -> list[int]:
-    """Padded widths: unit * 2^k below the context, then the context rounded up to the unit."""
+    """Padded widths: w0 * 2^k below the context, then the context rounded up to `unit` (the
+    meta-context, the granularity every family accepts); w0 = MIN_WIDTH rounded up to `unit`."""
     top = -(-max_len // unit) * unit
-    widths, w = [], unit
+    widths, w = [], -(-MIN_WIDTH // unit) * unit
     while w < top:
         widths.append(w)
         w *= 2
