@@ -132,6 +132,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     nonfinite: str = "skip"  # "skip" the update or "halt" on a non-finite loss / gradient
+    init_from: str = ""  # a run directory whose latest params start this run (fresh optimizer, step 0)
     # lm-evaluation-harness tasks during training (the [eval] extra; docs/evaluation.md)
     eval_tasks: tuple[str, ...] = ()
     eval_tasks_every: int = 0  # steps between task evaluations; 0 = at the last step only

@@ -14,7 +14,7 @@ import sys
 from photon_jax.cli.common import json_output
 from photon_jax.errors import UserError
 
-COMMAND_ORDER = ["params", "prepare", "train", "eval", "generate", "bench", "run", "sweep"]
+COMMAND_ORDER = ["params", "prepare", "train", "eval", "generate", "bench", "run", "sweep", "export", "import"]
 
 
 class _Parser(argparse.ArgumentParser):

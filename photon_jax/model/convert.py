@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import numpy as np
 
 from photon_jax.config import ModelConfig
 
@@ -35,3 +36,15 @@ def unrolled(cfg: ModelConfig, params) -> tuple[ModelConfig, dict]:
     if not cfg.scan_layers:
         return cfg, params
     return dataclasses.replace(cfg, scan_layers=False), unroll_layers(params)
+
+
+def roll_layers(tree):
+    """Unrolled-layout params -> scanned layout (layers_0..layers_{n-1} stacked under "layers")."""
+    if not isinstance(tree, dict):
+        return tree
+    numbered = sorted((int(k.split("_")[1]), k) for k in tree if k.startswith("layers_") and k[7:].isdigit())
+    out = {k: roll_layers(v) for k, v in tree.items() if not (k.startswith("layers_") and k[7:].isdigit())}
+    if numbered:
+        layers = [tree[k] for _, k in numbered]
+        out["layers"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)
+    return out

@@ -119,3 +119,24 @@ def load_run(workdir: str | Path, step: int | None = None, mesh_cfg: MeshConfig 
         manager.close()
     tokenizer, data_dir, manifest = load_run_tokenizer(cfg, workdir, meta)
     return LoadedRun(cfg, params, step, tokenizer, data_dir, manifest, mesh, rules)
+
+
+def init_params_from(source: str | Path, cfg: Config, abstract_params, shardings, tokenizer_sha256: str):
+    """The latest params of the run in `source`, for train.init_from: same model, same tokenizer."""
+    source = Path(source).expanduser().resolve()
+    if not ckpt.checkpoint_dir(source).is_dir():
+        raise UserError(f"train.init_from={source}: no checkpoints there")
+    manager = ckpt.make_manager(source, async_save=False)
+    try:
+        step = ckpt.latest_step(manager)
+        if step is None:
+            raise UserError(f"train.init_from={source}: no complete checkpoint")
+        saved, meta = ckpt.restore_metadata(manager, step)
+        mismatch = ckpt.model_mismatch(saved, cfg)
+        if mismatch:
+            raise UserError(f"train.init_from={source} holds another model ({mismatch})")
+        if meta.get("tokenizer_sha256") != tokenizer_sha256:
+            raise UserError(f"train.init_from={source} was trained with another tokenizer than this run's data")
+        return ckpt.restore_params(manager, step, abstract_params, shardings), step
+    finally:
+        manager.close()

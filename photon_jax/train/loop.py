@@ -26,7 +26,7 @@ from photon_jax.errors import UserError
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.runs import checkpoint as ckpt
-from photon_jax.runs.workdir import ensure_data, token_byte_lengths_for, tokenizer_for
+from photon_jax.runs.workdir import ensure_data, init_params_from, token_byte_lengths_for, tokenizer_for
 from photon_jax.sharding import batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules, make_mesh
 from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
 from photon_jax.train.state import init_state, learning_rate_schedule, make_optimizer, state_layout
@@ -220,6 +220,11 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
             say(f"resumed from step {start} in {workdir}")
         else:
             state = init_state(cfg, tx, layout)
+            if t.init_from:
+                params, source_step = init_params_from(t.init_from, cfg, layout.abstract["params"],
+                                                       layout.shardings["params"], meta["tokenizer_sha256"])
+                state = dict(state, params=params)
+                say(f"initialised from {t.init_from} (step {source_step}); optimizer and step start fresh")
         (workdir / "config.json").write_text(cfg.to_json()) if is_main else None
 
         step_fn, abstract = train_step_program(cfg, tx, schedule, layout, in_sharding)

@@ -1,0 +1,144 @@
+"""Hugging Face interchange: import a LLaMA checkpoint made by transformers (tests/data/hf_llama_tiny,
+made by scripts/make_hf_llama_fixture.py, with transformers' own logits), export it back tensor for
+tensor, round-trip every family bit for bit, and start training from an imported run."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import prepare_few_plays
+
+from photon_jax.cli.main import main
+from photon_jax.config import load_config
+from photon_jax.interop.safetensors_io import INDEX, TensorReader
+from photon_jax.model import build_model
+from photon_jax.runs.workdir import load_run
+from photon_jax.sharding import strip_boxes
+from photon_jax.train.loop import train
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+FIXTURE = Path(__file__).resolve().parent / "data" / "hf_llama_tiny"
+VOCAB = 384
+
+
+def _cli(*args) -> int:
+    return main([*args])
+
+
+def _host_params(workdir) -> dict:
+    return jax.tree.map(np.asarray, jax.device_get(strip_boxes(load_run(workdir).params)))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("interop") / "llama"
+    assert _cli("import", "--hf", str(FIXTURE), "--out", str(out), "data.seq_len=64") == 0
+    return out
+
+
+def test_import_gives_the_logits_transformers_computed(imported, capsys):
+    reference = np.load(FIXTURE / "reference.npz")
+    run = load_run(imported)
+    assert run.cfg.model.family == "vanilla" and run.cfg.model.kv_heads == 2 and run.step == 0
+    logits, _ = build_model(run.cfg.model).apply({"params": run.params}, jnp.asarray(reference["tokens"]))
+    np.testing.assert_allclose(np.asarray(logits), reference["logits"], atol=1e-4, rtol=0)
+    # the imported run is a run: eval and generate take it
+    assert _cli("eval", "--workdir", str(imported), "--max-batches", "1", "--batch-size", "8") == 0
+    assert _cli("generate", "--workdir", str(imported), "--prompt", "KING.", "--max-new-tokens", "4") == 0
+
+
+def test_export_reproduces_the_checkpoint_tensors(imported, tmp_path):
+    out = tmp_path / "exported"
+    assert _cli("export", "--workdir", str(imported), "--out", str(out), "--max-shard-mb", "0.1") == 0
+    assert (out / INDEX).is_file() and len(list(out.glob("model-*.safetensors"))) > 1  # sharded, lazily read
+    ours, theirs = TensorReader(out), TensorReader(FIXTURE)
+    assert sorted(ours.names()) == sorted(theirs.names())
+    for name in theirs.names():
+        a, b = ours.get(name), theirs.get(name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    config, source = json.loads((out / "config.json").read_text()), json.loads((FIXTURE / "config.json").read_text())
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings", "model_type"):
+        assert config[key] == source[key], key
+    assert (out / "tokenizer.model").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return prepare_few_plays(tmp_path_factory.mktemp("interop_data"), VOCAB, plays=2)
+
+
+@pytest.mark.parametrize("preset", ["photon-tiny", "block-tiny", "vanilla-tiny"])
+def test_export_import_round_trips_every_family_bit_for_bit(small_data, preset, tmp_path):
+    cfg = load_config(preset=preset, overrides=[
+        f"data.data_dir={small_data}", f"model.vocab_size={VOCAB}", "model.dtype=float32", "data.seq_len=32",
+        "model.width=32", "model.ffn_width=64",
+        "train.batch_size=8", "train.steps=1", "train.eval_batches=1"])
+    train(cfg, tmp_path / "run", quiet=True)
+    assert _cli("export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == ("llama" if preset.startswith("vanilla") else "photon-jax")
+    assert _cli("import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back"),
+                f"data.corpus={small_data.parent / 'plays'}") == 0
+    before, after = _host_params(tmp_path / "run"), _host_params(tmp_path / "back")
+    assert jax.tree.structure(before) == jax.tree.structure(after)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert load_run(tmp_path / "back").cfg.model == load_run(tmp_path / "run").cfg.model
+
+
+def test_training_starts_from_an_imported_run(imported, tmp_path):
+    """train.init_from: the first update runs at learning rate 0 (warm-up), so after one step the
+    checkpoint holds exactly the imported params."""
+    cfg = load_config(path=str(imported / "config.json"), overrides=[
+        f"data.data_dir={imported / 'data'}", f"train.init_from={imported}", "train.steps=1", "train.batch_size=8",
+        "train.eval_batches=1", "train.warmup_steps=5"])
+    train(cfg, tmp_path / "tuned", quiet=True)
+    source, tuned = _host_params(imported), _host_params(tmp_path / "tuned")
+    for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(tuned)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["no config", "rope scaling", "missing shard", "bad shape", "not empty",
+                                  "export not empty", "init_from elsewhere"])
+def test_bad_interop_inputs_are_one_line_exit_2(imported, case, tmp_path, capsys):
+    hf = tmp_path / "hf"
+    shutil.copytree(FIXTURE, hf)
+    config = json.loads((hf / "config.json").read_text())
+    args = ["import", "--hf", str(hf), "--out", str(tmp_path / "out")]
+    if case == "no config":
+        (hf / "config.json").unlink()
+        expect = "has no readable config.json"
+    elif case == "rope scaling":
+        (hf / "config.json").write_text(json.dumps(dict(config, rope_scaling={"type": "linear", "factor": 2.0})))
+        expect = "rope_scaling"
+    elif case == "missing shard":
+        next(hf.glob("model-00002-*.safetensors")).unlink()
+        expect = "does not exist"
+    elif case == "bad shape":
+        (hf / "config.json").write_text(json.dumps(dict(config, intermediate_size=64)))
+        expect = "stack.layers.mlp.down.kernel has shape (2, 96, 48), the model needs (2, 64, 48)"
+    elif case == "not empty":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "keep.txt").write_text("mine")
+        expect = "already exists and is not empty"
+    elif case == "export not empty":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "keep.txt").write_text("mine")
+        args = ["export", "--workdir", str(imported), "--out", str(tmp_path / "out")]
+        expect = "already exists and is not empty"
+    else:
+        args = ["train", "--preset", "vanilla-tiny", "--workdir", str(tmp_path / "run"),
+                f"data.data_dir={imported / 'data'}", f"model.vocab_size={VOCAB}", f"train.init_from={tmp_path / 'nowhere'}"]
+        expect = "no checkpoints there"
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], err
+    if case in ("not empty", "export not empty"):
+        assert (tmp_path / "out" / "keep.txt").read_text() == "mine"  # nothing already written is lost
+    assert not list(tmp_path.glob(".out.tmp-*"))  # no half-written directory left behind
