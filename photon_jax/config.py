@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -133,6 +134,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     nonfinite: str = "skip"  # "skip" the update or "halt" on a non-finite loss / gradient
     init_from: str = ""  # a run directory whose latest params start this run (fresh optimizer, step 0)
+    profile_steps: str = ""  # "START:COUNT": jax.profiler trace of those steps into <workdir>/tensorboard
+    wandb_project: str = ""  # log to Weights & Biases too (the [wandb] extra); "" = off
+    wandb_mode: str = ""  # "online" | "offline" | "disabled"; "" = wandb's default (WANDB_MODE)
     # lm-evaluation-harness tasks during training (the [eval] extra; docs/evaluation.md)
     eval_tasks: tuple[str, ...] = ()
     eval_tasks_every: int = 0  # steps between task evaluations; 0 = at the last step only
@@ -189,6 +193,10 @@ class Config:
         _require(t.batch_size % t.grad_accum == 0,
                  f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
         _require(t.nonfinite in ("skip", "halt"), f"train.nonfinite must be skip or halt, got {t.nonfinite!r}")
+        _require(not t.profile_steps or bool(re.fullmatch(r"0*[1-9]\d*:0*[1-9]\d*", t.profile_steps)),
+                 f"train.profile_steps={t.profile_steps!r}: expected START:COUNT with START >= 1 and COUNT >= 1")
+        _require(t.wandb_mode in ("", "online", "offline", "disabled"),
+                 f"train.wandb_mode must be online, offline or disabled, got {t.wandb_mode!r}")
         _require(t.eval_tasks_every >= 0, f"train.eval_tasks_every must be >= 0, got {t.eval_tasks_every}")
         _require(t.eval_tasks_limit >= 0, f"train.eval_tasks_limit must be >= 0, got {t.eval_tasks_limit}")
         for axis in ("data", "fsdp", "tensor"):
@@ -390,6 +398,8 @@ def parse_overrides(overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
+            value = raw
+        if re.fullmatch(r"[-+]?\d+(:\d+)+", raw):  # "2:3" stays text (YAML 1.1 would read base 60: 123)
             value = raw
         node = tree
         parts = key.split(".")

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     t.add_argument("--no-device-slope", action="store_true",
                    help="skip the device-memory slope (GPU: one extra run per model and mode)")
     t.add_argument("--plot", default=None, metavar="FILE.png")
-    t.set_defaults(run=run_tpm_command)
+    t.set_defaults(run=_profiled(run_tpm_command))
 
     c = sub.add_parser("context", help="KV memory, decode tokens/s and time to first token vs context")
     _common(c)
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     c.add_argument("--gen-len", type=int, default=64, help="tokens generated after each prompt")
     c.add_argument("--batch-size", type=int, default=1)
     c.add_argument("--plot", default=None, metavar="FILE.png")
-    c.set_defaults(run=run_context_command)
+    c.set_defaults(run=_profiled(run_context_command))
 
     r = sub.add_parser("train", help="tokens/s and MFU of the jitted train step")
     r.add_argument("--models", default=DEFAULT_MODELS, help=f"presets or YAML files (default {DEFAULT_MODELS})")
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
     r.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
     _json_args(r)
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every model")
-    r.set_defaults(run=run_train_command)
+    r.set_defaults(run=_profiled(run_train_command))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -78,6 +78,22 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _json_args(p: argparse.ArgumentParser) -> None:
     add_json_flag(p, "the whole result")
     p.add_argument("--json-file", default=None, metavar="FILE", help="also write the result as JSON to FILE")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="write a jax.profiler trace of the whole benchmark into DIR (TensorBoard profile plugin)")
+
+
+def _profiled(command):
+    """The bench command, traced by jax.profiler into --profile DIR when given."""
+    def run(args) -> int:
+        if not args.profile:
+            return command(args)
+        import jax
+
+        with jax.profiler.trace(args.profile):
+            code = command(args)
+        _log(f"profile written to {args.profile}/plugins/profile/")
+        return code
+    return run
 
 
 def _log(msg: str) -> None:

@@ -30,6 +30,7 @@ from photon_jax.runs.workdir import ensure_data, init_params_from, token_byte_le
 from photon_jax.sharding import batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules, make_mesh
 from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
 from photon_jax.train.state import init_state, learning_rate_schedule, make_optimizer, state_layout
+from photon_jax.train.profiling import StepProfiler
 from photon_jax.train.task_eval import TaskEvaluator
 from photon_jax.train.step import make_train_step
 
@@ -239,7 +240,10 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
         say(f"{cfg.name}: {n_params:,} params, {flops_per_token:.3e} train FLOPs/token, "
             f"mesh {dict(mesh.shape)}, peak {peak:.3e} FLOP/s/device ({peak_source})")
 
-        writer = MetricWriter(workdir, enabled=is_main)
+        writer = MetricWriter(workdir, enabled=is_main, wandb={
+            "project": t.wandb_project, "mode": t.wandb_mode, "name": f"{cfg.name}-{workdir.name}",
+            "config": cfg.to_dict()})
+        profiler = StepProfiler(t.profile_steps, workdir / "tensorboard")
         stop = _StopFlag().install()
         step = int(jax.device_get(state["step"]))
         end = t.steps if stop_after is None else min(t.steps, step + stop_after)
@@ -250,8 +254,11 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
         try:
             while step < end and not stop.agreed(processes):
                 batch = _to_global(next(iterator), in_sharding)
-                state, metrics = compiled(state, batch)
+                profiler.before(step + 1)
+                with profiler.annotate(step + 1):
+                    state, metrics = compiled(state, batch)
                 step += 1
+                profiler.after(step, metrics)
                 window_tokens += tokens_per_step
                 bar.update(1)
                 # halt: checked every step (one scalar fetched), so the step is exact and the non-finite
@@ -289,6 +296,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
             if step != last_saved:  # stopped by a signal between checkpoints
                 ckpt.save(manager, step, state, iterator.get_state(), cfg, meta)
         finally:
+            profiler.stop()
             bar.close()
             try:
                 ckpt.finish(manager)  # waits for the last save; a failed write becomes one line (UserError)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from photon_jax.errors import UserError
 
 # Dense bf16 peak FLOP/s per device by device kind (vendor figures).
 PEAK_FLOPS = {
@@ -34,12 +37,39 @@ def peak_flops_per_device() -> tuple[float, str]:
     return 2 * n ** 3 * reps / (time.perf_counter() - start), f"{kind}: measured fp32 matmul"
 
 
+def start_wandb(workdir: Path, project: str, mode: str, name: str, config: dict):
+    """A Weights & Biases run for this work directory: the same run id on every resume (kept in
+    <workdir>/wandb_run_id), files under <workdir>/wandb; mode online / offline / disabled
+    ("" = wandb's default, or the WANDB_MODE environment variable)."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("train.wandb_project is set but wandb is not installed: pip install 'photon-jax[wandb]'") \
+            from None
+    id_file = workdir / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    try:
+        return wandb.init(project=project, name=name, id=run_id, resume="allow", dir=str(workdir), config=config,
+                          mode=mode or None, reinit="finish_previous")
+    except Exception as e:  # wandb raises its own errors (no API key, no network, bad mode)
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot start the wandb run ({detail}); train.wandb_mode=offline logs without an account") \
+            from None
+
+
 class MetricWriter:
-    def __init__(self, workdir: Path, enabled: bool = True):
+    """metrics.jsonl (always), TensorBoard events (when tensorboardX is installed), and a Weights & Biases
+    run (when `wandb` is given: project, mode, name, config); only process 0 writes."""
+
+    def __init__(self, workdir: Path, enabled: bool = True, wandb: dict | None = None):
         self.enabled = enabled
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
+        if wandb and wandb.get("project"):
+            self._wandb = start_wandb(workdir, **wandb)
         self._jsonl = open(workdir / "metrics.jsonl", "a")
         try:
             from tensorboardX import SummaryWriter
@@ -57,9 +87,13 @@ class MetricWriter:
         if self._tb is not None:
             for key, value in values.items():
                 self._tb.add_scalar(f"{split}/{key}", float(value), step)
+        if self._wandb is not None:
+            self._wandb.log({f"{split}/{k}": float(v) for k, v in values.items()}, step=step)
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
             if self._tb is not None:
                 self._tb.close()
+            if self._wandb is not None:
+                self._wandb.finish()
