@@ -36,6 +36,10 @@ ENV_NUM_PROCESSES = "PHOTON_NUM_PROCESSES"
 ENV_PROCESS_ID = "PHOTON_PROCESS_ID"
 ENV_MODE = "PHOTON_DISTRIBUTED"
 ENV_CPU_DEVICES = "PHOTON_CPU_DEVICES"
+# Seconds without a heartbeat after which the coordination service declares a process dead; the
+# survivors then exit non-zero instead of waiting in a collective until the scheduler's time limit.
+ENV_HEARTBEAT = "PHOTON_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_S = 60
 MODES = ("auto", "jax", "off")
 
 
@@ -131,14 +135,17 @@ def initialize(plan: Plan | None = None, timeout_s: int = 300) -> Plan:
     if jax.distributed.is_initialized():
         return plan
     _configure_cpu(plan)
+    heartbeat = _int(os.environ.get(ENV_HEARTBEAT), ENV_HEARTBEAT) or DEFAULT_HEARTBEAT_S
+    if heartbeat < 1:
+        raise UserError(f"{ENV_HEARTBEAT} must be >= 1 second, got {heartbeat}")
+    timeouts = {"initialization_timeout": timeout_s, "heartbeat_timeout_seconds": heartbeat}
     try:
         if plan.method == "explicit":
-            jax.distributed.initialize(plan.coordinator, plan.num_processes, plan.process_id,
-                                       initialization_timeout=timeout_s)
+            jax.distributed.initialize(plan.coordinator, plan.num_processes, plan.process_id, **timeouts)
         elif plan.method == "slurm":
-            jax.distributed.initialize(cluster_detection_method="slurm", initialization_timeout=timeout_s)
+            jax.distributed.initialize(cluster_detection_method="slurm", **timeouts)
         else:
-            jax.distributed.initialize(initialization_timeout=timeout_s)
+            jax.distributed.initialize(**timeouts)
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot join the distributed run ({plan.method}"

@@ -8,6 +8,7 @@ and that the launcher stops everything when one process fails.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,3 +169,39 @@ def test_launcher_stops_the_others_when_one_fails(tmp_path):
     for i in range(3):
         line = next(x for x in lines if x.startswith(f"[{i}] worker {i} 3 "))
         assert line.endswith("--xla_force_host_platform_device_count=2")  # the caller's =8 is replaced
+
+
+def test_a_hung_process_makes_the_survivor_exit_within_the_heartbeat_timeout(small_data, tmp_path):
+    """Without the scheduler's help: process 1 stops responding (SIGSTOP: no crash, no closed socket)
+    mid-training; JAX's coordination service misses its heartbeats for PHOTON_HEARTBEAT_TIMEOUT seconds
+    and process 0 exits non-zero instead of waiting in a collective until a job time limit."""
+    heartbeat, port = 5, 23000 + os.getpid() % 2000
+    workdir = tmp_path / "run"
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ, XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+                   PHOTON_COORDINATOR=f"127.0.0.1:{port}", PHOTON_NUM_PROCESSES="2", PHOTON_PROCESS_ID=str(pid),
+                   PHOTON_CPU_DEVICES="2", PHOTON_HEARTBEAT_TIMEOUT=str(heartbeat))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "photon_jax.cli.main", "train", "--quiet", "--workdir", str(workdir),
+             *tiny_overrides(vocab=VOCAB, chunks=(4,), seq_mult=8), f"data.data_dir={small_data}",
+             "train.batch_size=4", "train.steps=100000", "train.log_every=1", "train.eval_every=100000",
+             "train.checkpoint_every=100000"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"p{pid}.log", "w")))
+    try:
+        metrics = workdir / "metrics.jsonl"
+        deadline = time.monotonic() + 400
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # steps are running
+            assert time.monotonic() < deadline and procs[0].poll() is None, (tmp_path / "p0.log").read_text()[-2000:]
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        code = procs[0].wait(timeout=heartbeat + 60)
+        waited = time.monotonic() - stopped
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert code != 0
+    assert waited < heartbeat + 60  # bounded by the heartbeat timeout (measured: about the timeout itself)
+    assert "another task died" in (tmp_path / "p0.log").read_text()
