@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def test_bits_per_byte_equals_an_independent_computation(trained_run, tmp_path):
     got = evaluate_run(trained_run, text=str(path), batch_size=8)["text"]
     run = load_run(trained_run)
     cfg, tok = run.cfg, run.tokenizer
-    model = build_model(cfg.model)
+    forward = jax.jit(build_model(cfg.model).apply)  # one compile for every window (eager is slow)
     ids = tok.encode(text) + [tok.eos_id]
     seq_len = cfg.data.seq_len
     nll_sum, first_bytes = 0.0, 0
@@ -63,7 +64,7 @@ def test_bits_per_byte_equals_an_independent_computation(trained_run, tmp_path):
         first_bytes += len(tok.decode([window[0]]).encode("utf-8"))  # a window's first token is never a target
         tokens = np.full((1, seq_len), tok.pad_id, np.int32)
         tokens[0, : len(window)] = window
-        logits, _ = model.apply({"params": run.params}, jnp.asarray(tokens))
+        logits, _ = forward({"params": run.params}, jnp.asarray(tokens))
         nll_sum += float(np.asarray(token_nll(cfg.model, logits, jnp.asarray(tokens)))[0, : len(window) - 1].sum())
     target_bytes = len(text.encode("utf-8")) - first_bytes  # the EOS target has no bytes
     assert got["bytes"] == target_bytes
@@ -79,7 +80,7 @@ def test_multiple_choice_scores_equal_the_unpadded_forward(trained_run):
     assert result["questions"] == 2 and 0 <= result["acc"] <= 1 and 0 <= result["acc_norm"] <= 1
 
     # each choice's log-likelihood, computed directly on its own sequence padded to three meta-contexts more
-    model = build_model(cfg.model)
+    forward = jax.jit(build_model(cfg.model).apply)
     unit = cfg.model.meta_context
 
     def loglik(context, choice):
@@ -89,7 +90,7 @@ def test_multiple_choice_scores_equal_the_unpadded_forward(trained_run):
         width = (len(seq) // unit + 3) * unit
         tokens = np.full((1, width), tok.pad_id, np.int32)
         tokens[0, : len(seq)] = seq
-        logits, _ = model.apply({"params": run.params}, jnp.asarray(tokens))
+        logits, _ = forward({"params": run.params}, jnp.asarray(tokens))
         nll = np.asarray(token_nll(cfg.model, logits, jnp.asarray(tokens)))[0]
         return -nll[len(seq) - 1 - len(cont): len(seq) - 1].sum()
 

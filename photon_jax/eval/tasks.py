@@ -11,6 +11,7 @@ runs the harness, the others execute the same model programs (lockstep.py) and g
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import os
@@ -37,20 +38,34 @@ def parse_tasks(text: str | list[str]) -> list[str]:
     return names
 
 
-def task_manager_for(tasks: list[str], include_path: list[str] | None):
-    """The harness's task index: only the include paths when they hold every task asked for (indexing
-    the ~15k built-in tasks takes seconds), else the built-in tasks too. Unknown names: one line."""
+def _task_index(paths: tuple[str, ...], include_defaults: bool):
     from lm_eval.tasks import TaskManager
 
+    if include_defaults:
+        return _full_task_index(paths)
+    return TaskManager(include_path=list(paths), include_defaults=False)  # cheap: read again every time
+
+
+@functools.lru_cache(maxsize=4)
+def _full_task_index(paths: tuple[str, ...]):
+    """Indexing the ~15k built-in task configs takes about 13 s: once per process and set of paths."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths), include_defaults=True)
+
+
+def task_manager_for(tasks: list[str], include_path: list[str] | None):
+    """The harness's task index: only the include paths when they hold every task asked for (indexing
+    the built-in tasks takes seconds), else the built-in tasks too. Unknown names: one line."""
     paths = [str(Path(p).expanduser().resolve()) for p in include_path or []]
     for p in paths:
         if not Path(p).is_dir():
             raise UserError(f"task include path {p} is not a directory")
-    paths = [str(BUNDLED_TASKS)] + paths
-    local = TaskManager(include_path=paths, include_defaults=False)
+    paths = (str(BUNDLED_TASKS), *paths)
+    local = _task_index(paths, False)
     if all(t in local.all_tasks for t in tasks):
         return local
-    manager = TaskManager(include_path=paths)
+    manager = _task_index(paths, True)
     for t in tasks:
         if t not in manager.all_tasks:
             near = difflib.get_close_matches(t, manager.all_tasks, 3)
