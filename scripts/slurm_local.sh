@@ -11,7 +11,10 @@ HOST=$(hostname -s)
 
 install_packages() {
     command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    # a fresh machine may have no (or stale) package lists: refresh them once if the first try fails
+    apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 || { apt-get update -q >/dev/null && \
+        apt-get install -y -q slurm-wlm munge >/dev/null; }
 }
 
 write_config() {
@@ -56,7 +59,11 @@ start() {
     export SLURM_CONF=$CONF
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge 2>/dev/null || true
-    pgrep -x munged >/dev/null || runuser -u munge -- munged --force
+    if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then  # no munged, or one that lost its socket
+        pkill -x munged || true
+        sleep 1
+        runuser -u munge -- munged --force
+    fi
     stop  # daemons of another configuration would not see this one
     slurmctld
     slurmd
@@ -68,7 +75,7 @@ start() {
         sleep 1
     done
     echo "slurm did not come up; logs in $ROOT/log" >&2
-    tail -5 "$ROOT"/log/*.log >&2 || true
+    tail -n 5 "$ROOT"/log/*.log >&2 || true
     return 1
 }
 
@@ -76,10 +83,11 @@ stop() {
     pkill -x slurmd || true
     pkill -x slurmctld || true
     for _ in $(seq 30); do
-        pgrep -x 'slurmd|slurmctld' >/dev/null || return 0
+        pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || return 0
         sleep 0.5
     done
-    pkill -9 -x 'slurmd|slurmctld' || true
+    pkill -9 -x slurmd || true
+    pkill -9 -x slurmctld || true
 }
 
 case "${1:-}" in
