@@ -57,8 +57,7 @@ class ModelBackend:
         return loglik_b, greedy_b
 
     def _run_batch_everywhere(self, tokens_bt, lengths_b, scored_b):
-        return self.lockstep.call("score", {"tokens": tokens_bt.tolist(), "lengths": lengths_b.tolist(),
-                                            "scored": scored_b.tolist()})
+        return self.lockstep.call("score", {"tokens": tokens_bt, "lengths": lengths_b, "scored": scored_b})
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         spans = [context_continuation_span(self.tok.encode, self.tok.eos_id, c, x, self.max_len) for c, x in pairs]

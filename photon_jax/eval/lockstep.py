@@ -8,7 +8,7 @@ harness; each time it needs the model it calls `Lockstep.call(op, payload)`, whi
 `Lockstep.serve()`, receive the same messages in the same order and run the same handlers, until
 process 0 sends "stop" (always sent, also when the harness fails, so nobody waits forever).
 
-With one process nothing is broadcast. Payloads are JSON (token ids, numbers, strings).
+With one process nothing is broadcast or serialised. Payloads are JSON values and numpy arrays.
 """
 
 from __future__ import annotations
@@ -35,6 +35,13 @@ def _broadcast_bytes(data: bytes | None) -> bytes:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8)[:size])
 
 
+def _plain(value):
+    """numpy arrays in a payload travel as lists (with one process they are handed over as they are)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot send a {type(value).__name__} to the other processes")
+
+
 class Lockstep:
     def __init__(self, handlers: dict):
         self.handlers = handlers
@@ -43,7 +50,7 @@ class Lockstep:
     def _share(self, message: dict | None) -> dict:
         if not self.multi:
             return message
-        data = json.dumps(message).encode() if jax.process_index() == 0 else None
+        data = json.dumps(message, default=_plain).encode() if jax.process_index() == 0 else None
         return json.loads(_broadcast_bytes(data))
 
     def call(self, op: str, payload):
