@@ -104,9 +104,14 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "shakespeare"  # "shakespeare" (bundled) or a path to text / dir / JSONL
+    # "shakespeare" (bundled), or comma-separated files / dirs / globs of .txt, .jsonl[.gz|.zst], .parquet,
+    # or a Hugging Face `datasets` dir (docs/data.md)
+    corpus: str = "shakespeare"
     data_dir: str = ""  # prepared shards; "" = <workdir>/data
-    tokenizer: str = ""  # a sentencepiece .model to use instead of training one
+    tokenizer: str = ""  # a sentencepiece .model or a tokenizer.json to use instead of training one
+    text_field: str = "text"  # the text of a JSONL object / parquet or datasets row; other fields are ignored
+    tokenizer_sample_mb: int = 100  # text a trained tokenizer sees at most (spread over the work units)
+    prepare_workers: int = 0  # processes tokenizing work units in parallel; 0 = one per CPU core
     vocab_size: int = 0  # tokenizer size when trained in-process; 0 = model.vocab_size
     seq_len: int = 128
     validation_fraction: float = 0.05
@@ -185,6 +190,9 @@ class Config:
         )
         _require(0.0 <= d.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)")
         _require(d.vocab_size >= 0, f"data.vocab_size must be >= 0, got {d.vocab_size}")
+        _require(bool(d.text_field), "data.text_field must not be empty")
+        _require(d.tokenizer_sample_mb > 0, f"data.tokenizer_sample_mb must be > 0, got {d.tokenizer_sample_mb}")
+        _require(d.prepare_workers >= 0, f"data.prepare_workers must be >= 0, got {d.prepare_workers}")
         for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches",
                     "checkpoint_every", "keep_checkpoints"):
             _require(getattr(t, key) > 0, f"train.{key} must be > 0, got {getattr(t, key)}")
