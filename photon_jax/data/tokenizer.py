@@ -1,90 +1,83 @@
-"""SentencePiece tokenizers: train one in-process, load one, and describe it.
+"""Tokenizers: the public entry. Load one (SentencePiece .model or Hugging Face tokenizer.json), check
+its size, and count the bytes its ids stand for.
 
-Trained tokenizers are lossless byte-level BPE: identity normalization (no NFKC,
-whitespace kept as is), no dummy-prefix space, digits split, byte fallback for
-anything outside the learned pieces, and "\\n" as its own piece. So
-``decode(encode(text)) == text`` and the UTF-8 byte lengths of the pieces of a
-text add up to the byte length of the text, which makes bits per byte exact.
+    load_tokenizer(path) -> Tokenizer             .model, tokenizer.json, or a directory holding one
+    train_tokenizer(texts, out_path, vocab_size)  a lossless SentencePiece BPE (sentencepiece_tokenizer)
+    token_byte_lengths(tok) -> int32[vocab]       UTF-8 bytes per id (bits-per-byte denominator)
+    byte_accounting_check(tok, texts) -> dict     whether those lengths add up to the texts' bytes
+    check_vocab(tok | manifest | int, expected)
 
-Special ids of trained tokenizers: 0 <pad>, 1 </s> (EOS, appended to every
-document), 2 <s> (BOS, unused by the pipeline), 3 <unk>, 4 "\\n", then the 256
-byte pieces <0x00>..<0xFF>, then the learned pieces. Training is deterministic
-(one thread, fixed seed, no sampling below 2M lines): the same corpus and vocab
-size give a byte-identical model file.
+Every Tokenizer has path, sha256, vocab_size, eos_id, pad_id, bos_id, kind, file_name, encode,
+decode, byte_lengths, save (tokenizer_base.Tokenizer).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import io
-import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
+from photon_jax.data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
+from photon_jax.data.sentencepiece_tokenizer import (BOS_ID, EOS_ID, MODEL_TYPE, PAD_ID, TRAINER_VERSION, UNK_ID,
+                                                     SentencePieceTokenizer, load_sentencepiece, train_tokenizer)
+from photon_jax.data.tokenizer_base import Tokenizer
 from photon_jax.errors import UserError
 
-PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
-MODEL_TYPE = "bpe"
-# Bump when the training options below change: prepared data keyed on it is rebuilt.
-TRAINER_VERSION = 1
-_MAX_LINE_CHARS = 8192
-_MAX_TRAIN_LINES = 2_000_000
+__all__ = ["Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "load_tokenizer", "train_tokenizer",
+           "token_byte_lengths", "byte_accounting_check", "check_vocab",
+           "PAD_ID", "EOS_ID", "BOS_ID", "UNK_ID", "MODEL_TYPE", "TRAINER_VERSION"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Tokenizer:
-    """A loaded SentencePiece model with the facts the rest of the code needs."""
-
-    path: str
-    sha256: str
-    vocab_size: int
-    eos_id: int
-    pad_id: int  # the id the pipeline pads with (the model's <pad>, else EOS); always masked out
-    bos_id: int  # -1 when the model has none
-    processor: object = dataclasses.field(repr=False, compare=False)
-
-    def encode(self, texts: str | list[str]) -> list[int] | list[list[int]]:
-        return self.processor.encode(texts)
-
-    def decode(self, ids) -> str:
-        return self.processor.decode([int(i) for i in ids])
-
-    def byte_lengths(self) -> np.ndarray:
-        return token_byte_lengths(self)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _from_bytes(data: bytes, path: str) -> Tokenizer:
-    import sentencepiece as spm
-
-    processor = spm.SentencePieceProcessor()
+def _looks_like_json(path: Path) -> bool:
+    if path.suffix.lower() == ".json":
+        return True
     try:
-        processor.LoadFromSerializedProto(data)
-    except Exception:  # sentencepiece raises RuntimeError or OSError depending on the build
-        raise UserError(f"tokenizer {path} is not a SentencePiece model") from None
-    eos = processor.eos_id()
-    if eos < 0:
-        raise UserError(f"tokenizer {path} has no end-of-sequence (</s>) piece; the pipeline needs one")
-    pad = processor.pad_id()
-    return Tokenizer(path=str(path), sha256=_sha256(data), vocab_size=processor.vocab_size(), eos_id=eos,
-                     pad_id=pad if pad >= 0 else eos, bos_id=processor.bos_id(), processor=processor)
+        with path.open("rb") as f:
+            return f.read(64).lstrip().startswith(b"{")  # a SentencePiece model is binary protobuf
+    except OSError:
+        return False  # the loader reports it
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A SentencePiece .model, a Hugging Face tokenizer.json, or a directory holding one of them
+    (tokenizer.json first)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        for name, load in ((HFTokenizer.file_name, load_hf_tokenizer),
+                           (SentencePieceTokenizer.file_name, load_sentencepiece)):
+            if (path / name).is_file():
+                return load(path / name)
+        raise UserError(f"directory {path} has neither {HFTokenizer.file_name} nor {SentencePieceTokenizer.file_name}")
     if not path.is_file():
         raise UserError(f"tokenizer file {path} not found")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read tokenizer {path}: {e.strerror or e}") from None
-    return _from_bytes(data, str(path))
+    return load_hf_tokenizer(path) if _looks_like_json(path) else load_sentencepiece(path)
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+    """int32[vocab]: UTF-8 bytes of original text each id stands for (see each kind's byte_lengths)."""
+    return tokenizer.byte_lengths()
+
+
+def byte_accounting_check(tokenizer: Tokenizer, texts: Iterable[str], lengths: np.ndarray | None = None) -> dict:
+    """Does sum(byte_lengths[ids]) equal len(text.encode()) for each text?
+
+    Exact for tokenizers trained here and for ByteLevel / byte-fallback tokenizers without a
+    normalizer; a normalizer (lowercasing, NFKC), an added prefix space or dropped spaces
+    (WordPiece) make it differ. Pass `lengths` when byte_lengths() is already at hand. Returns
+    {texts, exact_texts, inexact_texts, utf8_bytes, token_bytes, max_abs_diff, first_inexact, exact}
+    (first_inexact: index of the first text that differs, or None)."""
+    texts = list(texts)
+    lengths = tokenizer.byte_lengths() if lengths is None else lengths
+    utf8 = [len(t.encode("utf-8")) for t in texts]
+    counted = [int(lengths[np.asarray(ids, np.int64)].sum()) if ids else 0
+               for ids in (tokenizer.encode(texts) if texts else [])]
+    diffs = [c - u for c, u in zip(counted, utf8)]
+    inexact = [i for i, d in enumerate(diffs) if d]
+    return {"texts": len(texts), "exact_texts": len(texts) - len(inexact), "inexact_texts": len(inexact),
+            "utf8_bytes": sum(utf8), "token_bytes": sum(counted),
+            "max_abs_diff": max((abs(d) for d in diffs), default=0),
+            "first_inexact": inexact[0] if inexact else None, "exact": not inexact}
 
 
 def check_vocab(tokenizer: Tokenizer | dict | int, expected: int, what: str = "the model") -> int:
@@ -98,73 +91,3 @@ def check_vocab(tokenizer: Tokenizer | dict | int, expected: int, what: str = "t
     if size != expected:
         raise UserError(f"{name} has vocab size {size} but {what} expects {expected}")
     return size
-
-
-def _training_lines(texts: Iterable[str]) -> Iterator[str]:
-    """Non-blank lines, long ones cut into pieces SentencePiece accepts."""
-    for text in texts:
-        for line in text.split("\n"):
-            if not line.strip():
-                continue
-            for start in range(0, len(line), _MAX_LINE_CHARS):
-                yield line[start:start + _MAX_LINE_CHARS]
-
-
-def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int) -> Tokenizer:
-    """Train a lossless BPE model on `texts` (an iterable of documents) and write it to `out_path`."""
-    import sentencepiece as spm
-
-    if vocab_size <= 0:
-        raise UserError(f"tokenizer vocab size must be > 0, got {vocab_size}")
-    spm.set_random_generator_seed(0)
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_training_lines(texts), model_writer=model, vocab_size=vocab_size,
-            model_type=MODEL_TYPE, byte_fallback=True, character_coverage=1.0,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-            split_digits=True, allow_whitespace_only_pieces=True, user_defined_symbols=["\n"],
-            pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, num_threads=1,
-            input_sentence_size=_MAX_TRAIN_LINES, shuffle_input_sentence=True,
-            max_sentence_length=4 * _MAX_LINE_CHARS + 16, minloglevel=2)
-    except RuntimeError as e:
-        message = str(e)
-        found = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
-        if found:
-            raise UserError(f"vocab size {vocab_size} is too small for this corpus: it needs at least "
-                            f"{found.group(2)} (special + 256 byte pieces + every distinct character)") from None
-        found = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
-        if found:
-            raise UserError(f"the corpus is too small for a {vocab_size}-piece tokenizer: use a vocab size "
-                            f"<= {found.group(2)} or a larger corpus") from None
-        first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-        raise UserError(f"tokenizer training failed: {first[:300]}") from None
-    data = model.getvalue()
-    tokenizer = _from_bytes(data, str(out_path))
-    if tokenizer.vocab_size != vocab_size:
-        raise UserError(f"the corpus is too small for a {vocab_size}-piece tokenizer (BPE stopped at "
-                        f"{tokenizer.vocab_size}); use a smaller vocab size or a larger corpus")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(data)
-    return tokenizer
-
-
-def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
-    """int32[vocab]: UTF-8 bytes of original text each id stands for.
-
-    "▁" counts as one space byte, byte-fallback pieces <0xNN> as one byte, control
-    pieces (<pad>, </s>, <s>) and <unk> as zero. Summed over a document's ids this
-    is the document's byte length for tokenizers trained here (identity
-    normalization, no dummy prefix); for other models it is an approximation.
-    """
-    sp = tokenizer.processor
-    out = np.zeros(tokenizer.vocab_size, np.int32)
-    for i in range(tokenizer.vocab_size):
-        if sp.is_control(i) or sp.is_unknown(i):
-            continue
-        if sp.is_byte(i):
-            out[i] = 1
-        else:
-            out[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
-    return out
