@@ -100,20 +100,19 @@ def _rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed % (1 << 64), epoch])
 
 
-class PackedWindows(grain.MapDataset):
-    """Local windows of one process: element i is {"tokens": int32[L], "mask": float32[L]}.
+ENDLESS_WINDOWS = 1 << 62  # length of a training stream: never reached, and still a valid len()
 
-    Local element i = (step s, row r) maps to global window start + s * B + p * (B/n) + r.
-    seed=None: one pass in stored order (evaluation); windows past the end are padding.
+
+class WindowStream(grain.MapDataset):
+    """The global window stream of one split: element k is window k, {"tokens": int32[L], "mask": float32[L]}.
+
+    Training (seed set): endless, epoch k // W in its own seeded order. Evaluation (seed=None): the
+    stored order, then all-padding windows. The same for every process; ProcessRows slices it.
     """
 
-    def __init__(self, source: SplitSource, seq_len: int, seed: int | None, *, start: int, global_batch: int,
-                 process_index: int, process_count: int, steps: int):
+    def __init__(self, source: SplitSource, seq_len: int, seed: int | None, length: int = ENDLESS_WINDOWS):
         super().__init__()
-        self.source, self.seq_len, self.seed, self.start = source, seq_len, seed, start
-        self.global_batch, self.local_batch = global_batch, global_batch // process_count
-        self.offset = process_index * self.local_batch
-        self.steps = steps
+        self.source, self.seq_len, self.seed, self.length = source, seq_len, seed, length
         self.windows_per_epoch = math.ceil(source.tokens / seq_len)
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         self._lock = threading.Lock()
@@ -128,19 +127,15 @@ class PackedWindows(grain.MapDataset):
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return self.steps * self.local_batch
+        return self.length
 
     def __str__(self) -> str:
-        return f"PackedWindows(seq_len={self.seq_len}, seed={self.seed}, start={self.start})"
-
-    def global_index(self, index: int) -> int:
-        step, row = divmod(index, self.local_batch)
-        return self.start + step * self.global_batch + self.offset + row
+        return f"WindowStream(seq_len={self.seq_len}, seed={self.seed})"
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
-        return self.window(self.global_index(int(index)))
+        return self.window(int(index))
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(document order, start offset of each ordered document, window permutation or None)."""
@@ -184,3 +179,65 @@ class PackedWindows(grain.MapDataset):
             j += 1
         mask[:end - begin] = 1.0
         return {"tokens": tokens, "mask": mask}
+
+    def tokens_before(self, count: int) -> int:
+        """Real (mask 1) tokens in windows [0, count), from the window order alone (no document is read):
+        every window is full except the epoch's last one, which holds T - (W - 1) * L tokens."""
+        epoch, position = divmod(count, self.windows_per_epoch)
+        if self.seed is None:
+            return self.source.tokens if epoch else min(position * self.seq_len, self.source.tokens)
+        total = epoch * self.source.tokens + position * self.seq_len
+        if position:
+            last = self.windows_per_epoch - 1
+            windows = self._epoch(epoch)[2]
+            if last in windows[:position]:
+                total -= last * self.seq_len + self.seq_len - self.source.tokens  # the short window's padding
+        return total
+
+
+class ProcessRows(grain.MapDataset):
+    """This process's rows of consecutive global batches of a window stream.
+
+    Local element i = (step s, row r) is global window start + s * B + p * (B/n) + r: process p of n takes
+    the contiguous rows [p * B/n, (p + 1) * B/n) of every global batch of B windows.
+    """
+
+    def __init__(self, windows: grain.MapDataset, *, start: int, global_batch: int, process_index: int,
+                 process_count: int, steps: int):
+        super().__init__(windows)
+        self.windows, self.start, self.steps = windows, start, steps
+        self.global_batch, self.local_batch = global_batch, global_batch // process_count
+        self.offset = process_index * self.local_batch
+
+    def __len__(self) -> int:
+        return self.steps * self.local_batch
+
+    def __str__(self) -> str:
+        return f"ProcessRows(start={self.start}, global_batch={self.global_batch}, offset={self.offset})"
+
+    def global_index(self, index: int) -> int:
+        step, row = divmod(index, self.local_batch)
+        return self.start + step * self.global_batch + self.offset + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self.windows[self.global_index(int(index))]
+
+
+class PackedWindows(ProcessRows):
+    """One split's windows sliced for one process: ProcessRows over a WindowStream.
+
+    seed=None: one pass in stored order (evaluation); windows past the end are padding.
+    """
+
+    def __init__(self, source: SplitSource, seq_len: int, seed: int | None, *, start: int, global_batch: int,
+                 process_index: int, process_count: int, steps: int):
+        super().__init__(WindowStream(source, seq_len, seed), start=start, global_batch=global_batch,
+                         process_index=process_index, process_count=process_count, steps=steps)
+        self.source, self.seq_len, self.seed = source, seq_len, seed
+        self.windows_per_epoch = self.windows.windows_per_epoch
+
+    def window(self, k: int) -> dict[str, np.ndarray]:
+        """Global window k of the stream."""
+        return self.windows.window(k)

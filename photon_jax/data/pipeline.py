@@ -22,8 +22,9 @@ different topology. Restoring rebuilds the grain pipeline from that window (the
 window dataset is random access, so nothing is replayed) instead of using grain's
 own iterator state, whose meaning depends on the worker count and batch size.
 
-grain pieces: the PackedWindows MapDataset, `.batch`, `.to_iter_dataset` with two
-prefetch threads, and `.mp_prefetch` worker processes when worker_count > 0
+grain pieces: a WindowStream MapDataset (one split's global windows, or a weighted mixture
+of several, mixture.py) sliced per process by ProcessRows, `.batch`, `.to_iter_dataset`
+with two prefetch threads, and `.mp_prefetch` worker processes when worker_count > 0
 (absl flags are marked parsed first, as grain requires).
 """
 
@@ -35,11 +36,12 @@ from typing import Any
 import grain
 import numpy as np
 
-from photon_jax.data.packing import PackedWindows, SplitSource
+from photon_jax.data.packing import ProcessRows, SplitSource, WindowStream
 from photon_jax.data.prepare import load_manifest
 from photon_jax.errors import UserError
 
-__all__ = ["train_iterator", "eval_batches", "load_manifest", "to_global_batch", "TrainIterator", "EvalBatches"]
+__all__ = ["train_iterator", "eval_batches", "load_manifest", "to_global_batch", "StreamIterator", "TrainIterator",
+           "EvalBatches"]
 
 STATE_FORMAT = "photon-jax-train-iterator"
 STATE_VERSION = 1
@@ -64,8 +66,8 @@ def _ensure_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _iterate(windows: PackedWindows, worker_count: int, drop_remainder: bool):
-    ds = windows.batch(windows.local_batch, drop_remainder=drop_remainder)
+def _iterate(rows: ProcessRows, worker_count: int, drop_remainder: bool):
+    ds = rows.batch(rows.local_batch, drop_remainder=drop_remainder)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if worker_count > 0:
         _ensure_absl_flags()
@@ -73,49 +75,59 @@ def _iterate(windows: PackedWindows, worker_count: int, drop_remainder: bool):
     return iter(ds)
 
 
-class TrainIterator:
-    """Endless local batches {"tokens": int32[b, L], "mask": float32[b, L]}, b = global_batch // process_count."""
+class StreamIterator:
+    """Endless local batches {"tokens": int32[b, L], "mask": float32[b, L]} of a global window stream.
 
-    def __init__(self, data_dir, seq_len: int, global_batch: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, worker_count: int = 0):
+    Subclasses give the stream (`_windows`, a random-access grain MapDataset) and what a saved state must
+    match (`_identity`); the position, batching, process slicing and state are handled here.
+    """
+
+    state_format = STATE_FORMAT
+    what = "train iterator"
+
+    def __init__(self, seq_len: int, global_batch: int, process_index: int = 0, process_count: int = 1,
+                 worker_count: int = 0):
         _check_layout(seq_len, global_batch, process_index, process_count)
-        self.source = SplitSource(data_dir, "train")
-        self.seq_len, self.global_batch, self.seed = seq_len, global_batch, int(seed)
+        self.seq_len, self.global_batch = seq_len, global_batch
         self.process_index, self.process_count, self.worker_count = process_index, process_count, worker_count
-        self.windows_per_epoch = math.ceil(self.source.tokens / seq_len)
         self.next_window = 0
         self._it = None
 
-    def __iter__(self) -> "TrainIterator":
+    def _windows(self) -> grain.MapDataset:
+        raise NotImplementedError
+
+    def _identity(self) -> dict[str, Any]:
+        """State fields a resumed run must have unchanged."""
+        raise NotImplementedError
+
+    def _check_identity(self, state: dict[str, Any]) -> None:
+        for key, now in self._identity().items():
+            if state.get(key) != now:
+                raise UserError(f"saved data iterator state has {key}={state.get(key)!r} but this run has {now!r}")
+
+    def __iter__(self) -> "StreamIterator":
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self._it is None:  # built lazily, so set_state right after construction wastes no prefetch
-            windows = PackedWindows(self.source, self.seq_len, self.seed, start=self.next_window,
-                                    global_batch=self.global_batch, process_index=self.process_index,
-                                    process_count=self.process_count, steps=_ENDLESS_STEPS)
-            self._it = _iterate(windows, self.worker_count, drop_remainder=True)
+            rows = ProcessRows(self._windows(), start=self.next_window, global_batch=self.global_batch,
+                               process_index=self.process_index, process_count=self.process_count,
+                               steps=_ENDLESS_STEPS)
+            self._it = _iterate(rows, self.worker_count, drop_remainder=True)
         batch = next(self._it)
         self.next_window += self.global_batch
         return batch
 
-    @property
-    def epoch(self) -> float:
-        """Epochs consumed so far (fractional)."""
-        return self.next_window / self.windows_per_epoch
-
     def get_state(self) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "next_window": self.next_window,
-                "seed": self.seed, "seq_len": self.seq_len, "data_fingerprint": self.source.fingerprint}
+        return {"format": self.state_format, "version": STATE_VERSION, "next_window": self.next_window,
+                **self._identity()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise UserError("saved data iterator state is not a photon-jax train iterator state")
+        if not isinstance(state, dict) or state.get("format") != self.state_format:
+            raise UserError(f"saved data iterator state is not a photon-jax {self.what} state")
         if state.get("version") != STATE_VERSION:
             raise UserError(f"saved data iterator state has version {state.get('version')}, expected {STATE_VERSION}")
-        for key, now in (("seed", self.seed), ("seq_len", self.seq_len), ("data_fingerprint", self.source.fingerprint)):
-            if state.get(key) != now:
-                raise UserError(f"saved data iterator state has {key}={state.get(key)!r} but this run has {now!r}")
+        self._check_identity(state)
         next_window = state.get("next_window")
         if not isinstance(next_window, int) or next_window < 0:
             raise UserError(f"saved data iterator state has a bad next_window {next_window!r}")
@@ -128,6 +140,28 @@ class TrainIterator:
         self._it = None
 
 
+class TrainIterator(StreamIterator):
+    """The training stream of one prepared data dir."""
+
+    def __init__(self, data_dir, seq_len: int, global_batch: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, worker_count: int = 0):
+        super().__init__(seq_len, global_batch, process_index, process_count, worker_count)
+        self.source = SplitSource(data_dir, "train")
+        self.seed = int(seed)
+        self.windows_per_epoch = math.ceil(self.source.tokens / seq_len)
+
+    def _windows(self) -> WindowStream:
+        return WindowStream(self.source, self.seq_len, self.seed)
+
+    def _identity(self) -> dict[str, Any]:
+        return {"seed": self.seed, "seq_len": self.seq_len, "data_fingerprint": self.source.fingerprint}
+
+    @property
+    def epoch(self) -> float:
+        """Epochs consumed so far (fractional)."""
+        return self.next_window / self.windows_per_epoch
+
+
 class EvalBatches:
     """A finite pass over a split's windows in stored order; the last batch is padded with masked rows."""
 
@@ -137,10 +171,9 @@ class EvalBatches:
         source = SplitSource(data_dir, split)
         total = math.ceil(math.ceil(source.tokens / seq_len) / batch_size)
         self.num_batches = total if max_batches is None else max(0, min(total, max_batches))
-        self._windows = PackedWindows(source, seq_len, None, start=0, global_batch=batch_size,
-                                      process_index=process_index, process_count=process_count,
-                                      steps=self.num_batches)
-        self._it = _iterate(self._windows, 0, drop_remainder=False) if self.num_batches else iter(())
+        rows = ProcessRows(WindowStream(source, seq_len, None), start=0, global_batch=batch_size,
+                           process_index=process_index, process_count=process_count, steps=self.num_batches)
+        self._it = _iterate(rows, 0, drop_remainder=False) if self.num_batches else iter(())
 
     def __len__(self) -> int:
         return self.num_batches
