@@ -53,6 +53,7 @@ class HFTokenizer(Tokenizer):
         target = directory / FILE_NAME
         if target.resolve() == Path(self.path).resolve():
             return target
+        directory.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path, target)
         config = {"tokenizer_class": "PreTrainedTokenizerFast",
                   "eos_token": self.processor.id_to_token(self.eos_id),
@@ -119,6 +120,9 @@ def _parse(data: bytes, file: Path):
         raise UserError(f"tokenizer {file} cannot be loaded: {first[:200]}") from None
     processor.no_padding()  # the pipeline packs and pads itself; encode must return the bare ids
     processor.no_truncation()
+    # A special token's text inside a document ("<|endoftext|>" in a web page) is text, as it is for
+    # SentencePiece: otherwise it would end the document early and its bytes would count zero.
+    processor.encode_special_tokens = True
     return processor
 
 

@@ -68,6 +68,7 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory: str | Path) -> Path:
         target = Path(directory) / self.file_name
         if target.resolve() != Path(self.path).resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.path, target)
         return target
 
