@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from photon_jax.data.hf_byte_lengths import hf_byte_lengths
-from photon_jax.data.tokenizer_base import Tokenizer, read_tokenizer_file
+from photon_jax.data.tokenizer_base import Tokenizer, copy_atomically, read_tokenizer_file
 from photon_jax.errors import UserError
 
 FILE_NAME = "tokenizer.json"
@@ -54,13 +53,13 @@ class HFTokenizer(Tokenizer):
         if target.resolve() == Path(self.path).resolve():
             return target
         directory.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.path, target)
         config = {"tokenizer_class": "PreTrainedTokenizerFast",
                   "eos_token": self.processor.id_to_token(self.eos_id),
                   "pad_token": self.processor.id_to_token(self.pad_id)}
         if self.bos_id >= 0:
             config["bos_token"] = self.processor.id_to_token(self.bos_id)
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")  # before the file it describes
+        copy_atomically(self.path, target)
         return target
 
 

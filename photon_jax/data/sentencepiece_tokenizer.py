@@ -19,13 +19,12 @@ import dataclasses
 import hashlib
 import io
 import re
-import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from photon_jax.data.tokenizer_base import Tokenizer, read_tokenizer_file
+from photon_jax.data.tokenizer_base import Tokenizer, copy_atomically, read_tokenizer_file
 from photon_jax.errors import UserError
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
@@ -68,8 +67,7 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory: str | Path) -> Path:
         target = Path(directory) / self.file_name
         if target.resolve() != Path(self.path).resolve():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.path, target)
+            copy_atomically(self.path, target)
         return target
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,7 +50,9 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, directory: str | Path) -> Path:
-        """Copy the tokenizer into `directory` as `file_name` (plus what loading it back needs); its path."""
+        """Copy the tokenizer into `directory` as `file_name` (plus what loading it back needs); its path.
+
+        The file appears whole and last (a rename), so other processes may wait for it to exist."""
         raise NotImplementedError
 
 
@@ -60,3 +65,14 @@ def read_tokenizer_file(path: Path) -> tuple[bytes, str]:
     except OSError as e:
         raise UserError(f"cannot read tokenizer {path}: {e.strerror or e}") from None
     return data, hashlib.sha256(data).hexdigest()
+
+
+def copy_atomically(source: str | Path, target: Path) -> None:
+    """Copy under a temporary name, then rename: readers never see a partial file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
