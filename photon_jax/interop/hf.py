@@ -5,9 +5,10 @@ export (a run's checkpoint -> DIR):
   PHOTON / Block   model.safetensors with our parameter paths as names ("decoder_0.layers.mlp.up.kernel",
                    scanned stacks keep their leading layer axis), config.json holding our whole config
 import (DIR -> a new run at step 0 that eval, generate and train accept):
-  a LLaMA-architecture checkpoint (model_type "llama"), or one of our own exports; its SentencePiece
-  tokenizer.model becomes the run's tokenizer and the corpus (data.corpus, default the bundled plays)
-  is prepared with it, so the run can be evaluated, sampled and trained at once.
+  a LLaMA-architecture checkpoint (model_type "llama"), or one of our own exports; its tokenizer
+  (SentencePiece tokenizer.model, else Hugging Face tokenizer.json) becomes the run's tokenizer and the
+  corpus (data.corpus, default the bundled plays) is prepared with it, so the run can be evaluated,
+  sampled and trained at once.
 Nothing is written in place: both build a temporary sibling directory and rename it at the end.
 """
 
@@ -38,6 +39,8 @@ from photon_jax.sharding import logical_rules, make_mesh, strip_boxes
 from photon_jax.train.state import init_state, make_optimizer, state_layout
 
 OWN_TYPE = "photon-jax"
+# The tokenizer an import takes, in order of preference (a LLaMA-2 directory has both; ours have one).
+IMPORT_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 OWN_ARCHITECTURE = "PhotonJaxLM"
 FORMAT_VERSION = 1
 
@@ -95,7 +98,7 @@ def export_run(workdir, out, *, step: int | None = None, max_shard_bytes: int = 
         config["photon_jax_config"] = cfg.to_dict()  # the whole run config, for a faithful import
         files = write_safetensors(tensors, tmp, max_shard_bytes, {"photon_jax_step": str(run.step)})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        shutil.copyfile(tok.path, tmp / "tokenizer.model")  # the run's SentencePiece model, as trained
+        tok.save(tmp)  # the run's tokenizer file as is, under its own name (tokenizer.model / tokenizer.json)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -131,9 +134,10 @@ def _import_config(hf: dict, hf_dir: Path, overrides: list[str]) -> Config:
                                   data=dataclasses.replace(Config().data, seq_len=seq_len))
     else:
         raise UserError(f"{where}: model_type {hf.get('model_type')!r} is neither 'llama' nor '{OWN_TYPE}'")
-    tokenizer = hf_dir / "tokenizer.model"
-    if not tokenizer.is_file():
-        raise UserError(f"{where} has no tokenizer.model (a SentencePiece model is needed to make a run)")
+    found = [hf_dir / name for name in IMPORT_TOKENIZER_FILES if (hf_dir / name).is_file()]
+    if not found:
+        raise UserError(f"{where} has no tokenizer ({' or '.join(IMPORT_TOKENIZER_FILES)}) to make a run with")
+    tokenizer = found[0]
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(tokenizer), data_dir="",
                                                             vocab_size=0))
     return apply_overrides(cfg, overrides)
