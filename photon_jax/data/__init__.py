@@ -1,4 +1,4 @@
-"""Data: corpus reading, SentencePiece tokenizers, `prepare` into ArrayRecord shards, grain pipeline.
+"""Data: corpus reading, tokenizers (SentencePiece, tokenizer.json), `prepare` into ArrayRecord shards, grain pipeline.
 
     prepare(data_cfg, out_dir, vocab_size) -> manifest          (photon_jax.data.prepare.prepare; the
                                                                 name `prepare` here is the submodule)
@@ -6,6 +6,7 @@
     eval_batches(data_dir, split, seq_len, batch_size, ...)
     load_manifest(data_dir), to_global_batch(batch, sharding)
     load_tokenizer(path), token_byte_lengths(tokenizer), check_vocab(tokenizer, expected)
+    byte_accounting_check(tokenizer, texts)                     (photon_jax.data.tokenizer)
 
 Names are imported lazily so that `photon-jax prepare` does not pay for importing grain.
 """
@@ -19,7 +20,7 @@ _EXPORTS = {
     "train_iterator": "pipeline", "eval_batches": "pipeline", "to_global_batch": "pipeline",
     "TrainIterator": "pipeline", "EvalBatches": "pipeline",
     "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
-    "token_byte_lengths": "tokenizer", "check_vocab": "tokenizer",
+    "token_byte_lengths": "tokenizer", "check_vocab": "tokenizer", "byte_accounting_check": "tokenizer",
     "Document": "corpus", "iter_documents": "corpus", "read_corpus": "corpus",
 }
 
