@@ -9,6 +9,7 @@ import pytest
 from photon_jax.config import DataConfig
 from photon_jax.data import (check_vocab, eval_batches, iter_documents, load_manifest, load_tokenizer,
                              token_byte_lengths, train_iterator, train_tokenizer)
+from photon_jax.data.packing import SplitSource
 from photon_jax.data.prepare import prepare, split_documents
 from photon_jax.errors import UserError
 
@@ -59,6 +60,12 @@ def unique_data(tmp_path_factory):
 def _stored(data_dir, manifest, ids, split):
     names = (data_dir / split / "documents.txt").read_text().split()
     return [ids[int(name.split(":")[1]) - 1] for name in names]  # names are "corpus.jsonl:LINE"
+
+
+def split_tokens(data_dir, split):
+    """Every token of a split's documents, in stored order, as bytes (independent of the shard layout)."""
+    source = SplitSource(data_dir, split)
+    return b"".join(source.doc(i).tobytes() for i in range(len(source)))
 
 
 def _take(it, n):
@@ -121,15 +128,17 @@ def test_prepare_manifest_split_and_determinism(tmp_path, unique_data):
     assert not train_docs & val_docs and len(train_docs | val_docs) == 12
     assert load_manifest(data_dir) == {k: v for k, v in manifest.items() if k not in ("reused", "seconds")}
 
-    # same inputs elsewhere: identical manifest and tokens (multi-shard writing changes nothing but the shards)
+    # same inputs elsewhere, cut into many work units: identical manifest facts and documents
     corpus = data_dir.parent / "corpus.jsonl"
     cfg = DataConfig(corpus=str(corpus), validation_fraction=0.2, seed=1)
-    other = prepare(cfg, tmp_path / "again", manifest["vocab_size"], shard_bytes=64)
-    assert len(other["splits"]["train"]["shards"]) > 1
-    for key in ("fingerprint", "tokenizer", "vocab_size"):
+    other = prepare(cfg, tmp_path / "again", manifest["vocab_size"], unit_bytes=64)
+    assert other["units"] > 4 and len(other["shards"]) > 4 and manifest["units"] == 1
+    for key in ("fingerprint", "tokenizer", "vocab_size", "splits", "documents"):
         assert other[key] == manifest[key]
     for split in ("train", "validation"):
-        assert other["splits"][split]["token_sha256"] == manifest["splits"][split]["token_sha256"]
+        assert split_tokens(tmp_path / "again", split) == split_tokens(data_dir, split)
+        assert (tmp_path / "again" / split / "documents.txt").read_text() == \
+            (data_dir / split / "documents.txt").read_text()
 
     # idempotent: nothing rewritten
     stamp = (data_dir / "manifest.json").stat().st_mtime_ns

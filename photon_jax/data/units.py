@@ -1,0 +1,142 @@
+"""Work units: the corpus cut into pieces that workers tokenize independently.
+
+A piece is a whole file or a contiguous part of one: a byte range of an uncompressed
+JSONL file (cut just after a newline), a run of row groups of a parquet file, a
+row range of a datasets split. Compressed JSONL and text files are never cut.
+Consecutive small pieces are packed into one unit up to `unit_bytes`; a piece that
+continues a cut JSONL file is always alone in its unit (its line numbers are only
+known relative to its start; the merge makes them absolute). The plan depends only
+on the inputs and `unit_bytes`, so every process of a multi-host prepare computes
+the same one, and reading the units in index order gives the corpus order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Iterable
+
+from photon_jax.data.corpus import HF_DATASET, JSONL, PARQUET, InputFile
+from photon_jax.errors import UserError
+
+DEFAULT_UNIT_BYTES = 64 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    file: InputFile
+    start: int = 0  # JSONL: byte offset; PARQUET: first row group; HF_DATASET: first row
+    stop: int = -1  # exclusive end in the same unit; -1 = to the end of the file
+    first_row: int = 0  # PARQUET: row index (in the file) of the first row of row group `start`
+    size: int = 0  # input bytes (approximate for parquet / datasets: uncompressed column sizes)
+
+    @property
+    def continues(self) -> bool:
+        """A later part of a cut JSONL file: its documents' line numbers need an offset."""
+        return self.file.fmt == JSONL and self.start > 0
+
+    def describe(self) -> list:
+        f = self.file
+        return [f.rel, f.fmt, f.split, f.size, f.stamp, self.start, self.stop, self.first_row]
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    index: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.pieces)
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:05d}"
+
+
+def plan_digest(units: list[Unit], unit_bytes: int) -> str:
+    """Identity of a plan: the same inputs cut the same way."""
+    text = json.dumps([unit_bytes] + [[p.describe() for p in u.pieces] for u in units])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonl_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
+    """Byte ranges of about unit_bytes, each starting just after a newline."""
+    bounds = [0]
+    try:
+        with open(f.path, "rb") as handle:
+            while bounds[-1] + unit_bytes < f.size:
+                handle.seek(bounds[-1] + unit_bytes - 1)
+                handle.readline()  # to the end of the line holding the byte before the target
+                cut = handle.tell()
+                if cut >= f.size:
+                    break
+                bounds.append(cut)
+    except OSError as e:
+        raise UserError(f"cannot read {f.path}: {e.strerror or e}") from None
+    bounds.append(f.size)
+    return [Piece(f, a, b, size=b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _parquet_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
+    from photon_jax.data.formats import open_parquet
+
+    meta = open_parquet(f.path).metadata
+    pieces, start, first_row, size, row = [], 0, 0, 0, 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        if size and size + group.total_byte_size > unit_bytes:
+            pieces.append(Piece(f, start, g, first_row, size))
+            start, first_row, size = g, row, 0
+        size += group.total_byte_size
+        row += group.num_rows
+    pieces.append(Piece(f, start, meta.num_row_groups, first_row, size))
+    return pieces
+
+
+def _dataset_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
+    from photon_jax.data.formats import open_dataset
+
+    table = open_dataset(f).data
+    rows, nbytes = table.num_rows, max(1, table.nbytes)
+    per_piece = max(1, int(unit_bytes * rows // nbytes))
+    return [Piece(f, a, min(rows, a + per_piece), size=nbytes * (min(rows, a + per_piece) - a) // max(rows, 1))
+            for a in range(0, max(rows, 1), per_piece)]
+
+
+def _pieces(f: InputFile, unit_bytes: int) -> list[Piece]:
+    if f.fmt == JSONL and f.size > unit_bytes:
+        return _jsonl_cuts(f, unit_bytes)
+    if f.fmt == PARQUET:
+        return _parquet_cuts(f, unit_bytes)
+    if f.fmt == HF_DATASET:
+        return _dataset_cuts(f, unit_bytes)
+    return [Piece(f, size=f.size)]
+
+
+def plan_units(inputs: Iterable[InputFile], unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:
+    if unit_bytes <= 0:
+        raise UserError(f"work unit size must be > 0 bytes, got {unit_bytes}")
+    units: list[Unit] = []
+    current: list[Piece] = []
+
+    def flush():
+        if current:
+            units.append(Unit(len(units), tuple(current)))
+            current.clear()
+
+    for f in inputs:
+        for piece in _pieces(f, unit_bytes):
+            if piece.continues or (current and sum(p.size for p in current) + piece.size > unit_bytes):
+                flush()
+            current.append(piece)
+            if piece.continues:
+                flush()
+    flush()
+    return units
+
+
+def whole_file_pieces(inputs: Iterable[InputFile]) -> list[Piece]:
+    """One piece per input, for reading a corpus start to end in one process."""
+    return [Piece(f, size=f.size) for f in inputs]
