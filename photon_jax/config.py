@@ -16,6 +16,7 @@ import math
 import re
 import types
 import typing
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,9 @@ class DataConfig:
     validation_fraction: float = 0.05
     seed: int = 0
     worker_count: int = 0
+    # "PATH:WEIGHT" per prepared data dir (the last ':' separates): train on their weighted mixture
+    # instead of data_dir / corpus (docs/data.md, Mixtures)
+    mixture: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +194,9 @@ class Config:
         )
         _require(0.0 <= d.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)")
         _require(d.vocab_size >= 0, f"data.vocab_size must be >= 0, got {d.vocab_size}")
+        if d.mixture:
+            _require(not d.data_dir, "data.mixture and data.data_dir exclude each other (the mixture names its dirs)")
+            parse_mixture(d.mixture)
         _require(bool(d.text_field), "data.text_field must not be empty")
         _require(d.tokenizer_sample_mb > 0, f"data.tokenizer_sample_mb must be > 0, got {d.tokenizer_sample_mb}")
         _require(d.prepare_workers >= 0, f"data.prepare_workers must be >= 0, got {d.prepare_workers}")
@@ -222,6 +229,25 @@ class Config:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def parse_mixture(entries: tuple[str, ...]) -> list[tuple[Path, Fraction]]:
+    """data.mixture entries "PATH:WEIGHT" -> (resolved dir, exact weight > 0), one ConfigError per bad entry.
+    Weights are kept as exact fractions so that the interleave proportions are exact (mixture.py)."""
+    out: list[tuple[Path, Fraction]] = []
+    for entry in entries:
+        path, sep, weight_text = str(entry).rpartition(":")
+        _require(bool(sep and path), f"data.mixture entry {entry!r} is not PATH:WEIGHT")
+        try:
+            weight = Fraction(weight_text.strip())
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"data.mixture entry {entry!r}: weight {weight_text!r} is not a number") from None
+        _require(weight > 0, f"data.mixture entry {entry!r}: weight must be > 0, got {weight_text}")
+        directory = Path(path).expanduser().resolve()
+        for seen, _ in out:
+            _require(seen != directory, f"data.mixture names {directory} twice")
+        out.append((directory, weight))
+    return out
 
 
 def validate_model(m: ModelConfig) -> None:

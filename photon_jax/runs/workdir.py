@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from photon_jax.config import Config, MeshConfig, apply_overrides
+from photon_jax.config import Config, MeshConfig, apply_overrides, parse_mixture
 from photon_jax.data.prepare import load_manifest, prepare
 from photon_jax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from photon_jax.errors import UserError
@@ -26,11 +26,25 @@ DEFAULT_DATA_DIR = "data"  # <workdir>/data, unless data.data_dir is set
 
 
 def data_dir_for(cfg: Config, workdir: Path) -> Path:
+    if cfg.data.mixture:
+        return parse_mixture(cfg.data.mixture)[0][0]  # the first source holds the run's tokenizer
     return Path(cfg.data.data_dir).expanduser().resolve() if cfg.data.data_dir else Path(workdir) / DEFAULT_DATA_DIR
+
+
+def ensure_mixture_data(cfg: Config) -> tuple[dict, Path]:
+    """data.mixture: every source must be prepared already (a mixture prepares nothing), with one
+    tokenizer that fits the model; returns the first source's manifest and dir, as ensure_data does."""
+    from photon_jax.data.mixture import load_sources  # grain is only needed here
+
+    first = load_sources(cfg.data.mixture)[0]
+    check_vocab(first.manifest, cfg.model.vocab_size, what=f"model.vocab_size={cfg.model.vocab_size}")
+    return first.manifest, first.data_dir
 
 
 def ensure_data(cfg: Config, workdir: Path, say=print) -> tuple[dict, Path]:
     """The prepared data for this run (prepared now if missing); its tokenizer must match the model."""
+    if cfg.data.mixture:
+        return ensure_mixture_data(cfg)
     data_dir = data_dir_for(cfg, workdir)
     if not (data_dir / "manifest.json").exists():
         vocab = cfg.data.vocab_size or cfg.model.vocab_size

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from photon_jax.config import Config
-from photon_jax.data import pipeline
+from photon_jax.data import mixture, pipeline
 from photon_jax.errors import UserError
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.model.accounting import count_params, train_flops_per_token
@@ -180,6 +180,13 @@ def _ensure_data_once(cfg: Config, workdir: Path, say):
     return ensure_data(cfg, workdir, say)
 
 
+def _validation_sets(data_dir: Path, sources) -> list[tuple[str, Path]]:
+    """(metrics split, data dir) per validation set: the run's data dir, or each data.mixture source."""
+    if not sources:
+        return [("validation", data_dir)]
+    return [(f"validation/{s.name}", s.data_dir) for s in sources]
+
+
 def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: int | None = None) -> dict:
     """Train to cfg.train.steps (or stop_after more steps); returns a summary dict."""
     workdir = Path(workdir).resolve()
@@ -202,8 +209,15 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
     processes = jax.process_count()
     if t.batch_size % processes:
         raise UserError(f"train.batch_size={t.batch_size} is not divisible by {processes} processes")
-    iterator = pipeline.train_iterator(data_dir, cfg.data.seq_len, t.batch_size, cfg.data.seed,
-                                       jax.process_index(), processes, cfg.data.worker_count)
+    sources = mixture.load_sources(cfg.data.mixture) if cfg.data.mixture else None
+    if sources:
+        iterator = mixture.MixtureIterator(sources, cfg.data.seq_len, t.batch_size, cfg.data.seed,
+                                           jax.process_index(), processes, cfg.data.worker_count)
+        total = sum(s.weight for s in sources)
+        say("data.mixture: " + ", ".join(f"{s.name} {float(s.weight / total):.1%}" for s in sources))
+    else:
+        iterator = pipeline.train_iterator(data_dir, cfg.data.seq_len, t.batch_size, cfg.data.seed,
+                                           jax.process_index(), processes, cfg.data.worker_count)
     start = ckpt.latest_step(manager)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         if start is not None:
@@ -273,14 +287,21 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
                     values["tokens_per_sec"] = window_tokens / elapsed
                     values["mfu"] = values["tokens_per_sec"] * flops_per_token / (peak * jax.device_count())
                     window_start, window_tokens = time.perf_counter(), 0
+                    if sources:  # cumulative tokens per source, from the index map (equal on every process)
+                        values.update(iterator.token_counts())
                     writer.write(step, "train", values)
                     history.append({"step": step, **values})
                     bar.set_postfix(loss=f"{values['token_loss']:.3f}", tok_s=f"{values['tokens_per_sec']:.0f}")
                 if step % t.eval_every == 0 or step == end:
-                    batches = pipeline.eval_batches(data_dir, "validation", cfg.data.seq_len, t.batch_size,
-                                                    t.eval_batches, jax.process_index(), processes)
-                    last_eval = evaluate_batches(eval_fn, state["params"], batches, byte_lengths,
-                                                 to_device=lambda b: _to_global(b, in_sharding))
+                    results = []
+                    for split, eval_dir in _validation_sets(data_dir, sources):
+                        batches = pipeline.eval_batches(eval_dir, "validation", cfg.data.seq_len, t.batch_size,
+                                                        t.eval_batches, jax.process_index(), processes)
+                        results.append(evaluate_batches(eval_fn, state["params"], batches, byte_lengths,
+                                                        to_device=lambda b: _to_global(b, in_sharding)))
+                        writer.write(step, split, results[-1]) if sources else None
+                    last_eval = mixture.weighted_metrics(results, [s.weight for s in sources]) if sources \
+                        else results[0]
                     writer.write(step, "validation", last_eval)
                     bar.write(f"step {step}: validation loss {last_eval['token_loss']:.4f} "
                               f"ppl {last_eval['perplexity']:.2f} bpb {last_eval.get('bits_per_byte', 0):.4f}") \
