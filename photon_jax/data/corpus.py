@@ -12,7 +12,8 @@ A corpus is named by one string (DataConfig.corpus), a comma-separated list of e
   the formats above), recursively, sorted by relative path; a Hugging Face
   ``datasets`` dir (``save_to_disk``: ``dataset_info.json`` or ``dataset_dict.json``)
   is read as a dataset, every split in order;
-- a glob (``*``, ``?``, ``[``; ``**`` recursive): every matching file or directory, sorted.
+- a glob (``*``, ``?``, ``[``; ``**`` recursive): every matching directory, and every matching file of
+  a format a directory scan reads, sorted.
 
 Reading the documents of a file is photon_jax.data.formats; cutting files into work
 units is photon_jax.data.units. The identity used to decide whether prepared data
@@ -159,8 +160,8 @@ def _entry_inputs(entry: str) -> list[InputFile]:
             rel = os.path.relpath(path, base) if base != Path(".") else match
             if path.is_dir():
                 out.extend(_dir_inputs(path, prefix=rel.rstrip("/") + "/"))
-            elif path.is_file():
-                out.append(_stat(path, Path(rel).as_posix(), file_format(path, in_dir=False)))
+            elif path.is_file() and file_format(path, in_dir=True):  # a glob selects like a directory scan
+                out.append(_stat(path, Path(rel).as_posix(), file_format(path, in_dir=True)))
         if not out:
             raise UserError(f"corpus pattern {entry} matches no readable files")
         return out

@@ -13,7 +13,7 @@ pyarrow / datasets (also in the [data] extra).
 from __future__ import annotations
 
 import gzip
-import io
+import importlib.util
 import json
 import zlib
 from typing import Iterator
@@ -64,22 +64,50 @@ def _line_number(path: str, start: int, local: int) -> int:
     return count + local
 
 
-def _open_stream(f: InputFile):
-    """A binary line-iterable stream of the decompressed file."""
+def _zstd_lines(raw) -> Iterator[bytes]:
+    """Lines of a zstd file of one or more frames; a truncated last frame is an error (the library's
+    stream reader would end quietly)."""
+    import zstandard
+
+    context = zstandard.ZstdDecompressor()
+    frame, open_frame = context.decompressobj(), False
+    rest: list[bytes] = []
+    while block := raw.read(1 << 20):
+        while block:
+            data = frame.decompress(block)
+            open_frame = not frame.eof
+            block = b""
+            if frame.eof:  # the next frame starts in what this one did not use
+                block, frame = frame.unused_data, context.decompressobj()
+            if not data:
+                continue
+            lines = data.split(b"\n")
+            if len(lines) == 1:
+                rest.append(lines[0])
+                continue
+            yield b"".join(rest) + lines[0] + b"\n"
+            for line in lines[1:-1]:
+                yield line + b"\n"
+            rest = [lines[-1]]
+    if open_frame:
+        raise zstandard.ZstdError("the file ends inside a frame (truncated)")
+    if any(rest):
+        yield b"".join(rest)
+
+
+def _open_lines(f: InputFile):
+    """(iterator over the decompressed file's lines, the raw file to close)."""
     try:
         raw = open(f.path, "rb")
     except OSError as e:
         raise UserError(f"cannot read {f.path}: {e.strerror or e}") from None
     if f.fmt == JSONL_GZ:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+        return iter(gzip.GzipFile(fileobj=raw, mode="rb")), raw
     if f.fmt == JSONL_ZST:
-        try:
-            import zstandard
-        except ImportError:
+        if importlib.util.find_spec("zstandard") is None:
             raw.close()
             raise UserError(f"reading {f.path} needs the zstandard package ({_EXTRA})") from None
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20), raw
+        return _zstd_lines(raw), raw
     return raw, raw
 
 
@@ -92,18 +120,18 @@ def _stream_error(f: InputFile, error: Exception) -> UserError:
 
 def _jsonl_documents(piece: Piece, text_field: str) -> Iterator[Document]:
     f = piece.file
-    stream, raw = _open_stream(f)
     errors = (OSError, EOFError, zlib.error)
     if f.fmt == JSONL_ZST:
         import zstandard
 
         errors = errors + (zstandard.ZstdError,)
+    lines, raw = _open_lines(f)
     stop = f.size if piece.stop < 0 else piece.stop
-    with raw, stream:
+    with raw:
         if piece.start:
-            stream.seek(piece.start)
+            raw.seek(piece.start)  # an uncompressed JSONL piece: lines is the raw file itself
         position, local = piece.start, 0
-        lines = iter(stream)
+        lines = iter(lines)
         while f.fmt != JSONL or position < stop:
             try:
                 line = next(lines)

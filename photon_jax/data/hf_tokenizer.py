@@ -33,9 +33,11 @@ class HFTokenizer(Tokenizer):
     kind = "hf"
     file_name = FILE_NAME
 
-    def encode(self, texts: str | list[str]) -> list[int] | list[list[int]]:
+    def encode(self, texts: str | list[str], threads: int | None = None) -> list[int] | list[list[int]]:
         if isinstance(texts, str):
             return self.processor.encode(texts, add_special_tokens=False).ids
+        if threads == 1:  # one at a time: encode_batch would use the library's thread pool
+            return [self.processor.encode(t, add_special_tokens=False).ids for t in texts]
         # encode_batch_fast: the library's threads, and no offsets to compute
         return [e.ids for e in self.processor.encode_batch_fast(list(texts), add_special_tokens=False)]
 

@@ -209,12 +209,6 @@ def _check_error(partial: Path) -> None:
     raise UserError(f"another process's prepare failed: {message}")
 
 
-def _atomic_copy(source: str | Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
 def _sample_texts(units: list[Unit], budget_chars: int, text_field: str) -> Iterator[str]:
     """At most budget_chars characters of text, spread evenly over the units (each unit's first documents)."""
     per_unit = max(1, budget_chars // max(1, len(units)))
@@ -234,7 +228,7 @@ def _tokenizer(partial: Path, data_cfg: DataConfig, vocab_size: int, units: list
         given = load_tokenizer(data_cfg.tokenizer)
         target = partial / given.file_name
         if is_first and not target.is_file():
-            _atomic_copy(given.path, target)
+            given.save(partial)  # with what loading it back needs (tokenizer.json: its special tokens)
     else:
         target = partial / TRAINED_TOKENIZER_FILE
         if is_first and not target.is_file():
@@ -265,19 +259,20 @@ def _run_units(units: list[Unit], units_root: Path, tokenizer_path: str, dtype: 
             say(f"work units {done}/{len(pending)}")
         return
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: the caller may hold JAX / threads that a forked child must not inherit
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(tokenize_unit, u, str(units_root), tokenizer_path, dtype, text_field)
                    for u in pending]
-        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in finished if f.exception() is not None]
-        if failed:
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()
+                say(f"work units {done}/{len(pending)} on {workers} workers")
+        except BaseException:
             for f in futures:
                 f.cancel()
-            raise failed[0].exception()
-        say(f"work units {len(pending)}/{len(pending)} on {workers} workers")
+            raise
 
 
 def _wait_for_units(partial: Path, units_root: Path, units: list[Unit], say) -> None:

@@ -42,8 +42,8 @@ class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
     file_name = "tokenizer.model"
 
-    def encode(self, texts: str | list[str]) -> list[int] | list[list[int]]:
-        return self.processor.encode(texts)
+    def encode(self, texts: str | list[str], threads: int | None = None) -> list[int] | list[list[int]]:
+        return self.processor.encode(texts, num_threads=-1 if threads is None else threads)
 
     def decode(self, ids) -> str:
         return self.processor.decode([int(i) for i in ids])

@@ -39,7 +39,9 @@ class Tokenizer:
     kind: ClassVar[str] = ""  # "sentencepiece" | "hf"
     file_name: ClassVar[str] = ""  # the name a prepared data dir or an export stores the file under
 
-    def encode(self, texts: str | list[str]) -> list[int] | list[list[int]]:
+    def encode(self, texts: str | list[str], threads: int | None = None) -> list[int] | list[list[int]]:
+        """threads: encoding threads for a list (None: the library's default, all cores); prepare's worker
+        processes use 1 each, so that --workers N uses N cores."""
         raise NotImplementedError
 
     def decode(self, ids) -> str:

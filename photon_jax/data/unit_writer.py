@@ -92,7 +92,7 @@ def write_documents(docs: Iterable[Document], out: Path, tokenizer_path: str, dt
         writer = ArrayRecordWriter(str(tmp / SHARD_FILE), "group_size:1")
         with open(tmp / "names.txt", "w", encoding="utf-8") as names:
             for batch in _batches(docs):
-                encoded = tok.encode([d.text for d in batch])
+                encoded = tok.encode([d.text for d in batch], threads=threads)
                 for doc, ids in zip(batch, encoded):
                     ids = np.asarray(ids, np.int64)
                     data_bytes = doc.text.encode("utf-8")

@@ -1,0 +1,145 @@
+"""Parallel, resumable, bounded-memory prepare on generated corpora of real text (the bundled plays, cut and
+shuffled into documents): 2 workers = 1 worker byte for byte, a kill -9 mid-way resumes without redoing
+finished units, two processes of a multi-host prepare = one process, and peak memory does not grow with
+the corpus."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from photon_jax.config import DataConfig
+from photon_jax.data.corpus import shakespeare_files
+from photon_jax.data.prepare import prepare
+from photon_jax.data.tokenizer import train_tokenizer
+
+UNIT_MB = 0.5
+
+
+def write_corpus(path: Path, mb: float, seed: int = 0) -> Path:
+    """JSONL documents of 20-400 consecutive lines of the plays, from random places, up to `mb` MiB."""
+    lines = [line for p in shakespeare_files() for line in p.read_text().splitlines() if line.strip()]
+    rng = np.random.default_rng(seed)
+    target, written = int(mb * (1 << 20)), 0
+    with open(path, "w") as handle:
+        while written < target:
+            start = int(rng.integers(0, len(lines) - 400))
+            record = json.dumps({"text": "\n".join(lines[start:start + int(rng.integers(20, 400))]) + "\n"}) + "\n"
+            handle.write(record)
+            written += len(record)
+    return path
+
+
+def tree(data_dir: Path) -> dict[str, bytes]:
+    """Every file of a prepared dir except the manifest (whose timing facts differ), by relative path."""
+    return {p.relative_to(data_dir).as_posix(): p.read_bytes() for p in sorted(data_dir.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def same_data(a: Path, b: Path) -> None:
+    assert tree(a) == tree(b)
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    for m in (ma, mb):
+        m.pop("prepared_with")
+    assert ma == mb
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel")
+    corpus = write_corpus(root / "corpus.jsonl", 12)
+    sample = [json.loads(line)["text"] for _, line in zip(range(200), open(corpus))]
+    tok = train_tokenizer(sample, root / "tok.model", 1024)
+    cfg = DataConfig(corpus=str(corpus), tokenizer=tok.path, validation_fraction=0.01)
+    reference = root / "reference"
+    manifest = prepare(cfg, reference, 0, workers=1, unit_bytes=int(UNIT_MB * (1 << 20)))
+    assert manifest["units"] >= 20
+    return root, cfg, reference
+
+
+def _cli(cfg: DataConfig, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "photon_jax.cli.main", "prepare", "--corpus", cfg.corpus, "--tokenizer",
+            cfg.tokenizer, "--vocab-size", "0", "--validation-fraction", str(cfg.validation_fraction),
+            "--unit-mb", str(UNIT_MB), "--out", str(out), *extra]
+
+
+def test_two_workers_equal_one(setup, tmp_path):
+    root, cfg, reference = setup
+    manifest = prepare(cfg, tmp_path / "two", 0, workers=2, unit_bytes=int(UNIT_MB * (1 << 20)))
+    assert manifest["prepared_with"]["workers"] == 2
+    same_data(tmp_path / "two", reference)
+
+
+def test_kill_during_prepare_then_resume(setup, tmp_path):
+    root, cfg, reference = setup
+    out = tmp_path / "data"
+    child = subprocess.Popen(_cli(cfg, out, "--workers", "2"), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    units = []
+    deadline = time.time() + 300
+    while len(units) < 3 and time.time() < deadline and child.poll() is None:
+        units = sorted(p.parent for p in tmp_path.glob(".data.partial-*/units/*/meta.json"))
+        time.sleep(0.02)
+    os.killpg(child.pid, signal.SIGKILL)  # the CLI and its worker processes
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    assert not out.exists() and len(units) >= 3
+    finished = {p: p.stat().st_mtime_ns for unit in units for p in unit.iterdir()}
+    total = json.loads((reference / "manifest.json").read_text())["units"]
+    assert len(units) < total, "the prepare finished before it could be killed"
+
+    manifest = prepare(cfg, out, 0, workers=2, unit_bytes=int(UNIT_MB * (1 << 20)))
+    assert not manifest["reused"]
+    for path, stamp in finished.items():  # finished units were kept, not redone
+        moved = out / path.relative_to(path.parents[2])
+        assert moved.stat().st_mtime_ns == stamp, moved
+    same_data(out, reference)
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # the partial dir became the data dir
+
+
+def test_two_processes_equal_one(setup, tmp_path):
+    """A multi-host prepare: process p takes every 2nd unit into a shared dir, process 0 merges."""
+    root, cfg, reference = setup
+    out = tmp_path / "data"
+    children = [subprocess.Popen(_cli(cfg, out, "--workers", "1", "--process-index", str(i), "--process-count", "2"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 0)]
+    results = [c.communicate(timeout=600) for c in children]
+    assert [c.returncode for c in children] == [0, 0], results
+    assert "process 0 merges" in results[0][0] and "prepared" in results[1][0]
+    same_data(out, reference)
+
+
+_MEASURE = """
+import json, resource, sys
+from photon_jax.config import DataConfig
+from photon_jax.data.prepare import prepare
+if __name__ == "__main__":
+    corpus, tokenizer, out = sys.argv[1:4]
+    prepare(DataConfig(corpus=corpus, tokenizer=tokenizer), out, 0, workers=2)
+    print(json.dumps({"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_corpus(setup, tmp_path):
+    """Peak RSS (KiB, from getrusage in a fresh process) of preparing 200 MiB and 100 MiB with the default
+    work unit size: the worker processes' peak and the main process's peak stay flat and far under 1 GiB."""
+    root, cfg, reference = setup
+    peaks = {}
+    for mb in (100, 200):
+        corpus = write_corpus(tmp_path / f"c{mb}.jsonl", mb, seed=mb)
+        run = subprocess.run([sys.executable, "-c", _MEASURE, str(corpus), cfg.tokenizer, str(tmp_path / f"d{mb}")],
+                             capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-2000:]
+        peaks[mb] = json.loads(run.stdout.strip().splitlines()[-1])
+        corpus.unlink()
+    for who in ("self", "workers"):
+        small, large = peaks[100][who], peaks[200][who]
+        assert large < 1.15 * small + 32 * 1024, (who, peaks)  # doubling the corpus: +15% + 32 MiB at most
+        assert large < 1024 * 1024, (who, peaks)
