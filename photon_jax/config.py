@@ -113,6 +113,7 @@ class DataConfig:
     text_field: str = "text"  # the text of a JSONL object / parquet or datasets row; other fields are ignored
     tokenizer_sample_mb: int = 100  # text a trained tokenizer sees at most (spread over the work units)
     prepare_workers: int = 0  # processes tokenizing work units in parallel; 0 = one per CPU core
+    prepare_unit_mb: float = 64.0  # input per work unit: the grain of parallel and resumed preparation
     vocab_size: int = 0  # tokenizer size when trained in-process; 0 = model.vocab_size
     seq_len: int = 128
     validation_fraction: float = 0.05
@@ -200,6 +201,7 @@ class Config:
         _require(bool(d.text_field), "data.text_field must not be empty")
         _require(d.tokenizer_sample_mb > 0, f"data.tokenizer_sample_mb must be > 0, got {d.tokenizer_sample_mb}")
         _require(d.prepare_workers >= 0, f"data.prepare_workers must be >= 0, got {d.prepare_workers}")
+        _require(d.prepare_unit_mb > 0, f"data.prepare_unit_mb must be > 0, got {d.prepare_unit_mb}")
         for key in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches",
                     "checkpoint_every", "keep_checkpoints"):
             _require(getattr(t, key) > 0, f"train.{key} must be > 0, got {getattr(t, key)}")

@@ -63,14 +63,30 @@ def runs(small_data, tmp_path_factory):
         "train.warmup_steps=1", "train.learning_rate=1e-2", f"train.eval_batches={EVAL_BATCHES}",
         "mesh.data=8", "mesh.fsdp=1", "mesh.tensor=1"]
     dirs = {1: root / "one_process", 2: root / "two_processes"}
+    # the 2-process run prepares its own copy of the data: each process tokenizes every 2nd work unit
+    own_data = [f"data.data_dir={root / 'two_processes_data'}", f"data.corpus={small_data.parent / 'plays'}",
+                "data.prepare_unit_mb=0.1", "data.prepare_workers=1"]
     start = time.perf_counter()
-    procs = {n: _launch(n, 8 // n, "photon-jax", "train", "--quiet", "--workdir", str(dirs[n]), *overrides)
-             for n in (1, 2)}
+    procs = {n: _launch(n, 8 // n, "photon-jax", "train", "--quiet", "--workdir", str(dirs[n]), *overrides,
+                        *(own_data if n == 2 else [])) for n in (1, 2)}
     outputs = {n: p.communicate(timeout=480)[0] for n, p in procs.items()}
     for n, p in procs.items():
         assert p.returncode == 0, f"{n}-process run failed:\n{outputs[n][-3000:]}"
     print(f"1x8 and 2x4 training runs: {time.perf_counter() - start:.1f} s")
     return dirs
+
+
+def test_two_processes_prepare_the_same_data(runs, small_data):
+    from photon_jax.data.packing import SplitSource
+
+    prepared = runs[2].parent / "two_processes_data"
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (small_data, prepared)]
+    assert manifests[1]["units"] == 3 and manifests[1]["prepared_with"]["processes"] == 2
+    for key in ("fingerprint", "tokenizer", "splits", "documents"):
+        assert manifests[1][key] == manifests[0][key], key
+    for split in ("train", "validation"):
+        a, b = SplitSource(small_data, split), SplitSource(prepared, split)
+        assert [a.doc(i).tobytes() for i in range(len(a))] == [b.doc(i).tobytes() for i in range(len(b))]
 
 
 def test_two_processes_match_one_process(runs):

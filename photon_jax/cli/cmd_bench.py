@@ -21,7 +21,7 @@ ACCEL_BUDGET_FRACTION = 0.5
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="efficiency benchmarks: tpm, context, train")
+    p = subparsers.add_parser("bench", help="efficiency benchmarks: tpm, context, train, prepare")
     sub = p.add_subparsers(dest="bench_command", metavar="BENCH", parser_class=type(p))
     sub.required = True
 
@@ -63,6 +63,20 @@ def register(subparsers) -> None:
     _json_args(r)
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every model")
     r.set_defaults(run=_profiled(run_train_command))
+
+
+    d = sub.add_parser("prepare", help="prepare's tokenization throughput, speed-up and peak memory per worker count")
+    d.add_argument("--size", default="1GB", help="size of the generated corpus, e.g. 200MB, 1GB (default 1GB)")
+    d.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    d.add_argument("--corpus", default=None, help="prepare this corpus instead of a generated one")
+    d.add_argument("--tokenizer", default=None, help="a .model / tokenizer.json (default: train one on a sample)")
+    d.add_argument("--vocab-size", type=int, default=8192, help="size of the trained tokenizer (default 8192)")
+    d.add_argument("--unit-mb", type=float, default=64, help="input MB per work unit (default 64)")
+    d.add_argument("--workdir", default=None, help="keep the generated corpus and tokenizer here (default: a temp dir)")
+    add_json_flag(d, "the whole result")
+    d.add_argument("--json-file", default=None, metavar="FILE", help="also write the result as JSON to FILE")
+    d.add_argument("--plot", default=None, metavar="FILE.png")
+    d.set_defaults(run=run_prepare_command)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -185,6 +199,33 @@ def run_train_command(args) -> int:
     _log(f"peak {s['peak_flops_per_device']:.3e} FLOP/s per device ({s['peak_source']}); "
          f"x = vs {data['reference'] or 'no vanilla model'}")
     _write(args, data, None)
+    return 0
+
+
+def run_prepare_command(args) -> int:
+    from photon_jax.bench import prepare_bench, report
+    from photon_jax.bench.models import parse_ints
+
+    size = prepare_bench.parse_size(args.size)
+    workers = parse_ints(args.workers, "--workers")
+    _positive(args.vocab_size, "--vocab-size")
+    if not args.unit_mb > 0:
+        raise UserError(f"--unit-mb must be > 0, got {args.unit_mb}")
+    report.check_writable(args.json_file, "--json-file")
+    report.check_writable(args.plot, "--plot")
+    if args.corpus:
+        from photon_jax.data.corpus import corpus_inputs
+
+        corpus_inputs(args.corpus)  # a bad --corpus is refused before anything runs
+    if args.tokenizer:
+        from photon_jax.data.tokenizer import load_tokenizer
+
+        load_tokenizer(args.tokenizer)
+    data = prepare_bench.run_prepare_bench(size, workers, corpus=args.corpus, tokenizer=args.tokenizer,
+                                           vocab_size=args.vocab_size, unit_bytes=int(args.unit_mb * (1 << 20)),
+                                           workdir=args.workdir, log=_log)
+    print_json(data) if args.json else print(prepare_bench.prepare_table(data))
+    _write(args, data, prepare_bench.prepare_plot)
     return 0
 
 

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="processes tokenizing work units in parallel (default: data.prepare_workers; 0 = one per core)")
     p.add_argument("--unit-mb", type=float, default=None,
-                   help=f"input MB per work unit, the grain of parallelism and of resuming (default {DEFAULT_UNIT_MB})")
+                   help="input MB per work unit, the grain of parallelism and of resuming (default: "
+                        "data.prepare_unit_mb, 64)")
     p.add_argument("--process-index", type=int, default=0,
                    help="this process in a multi-host prepare into a shared --out (each takes every N-th unit; "
                         "process 0 merges)")
@@ -42,7 +43,6 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-DEFAULT_UNIT_MB = 64
 _QUIET_SECONDS, _EVERY_SECONDS = 3.0, 10.0
 
 
@@ -79,7 +79,7 @@ def run(args) -> int:
         raise UserError(f"--vocab-size must be > 0, got {vocab}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
-    unit_mb = DEFAULT_UNIT_MB if args.unit_mb is None else args.unit_mb
+    unit_mb = data.prepare_unit_mb if args.unit_mb is None else args.unit_mb
     if not unit_mb > 0:
         raise UserError(f"--unit-mb must be > 0, got {args.unit_mb}")
     if args.process_count < 1 or not 0 <= args.process_index < args.process_count:

@@ -47,7 +47,7 @@ from photon_jax.data.corpus import Document, InputFile, corpus_fingerprint, corp
 from photon_jax.data.merge import SPLITS, merge_units, split_documents
 from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
 from photon_jax.data.unit_writer import is_done, tokenize_unit, unit_documents, write_documents
-from photon_jax.data.units import DEFAULT_UNIT_BYTES, Unit, plan_digest, plan_units
+from photon_jax.data.units import Unit, plan_digest, plan_units
 from photon_jax.errors import UserError
 
 __all__ = ["prepare", "load_manifest", "split_documents", "MANIFEST_FILE", "SPLITS", "FORMAT_VERSION"]
@@ -119,13 +119,13 @@ def default_workers() -> int:
 
 
 def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overwrite: bool = False,
-            workers: int | None = None, unit_bytes: int = DEFAULT_UNIT_BYTES, process_index: int = 0,
+            workers: int | None = None, unit_bytes: int | None = None, process_index: int = 0,
             process_count: int = 1, say: Callable[[str], None] | None = None) -> dict:
     """Prepare `data_cfg.corpus` into `out_dir`; returns the manifest plus "reused" and "seconds".
 
     vocab_size: size of the tokenizer to train (data_cfg.tokenizer == ""), or the size a given
     tokenizer must have (0 = accept any). workers: tokenizing processes (None: data_cfg.prepare_workers,
-    0 = one per core). A process other than 0 returns {"merged": False, "units": ...} once its units
+    0 = one per core). unit_bytes: input per work unit (None: data_cfg.prepare_unit_mb). A process other than 0 returns {"merged": False, "units": ...} once its units
     are done; the caller waits for process 0 (e.g. at a barrier) before reading the data.
     """
     start = time.time()
@@ -150,6 +150,8 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
     except OSError as e:  # e.g. a parent of --out is a file
         raise UserError(f"cannot create {out.parent}: {e.strerror or e}") from None
 
+    if unit_bytes is None:
+        unit_bytes = max(1, int(data_cfg.prepare_unit_mb * (1 << 20)))
     units = plan_units(files, unit_bytes)
     key = hashlib.sha256((fingerprint + plan_digest(units, unit_bytes)).encode()).hexdigest()[:16]
     partial = out.parent / f".{out.name}.partial-{key}"

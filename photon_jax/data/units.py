@@ -20,9 +20,6 @@ from typing import Iterable
 from photon_jax.data.corpus import HF_DATASET, JSONL, PARQUET, InputFile
 from photon_jax.errors import UserError
 
-DEFAULT_UNIT_BYTES = 64 << 20
-
-
 @dataclasses.dataclass(frozen=True)
 class Piece:
     file: InputFile
@@ -115,7 +112,7 @@ def _pieces(f: InputFile, unit_bytes: int) -> list[Piece]:
     return [Piece(f, size=f.size)]
 
 
-def plan_units(inputs: Iterable[InputFile], unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:
+def plan_units(inputs: Iterable[InputFile], unit_bytes: int) -> list[Unit]:
     if unit_bytes <= 0:
         raise UserError(f"work unit size must be > 0 bytes, got {unit_bytes}")
     units: list[Unit] = []

@@ -41,15 +41,21 @@ def ensure_mixture_data(cfg: Config) -> tuple[dict, Path]:
     return first.manifest, first.data_dir
 
 
-def ensure_data(cfg: Config, workdir: Path, say=print) -> tuple[dict, Path]:
-    """The prepared data for this run (prepared now if missing); its tokenizer must match the model."""
+def ensure_data(cfg: Config, workdir: Path, say=print, process_index: int = 0,
+                process_count: int = 1) -> tuple[dict, Path] | None:
+    """The prepared data for this run (prepared now if missing); its tokenizer must match the model.
+
+    With several processes every one calls this: each tokenizes its share of the work units and process 0
+    merges; the others get None and must wait for process 0 (a barrier), then call again to load."""
     if cfg.data.mixture:
         return ensure_mixture_data(cfg)
     data_dir = data_dir_for(cfg, workdir)
     if not (data_dir / "manifest.json").exists():
         vocab = cfg.data.vocab_size or cfg.model.vocab_size
         say(f"preparing {cfg.data.corpus} into {data_dir} (tokenizer vocab {vocab}) ...")
-        manifest = prepare(cfg.data, data_dir, vocab)
+        manifest = prepare(cfg.data, data_dir, vocab, process_index=process_index, process_count=process_count)
+        if not manifest.get("merged", True):
+            return None
         train = manifest["splits"]["train"]
         val = manifest["splits"]["validation"]
         say(f"prepared {manifest['documents']} documents: {train['tokens']:,} train / {val['tokens']:,} "

@@ -24,7 +24,7 @@ from photon_jax.sweep.plot import sweep_figure
 from photon_jax.train.loop import train
 
 # DataConfig fields that do not change what `prepare` writes (and so may differ between runs sharing data).
-NOT_PREPARE_KEYS = ("data_dir", "seq_len", "worker_count", "prepare_workers")
+NOT_PREPARE_KEYS = ("data_dir", "seq_len", "worker_count", "prepare_workers", "prepare_unit_mb")
 
 
 def shared_data_dir(spec: RunSpec, workdir: Path) -> RunSpec:

@@ -169,13 +169,13 @@ def describe_dry_run(report: dict) -> str:
 
 
 def _ensure_data_once(cfg: Config, workdir: Path, say):
-    """Process 0 prepares the data (if needed) while the others wait, then every process loads it."""
+    """Every process tokenizes its share of the work units (if the data is missing) and process 0 merges;
+    after a barrier every process loads the data."""
     if jax.process_count() == 1:
         return ensure_data(cfg, workdir, say)
     from jax.experimental import multihost_utils
 
-    if jax.process_index() == 0:
-        ensure_data(cfg, workdir, say)
+    ensure_data(cfg, workdir, say, jax.process_index(), jax.process_count())
     multihost_utils.sync_global_devices("photon_jax.train:data_ready")
     return ensure_data(cfg, workdir, say)
 
