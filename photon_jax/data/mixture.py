@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import grain
-import numpy as np
 
 from photon_jax.config import parse_mixture
 from photon_jax.data.packing import ENDLESS_WINDOWS, SplitSource, WindowStream
@@ -153,7 +152,10 @@ class MixtureIterator(StreamIterator):
 
     def _check_identity(self, state: dict[str, Any]) -> None:
         saved, now = state.get("sources"), self._identity()["sources"]
-        describe = lambda sources, key: ", ".join(f"{s.get('name')}:{s.get(key)}" for s in sources)  # noqa: E731
+
+        def describe(sources: list[dict], key: str) -> str:
+            return ", ".join(f"{s.get('name')}:{s.get(key)}" for s in sources)
+
         if not isinstance(saved, list) or not all(isinstance(s, dict) for s in saved):
             raise UserError("saved data iterator state has no valid data.mixture sources")
         if [s.get("fingerprint") for s in saved] != [s["fingerprint"] for s in now]:
@@ -204,5 +206,5 @@ def weighted_metrics(results: list[dict], weights: list[Fraction]) -> dict:
         else:
             out[key] = float(sum(s * v for s, v in zip(shares, values)))
     if "token_loss" in out:
-        out["perplexity"] = float(np.exp(min(out["token_loss"], 50.0)))
+        out["perplexity"] = math.exp(min(out["token_loss"], 50.0))
     return out
