@@ -263,3 +263,42 @@ def test_bad_tokenizer_inputs(tmp_path, byte_level, monkeypatch):
     with pytest.raises(UserError) as excinfo:
         load_tokenizer(byte_level)
     _one_line_error(excinfo, "pip install 'photon-jax[data]'")
+
+
+def test_a_tokenizer_json_run_prepares_trains_and_evaluates(byte_level, tmp_path, capsys, fast_compile):
+    """prepare -> train -> eval -> generate with a tokenizer.json; the bits-per-byte denominator equals
+    the evaluated text's UTF-8 bytes (less each window's first token, never a target), counted from the text."""
+    from conftest import tiny_overrides
+
+    from photon_jax.cli.main import main
+    from photon_jax.data.corpus import shakespeare_files
+    from photon_jax.eval.evaluate import evaluate_run
+
+    plays = tmp_path / "plays"
+    plays.mkdir()
+    for path in shakespeare_files()[:2]:
+        shutil.copy(path, plays / path.name)
+    tok = load_tokenizer(byte_level)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(vocab=tok.vocab_size, chunks=(4,), seq_mult=8) + [
+        f"data.corpus={plays}", f"data.tokenizer={byte_level}", "data.prepare_workers=1", "train.steps=3",
+        "train.batch_size=8", "train.log_every=1", "train.eval_every=3", "train.eval_batches=2",
+        "train.checkpoint_every=3", "train.warmup_steps=1"]
+    assert main(["train", "--quiet", "--workdir", str(run), *overrides]) == 0, capsys.readouterr().err
+    manifest = json.loads((run / "data" / "manifest.json").read_text())
+    assert manifest["tokenizer"]["kind"] == "hf" and manifest["tokenizer"]["file"] == "tokenizer.json"
+    assert manifest["tokenizer"]["bytes_exact"] and manifest["vocab_size"] == tok.vocab_size
+    assert (run / "data" / "tokenizer_config.json").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert math.isfinite(summary["validation"]["bits_per_byte"]) and summary["step"] == 3
+
+    text = shakespeare_files()[1].read_text()[20000:22000]  # plain ASCII verse
+    (tmp_path / "probe.txt").write_text(text)
+    got = evaluate_run(run, text=str(tmp_path / "probe.txt"), batch_size=8)["text"]
+    ids = tok.encode(text) + [tok.eos_id]
+    seq_len = json.loads((run / "config.json").read_text())["data"]["seq_len"]
+    first_bytes = sum(len(tok.decode([ids[s]]).encode()) for s in range(0, len(ids), seq_len))
+    assert got["bytes"] == len(text.encode()) - first_bytes
+    assert got["bits_per_byte"] > 0
+    assert main(["generate", "--workdir", str(run), "--prompt", "KING", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip()
