@@ -265,6 +265,10 @@ def test_bench_tpm_bad_input_is_one_line(capsys, argv, words):
     (["train", "--models", "nope"], ["nope"]),
     (["train", "--devices", "0"], ["--devices"]),
     (["nosuch"], ["nosuch"]),
+    (["prepare", "--size", "lots"], ["--size"]),
+    (["prepare", "--workers", "1,0"], ["--workers"]),
+    (["prepare", "--corpus", "/no/such/corpus.jsonl"], ["not found"]),
+    (["prepare", "--unit-mb", "0"], ["--unit-mb"]),
 ])
 def test_other_bench_commands_bad_input_is_one_line(capsys, argv, words):
     code, out, err = cli(capsys, "bench", *argv)
@@ -299,3 +303,27 @@ def test_device_slope_with_a_memory_reporting_backend(monkeypatch):
     slope = runs.device_slope(cfg, params, "recgen", 20, 4, 2, hi["device_bytes_held"])
     assert slope["batches"] == [1, 2]
     assert slope["bytes_per_sample"] == hi["state_total"] / 2
+
+
+def test_prepare_bench(tmp_path, capsys):
+    """The real prepare per worker count on a generated corpus: throughput, speed-up, peak memory, projection."""
+    from photon_jax.bench.prepare_bench import parse_size
+
+    assert (parse_size("1GB"), parse_size("200MB"), parse_size("512MiB")) == (10 ** 9, 2 * 10 ** 8, 512 << 20)
+    code, out, err = cli(capsys, "bench", "prepare", "--size", "2MB", "--workers", "1,2", "--unit-mb", "0.25",
+                         "--vocab-size", "1024", "--json", "--json-file", str(tmp_path / "p.json"),
+                         "--plot", str(tmp_path / "p.png"))
+    assert code == 0, err
+    data = json.loads(out)
+    assert tuple(data) [:len(report.TOP_KEYS)] == report.TOP_KEYS and data["benchmark"] == "prepare"
+    assert json.loads((tmp_path / "p.json").read_text())["results"] == data["results"]
+    assert (tmp_path / "p.png").stat().st_size > 0
+    one, two = data["results"]
+    assert (one["workers"], two["workers"]) == (1, 2) and one["speedup_vs_1"] == pytest.approx(1.0)
+    for r in data["results"]:
+        assert r["input_bytes"] >= 2 * 10 ** 6 and r["units"] >= 8 and r["tokens"] > 0
+        assert r["mb_per_s"] == pytest.approx(r["input_bytes"] / 1e6 / r["seconds"])
+        assert two["tokens"] == one["tokens"] and two["documents"] == one["documents"]
+        assert 0 < r["peak_rss_main_mib"] < 4096
+    assert two["peak_rss_worker_mib"] > 0 and one["peak_rss_worker_mib"] == 0  # 1 worker runs in process
+    assert data["projection"]["hours"] > 0 and "Pile" in data["notes"][0]
