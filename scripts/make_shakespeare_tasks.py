@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from photon_jax.config import DataConfig
-from photon_jax.data.corpus import read_corpus
+from photon_jax.data.formats import read_corpus
 from photon_jax.data.prepare import split_documents
 
 OUT = Path(__file__).resolve().parent.parent / "photon_jax" / "eval" / "local_tasks"

@@ -68,7 +68,10 @@ def p(tmp_path_factory, fast_compile):
     shutil.copytree(root / "data", root / "corrupt_data")
     (root / "corrupt_data" / "manifest.json").write_text("{not json")
     shutil.copytree(root / "data", root / "missing_shard")
-    for path in (root / "missing_shard" / "train").iterdir():
+    for path in (root / "missing_shard" / "units").glob("*/tokens.array_record"):
+        path.unlink()
+    shutil.copytree(root / "data", root / "missing_index")
+    for path in (root / "missing_index" / "train").iterdir():
         path.unlink()
 
     run = root / "run"
@@ -95,7 +98,7 @@ def p(tmp_path_factory, fast_compile):
             (step_dir / "config" / "metadata").write_text('{"model": 5}')
     return SimpleNamespace(root=root, run=run, data=root / "data", other=root / "other", **{
         k.replace(".", "_"): root / k for k in [*files, "binary.txt", "emptydir", "corrupt_data", "missing_shard",
-                                                *variants]})
+                                                "missing_index", *variants]})
 
 
 def generate(p, *extra):
@@ -160,7 +163,7 @@ CASES = [
     case("corpus-missing", lambda p: ["prepare", "--corpus", p.root / "nope.txt", "--out", p.root / "o3"],
          "not found"),
     case("corpus-dir-without-txt", lambda p: ["prepare", "--corpus", p.emptydir, "--out", p.root / "o4"],
-         "has no .txt files"),
+         "has no .txt, .jsonl, .jsonl.gz, .jsonl.zst or .parquet files"),
     case("corpus-empty", lambda p: ["prepare", "--corpus", p.empty_txt, "--out", p.root / "o5"], "has no text"),
     case("corpus-binary", lambda p: ["prepare", "--corpus", p.binary_txt, "--out", p.root / "o6"],
          "is not valid UTF-8"),
@@ -169,14 +172,17 @@ CASES = [
     case("jsonl-no-text", lambda p: ["prepare", "--corpus", p.nokey_jsonl, "--out", p.root / "o8"],
          'has no "text" string field'),
     case("jsonl-not-object", lambda p: ["prepare", "--corpus", p.notobj_jsonl, "--out", p.root / "o9"],
-         'has no "text" string field'),
+         'is not a JSON object'),
     case("tokenizer-missing", lambda p: ["prepare", "--tokenizer", p.root / "nope.model", "--out", p.root / "o10"],
          "not found"),
     case("tokenizer-garbage", lambda p: ["prepare", "--tokenizer", p.garbage_model, "--out", p.root / "o11"],
          "is not a SentencePiece model"),
     case("manifest-corrupt", lambda p: ["train", "--workdir", p.root / "t2", *small(p.corrupt_data)],
          "manifest.json is unreadable or corrupt"),
-    case("shard-missing", lambda p: ["train", "--workdir", p.root / "t3", *small(p.missing_shard)], "is unreadable"),
+    case("shard-missing", lambda p: ["train", "--workdir", p.root / "t3", *small(p.missing_shard)],
+         "is missing units/00000/tokens.array_record"),
+    case("index-missing", lambda p: ["train", "--workdir", p.root / "t3b", *small(p.missing_index)],
+         "train has an unreadable index"),
     case("eval-data-other-tokenizer", lambda p: ["eval", "--workdir", p.run, "--data", p.other],
          "another tokenizer"),
     case("eval-data-missing", lambda p: ["eval", "--workdir", p.run, "--data", p.root / "nope"],

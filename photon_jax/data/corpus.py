@@ -15,8 +15,8 @@ A corpus is named by one string (DataConfig.corpus), a comma-separated list of e
 - a glob (``*``, ``?``, ``[``; ``**`` recursive): every matching directory, and every matching file of
   a format a directory scan reads, sorted.
 
-Reading the documents of a file is photon_jax.data.formats; cutting files into work
-units is photon_jax.data.units. The identity used to decide whether prepared data
+Reading the documents of a file (and `iter_documents` over a whole corpus) is
+photon_jax.data.formats; cutting files into work units is photon_jax.data.units. The identity used to decide whether prepared data
 is current is (relative name, size, mtime) of every file, so checking it never
 reads the corpus.
 """
@@ -28,7 +28,6 @@ import glob
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator
 
 from photon_jax.errors import UserError
 
@@ -190,22 +189,3 @@ def corpus_fingerprint(inputs: list[InputFile]) -> dict:
     for f in inputs:
         digest.update(f"{f.rel}\0{f.fmt}\0{f.split}\0{f.size}\0{f.stamp}\0".encode())
     return {"files": len(inputs), "bytes": sum(f.size for f in inputs), "stat_sha256": digest.hexdigest()}
-
-
-def iter_documents(corpus: str, text_field: str = "text") -> Iterator[Document]:
-    """Stream the non-empty documents of `corpus` in the deterministic order prepare stores them
-    (before the train/validation split)."""
-    from photon_jax.data.formats import read_piece
-    from photon_jax.data.units import whole_file_pieces
-
-    for piece in whole_file_pieces(corpus_inputs(corpus)):
-        for doc in read_piece(piece, text_field):
-            yield doc
-
-
-def read_corpus(corpus: str, text_field: str = "text") -> list[Document]:
-    """All documents of `corpus`; UserError when there is no text at all."""
-    docs = list(iter_documents(corpus, text_field))
-    if not docs:
-        raise UserError(f"corpus {corpus} has no text (every document is empty or whitespace)")
-    return docs

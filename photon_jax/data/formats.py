@@ -19,11 +19,11 @@ import zlib
 from typing import Iterator
 
 from photon_jax.data.corpus import (HF_DATASET, JSONL, JSONL_GZ, JSONL_ZST, PARQUET, TEXT, Document,
-                                    InputFile)
-from photon_jax.data.units import Piece
+                                    InputFile, corpus_inputs)
+from photon_jax.data.columnar import EXTRA, open_dataset, open_parquet
+from photon_jax.data.units import Piece, whole_file_pieces
 from photon_jax.errors import UserError
 
-_EXTRA = "pip install 'photon-jax[data]'"
 _ROW_BATCH = 1024
 
 
@@ -106,7 +106,7 @@ def _open_lines(f: InputFile):
     if f.fmt == JSONL_ZST:
         if importlib.util.find_spec("zstandard") is None:
             raw.close()
-            raise UserError(f"reading {f.path} needs the zstandard package ({_EXTRA})") from None
+            raise UserError(f"reading {f.path} needs the zstandard package ({EXTRA})") from None
         return _zstd_lines(raw), raw
     return raw, raw
 
@@ -169,17 +169,6 @@ def _jsonl_record(line: bytes, piece: Piece, local: int, text_field: str) -> str
     return value
 
 
-def open_parquet(path: str):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UserError(f"reading {path} needs pyarrow ({_EXTRA})") from None
-    try:
-        return pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a file that is not parquet
-        raise UserError(f"{path} is not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
-
-
 def _text_column(schema_names: list[str], field: str, where: str) -> None:
     if field not in schema_names:
         raise UserError(f'{where} has no "{field}" column (columns: {", ".join(schema_names) or "none"}); '
@@ -214,22 +203,6 @@ def _parquet_documents(piece: Piece, text_field: str) -> Iterator[Document]:
         raise UserError(f"{f.path} is not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
 
 
-def open_dataset(f: InputFile):
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"reading the datasets dir {f.path} needs the datasets package ({_EXTRA})") from None
-    try:
-        loaded = datasets.load_from_disk(f.path)
-    except Exception as e:
-        raise UserError(f"{f.path} is not a readable datasets dir ({str(e).splitlines()[0][:200]})") from None
-    if f.split:
-        if f.split not in loaded:
-            raise UserError(f"datasets dir {f.path} has no split {f.split!r}")
-        loaded = loaded[f.split]
-    return loaded
-
-
 def _dataset_documents(piece: Piece, text_field: str) -> Iterator[Document]:
     f = piece.file
     table = open_dataset(f).data.table  # the memory-mapped pyarrow table
@@ -253,3 +226,19 @@ def read_piece(piece: Piece, text_field: str = "text") -> Iterator[Document]:
     if fmt == HF_DATASET:
         return _dataset_documents(piece, text_field)
     raise AssertionError(f"unknown input format {fmt}")
+
+
+def iter_documents(corpus: str, text_field: str = "text") -> Iterator[Document]:
+    """Stream the non-empty documents of `corpus` in the deterministic order prepare stores them
+    (before the train/validation split)."""
+    for piece in whole_file_pieces(corpus_inputs(corpus)):
+        for doc in read_piece(piece, text_field):
+            yield doc
+
+
+def read_corpus(corpus: str, text_field: str = "text") -> list[Document]:
+    """All documents of `corpus`; UserError when there is no text at all."""
+    docs = list(iter_documents(corpus, text_field))
+    if not docs:
+        raise UserError(f"corpus {corpus} has no text (every document is empty or whitespace)")
+    return docs

@@ -46,7 +46,7 @@ from photon_jax.config import DataConfig
 from photon_jax.data.corpus import Document, InputFile, corpus_fingerprint, corpus_inputs
 from photon_jax.data.merge import SPLITS, merge_units, split_documents
 from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
-from photon_jax.data.unit_writer import is_done, tokenize_unit, unit_documents, write_documents
+from photon_jax.data.unit_writer import is_done, read_meta, tokenize_unit, unit_documents, write_documents
 from photon_jax.data.units import Unit, plan_digest, plan_units
 from photon_jax.errors import UserError
 
@@ -331,8 +331,6 @@ def _cut_single(doc: Document, fraction: float) -> list[Document]:
 
 
 def _merge(partial: Path, units_root: Path, units: list[Unit], tokenizer, data_cfg: DataConfig, dtype: str) -> dict:
-    from photon_jax.data.unit_writer import read_meta
-
     n = sum(read_meta(units_root, u)["documents"] for u in units)
     if n == 0:
         raise UserError(f"corpus {data_cfg.corpus} has no text (every document is empty or whitespace)")

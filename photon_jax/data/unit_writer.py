@@ -29,6 +29,7 @@ import numpy as np
 
 from photon_jax.data.corpus import JSONL, Document
 from photon_jax.data.formats import read_piece
+from photon_jax.data.tokenizer import load_tokenizer
 from photon_jax.data.units import Unit
 
 META_FILE = "meta.json"
@@ -52,8 +53,6 @@ def read_meta(units_root: Path, unit: Unit) -> dict:
 def _tokenizer(path: str):
     """One loaded tokenizer per worker process (the byte-length table is built once, too)."""
     if path not in _TOKENIZERS:
-        from photon_jax.data.tokenizer import load_tokenizer
-
         tok = load_tokenizer(path)
         _TOKENIZERS[path] = (tok, np.asarray(tok.byte_lengths(), np.int64))
     return _TOKENIZERS[path]

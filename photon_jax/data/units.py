@@ -17,6 +17,7 @@ import hashlib
 import json
 from typing import Iterable
 
+from photon_jax.data.columnar import open_dataset, open_parquet
 from photon_jax.data.corpus import HF_DATASET, JSONL, PARQUET, InputFile
 from photon_jax.errors import UserError
 
@@ -77,8 +78,6 @@ def _jsonl_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
 
 
 def _parquet_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
-    from photon_jax.data.formats import open_parquet
-
     meta = open_parquet(f.path).metadata
     pieces, start, first_row, size, row = [], 0, 0, 0, 0
     for g in range(meta.num_row_groups):
@@ -93,8 +92,6 @@ def _parquet_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
 
 
 def _dataset_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
-    from photon_jax.data.formats import open_dataset
-
     table = open_dataset(f).data
     rows, nbytes = table.num_rows, max(1, table.nbytes)
     per_piece = max(1, int(unit_bytes * rows // nbytes))

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from photon_jax.config import Config, MeshConfig, apply_overrides, parse_mixture
+from photon_jax.data.mixture import load_sources
 from photon_jax.data.prepare import load_manifest, prepare
 from photon_jax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from photon_jax.errors import UserError
@@ -34,8 +35,6 @@ def data_dir_for(cfg: Config, workdir: Path) -> Path:
 def ensure_mixture_data(cfg: Config) -> tuple[dict, Path]:
     """data.mixture: every source must be prepared already (a mixture prepares nothing), with one
     tokenizer that fits the model; returns the first source's manifest and dir, as ensure_data does."""
-    from photon_jax.data.mixture import load_sources  # grain is only needed here
-
     first = load_sources(cfg.data.mixture)[0]
     check_vocab(first.manifest, cfg.model.vocab_size, what=f"model.vocab_size={cfg.model.vocab_size}")
     return first.manifest, first.data_dir
