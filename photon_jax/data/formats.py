@@ -48,20 +48,24 @@ def _text_document(piece: Piece) -> Iterator[Document]:
         yield Document(piece.file.rel, text)
 
 
-def _line_number(path: str, start: int, local: int) -> int:
-    """Absolute line number of line `local` (1-based) of a piece starting at byte `start`: only for errors."""
-    if start == 0:
-        return local
+def count_newlines(path: str, start: int, stop: int) -> int:
+    """Newlines in bytes [start, stop) of a file, read in 16 MiB blocks."""
     count = 0
     with open(path, "rb") as handle:
-        remaining = start
+        handle.seek(start)
+        remaining = stop - start
         while remaining > 0:
             block = handle.read(min(remaining, 1 << 24))
             if not block:
                 break
             count += block.count(b"\n")
             remaining -= len(block)
-    return count + local
+    return count
+
+
+def _line_number(path: str, start: int, local: int) -> int:
+    """Absolute line number of line `local` (1-based) of a piece starting at byte `start`: only for errors."""
+    return local + (count_newlines(path, 0, start) if start else 0)
 
 
 def _zstd_lines(raw) -> Iterator[bytes]:

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from photon_jax.data.corpus import JSONL, Document
-from photon_jax.data.formats import read_piece
+from photon_jax.data.formats import count_newlines, read_piece
 from photon_jax.data.tokenizer import load_tokenizer
 from photon_jax.data.units import Unit
 
@@ -134,22 +134,8 @@ def tokenize_unit(unit: Unit, units_root: str, tokenizer_path: str, dtype: str, 
     piece = unit.pieces[-1]  # a part of a cut file is the last (or only) piece of its unit
     if piece.file.fmt == JSONL and (piece.start > 0 or 0 <= piece.stop < piece.file.size):
         # a cut JSONL file: record how many lines this part holds, so the merge can offset later parts
-        cut_file, lines = piece.file.rel, _count_lines(piece)
+        # (cheap next to tokenizing it: the bytes are in the page cache)
+        cut_file, lines = piece.file.rel, count_newlines(piece.file.path, piece.start, piece.stop)
     meta = write_documents(docs, unit_dir(root, unit), tokenizer_path, dtype, cut_file=cut_file,
                            continues=piece.continues, lines=lines, threads=threads)
     return unit.index, meta
-
-
-def _count_lines(piece) -> int:
-    """Lines in a byte range of a JSONL file (cheap next to tokenizing it; the bytes are in the page cache)."""
-    count = 0
-    with open(piece.file.path, "rb") as handle:
-        handle.seek(piece.start)
-        remaining = piece.stop - piece.start
-        while remaining > 0:
-            block = handle.read(min(remaining, 1 << 24))
-            if not block:
-                break
-            count += block.count(b"\n")
-            remaining -= len(block)
-    return count
