@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import prepare_few_plays
+from conftest import prepare_few_plays, tiny_overrides
 
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
@@ -132,3 +132,72 @@ def test_eval_cli_choices_agreement_and_bad_input(trained_run, tmp_path, capsys)
         code = main(["eval", "--workdir", str(trained_run), *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+# ----------------------------------------------------------------------------- NLL by position
+
+
+def test_slots_of_targets_by_hand():
+    from photon_jax.eval.by_position import fold, target_positions, unit_periods
+
+    for chunks, want in (((4, 4), {"level1": 4, "level2": 16}), ((2, 3), {"level1": 2, "level2": 6}),
+                         ((2, 2, 2), {"level1": 2, "level2": 4, "level3": 8})):
+        cfg = load_config(overrides=tiny_overrides(chunks=chunks))
+        assert unit_periods(cfg.model) == want
+    assert unit_periods(load_config(preset="vanilla-tiny").model) == {}
+    # a 12-token window of (2, 3): targets are positions 1..11; NLL = position, one target each
+    positions = target_positions(12)
+    assert positions.tolist() == list(range(1, 12))
+    nll_t, targets_t = positions.astype(float), np.ones(11)
+    level1 = fold(nll_t, targets_t, 2)  # slot 0: positions 2,4,..,10; slot 1: 1,3,..,11
+    assert level1["targets"] == [5, 6] and level1["nll"] == [6.0, 6.0]
+    meta = fold(nll_t, targets_t, 6)  # slot s: positions s and s+6 (slot 0: only 6)
+    assert meta["targets"] == [1, 2, 2, 2, 2, 2] and meta["nll"] == [6.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    for folded in (level1, meta):
+        assert sum(folded["nll_sum"]) / sum(folded["targets"]) == nll_t.sum() / 11
+
+
+def test_by_position_equals_a_manual_grouping_of_per_token_nll(trained_run, tmp_path, capsys):
+    """The profile from the evaluation pass equals per-target NLLs of a plain forward grouped by hand; its
+    token-weighted mean is the held-out NLL."""
+    from photon_jax.eval.by_position import first_slot_excess
+
+    text = tmp_path / "verse.txt"
+    text.write_text("".join(f"Line {i}: to be, or not to be, that is the question.\n" for i in range(12)))
+    got = evaluate_run(trained_run, text=str(text), batch_size=8, by_position={})
+    profile = got["by_position"]
+    assert profile["token_loss"] == pytest.approx(got["text"]["token_loss"], rel=1e-6)
+    assert set(profile["slots"]) == {"level1", "level2"}
+    run = load_run(trained_run)
+    ids = run.tokenizer.encode(text.read_text()) + [run.tokenizer.eos_id]
+    seq_len = run.cfg.data.seq_len
+    forward = jax.jit(build_model(run.cfg.model).apply)
+    by_slot = {4: [[] for _ in range(4)], 16: [[] for _ in range(16)]}
+    for start in range(0, len(ids), seq_len):
+        window = ids[start:start + seq_len]
+        tokens = np.full((1, seq_len), run.tokenizer.pad_id, np.int32)
+        tokens[0, :len(window)] = window
+        logits, _ = forward({"params": run.params}, jnp.asarray(tokens))
+        nll = np.asarray(token_nll(run.cfg.model, logits, jnp.asarray(tokens)))[0]
+        for target in range(1, len(window)):  # the token at window position `target`
+            for period, slots in by_slot.items():
+                slots[target % period].append(nll[target - 1])
+    for name, period in (("level1", 4), ("level2", 16)):
+        folded = profile["slots"][name]
+        assert folded["targets"] == [len(s) for s in by_slot[period]]
+        np.testing.assert_allclose(folded["nll"], [np.mean(s) for s in by_slot[period]], rtol=1e-5)
+        assert sum(folded["nll_sum"]) / sum(folded["targets"]) == pytest.approx(profile["token_loss"], rel=1e-12)
+    assert first_slot_excess(profile["slots"]["level1"]) == pytest.approx(
+        np.mean(by_slot[4][0]) - np.mean(np.concatenate(by_slot[4][1:])), abs=1e-5)
+
+    plot = tmp_path / "pos.png"
+    code = main(["eval", "--workdir", str(trained_run), "--by-position", "--max-batches", "1", "--compare",
+                 str(trained_run), "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert code == 0 and plot.stat().st_size > 0 and "by slot in level1 (period 4)" in out
+    for argv, needle in ((["--by-position", "--slots", "4,x"], "--slots"),
+                         (["--by-position", "--slots", "3"], "does not divide the window length 32"),
+                         (["--plot", str(plot)], "go with --by-position")):
+        assert main(["eval", "--workdir", str(trained_run), "--max-batches", "1", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err

@@ -35,6 +35,14 @@ def register(subparsers) -> None:
     p.add_argument("--recgen-agreement", action="store_true",
                    help="greedy-token agreement and KL of recgen (and exact-local) vs exact hiergen")
     p.add_argument("--agreement-windows", type=int, default=8, help="held-out windows for --recgen-agreement")
+    pos = p.add_argument_group("held-out NLL by position (eval/by_position.py)")
+    pos.add_argument("--by-position", action="store_true",
+                     help="break the held-out NLL down by slot in each level's unit and by window position")
+    pos.add_argument("--slots", default=None, metavar="P1,P2",
+                     help="fold positions by these periods (default: the model's unit sizes C1, C1*C2, ...)")
+    pos.add_argument("--compare", default=None, metavar="RUN,RUN",
+                     help="also profile these runs, folded by the same periods (e.g. a vanilla run)")
+    pos.add_argument("--plot", default=None, metavar="FILE.png", help="draw the profiles, runs overlaid")
     p.add_argument("--mesh", default=None,
                    help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh; same as mesh.* overrides)")
     add_json_flag(p, "the results")
@@ -66,17 +74,22 @@ def run(args) -> int:
         return run_tasks(args)
     if args.include_path or args.limit is not None or args.num_fewshot is not None or args.output or args.mode:
         raise UserError("--include-path, --limit, --num-fewshot, --mode and --output go with --tasks")
+    periods = _check_by_position(args)
     results = evaluate_run(args.workdir, step=args.step, text=args.text, data=args.data, split=args.split,
                            choices=args.choices, max_batches=args.max_batches or None,
                            batch_size=args.batch_size or None, mesh_cfg=parse_mesh(args.mesh),
                            agreement_windows=args.agreement_windows if args.recgen_agreement else 0,
-                           overrides=args.overrides)
+                           overrides=args.overrides, by_position=periods)
+    if periods is not None:
+        _compare_and_plot(args, results)
     if not distributed.is_main_process():
         return 0
     if args.json:
         print_json(results)
         return 0
     for name, value in results.items():
+        if name in ("by_position", "compare"):
+            continue
         if name == "agreement":
             print(f"{name}: " + json.dumps(value))
         elif isinstance(value, dict):
@@ -84,6 +97,52 @@ def run(args) -> int:
         else:
             print(f"{name}: {value}")
     return 0
+
+
+def _check_by_position(args) -> dict[str, int] | None:
+    from photon_jax.bench.report import check_writable
+    from photon_jax.eval.by_position import parse_periods
+
+    if not args.by_position:
+        if args.slots or args.compare or args.plot:
+            raise UserError("--slots, --compare and --plot go with --by-position")
+        return None
+    if args.choices and not (args.text or args.data):
+        raise UserError("--by-position profiles held-out text: drop --choices or add --text / --data")
+    check_writable(args.plot, "--plot")
+    return parse_periods(args.slots) or {}
+
+
+def _compare_and_plot(args, results: dict) -> None:
+    """Profile the --compare runs with the main run's periods; print (or plot) every profile."""
+    from photon_jax.eval.by_position import first_slot_excess, position_plot
+    from photon_jax.eval.evaluate import evaluate_run
+
+    main = results["by_position"]
+    periods = {name: folded["period"] for name, folded in main["slots"].items()}
+    profiles = {main["model"]: main}
+    for other in [w for w in (args.compare or "").split(",") if w.strip()]:
+        got = evaluate_run(other.strip(), text=args.text, data=args.data, split=args.split,
+                           max_batches=args.max_batches or None, batch_size=args.batch_size or None,
+                           mesh_cfg=parse_mesh(args.mesh), by_position=periods)
+        name = got["by_position"]["model"]
+        profiles[name if name not in profiles else f"{name} ({other.strip()})"] = got["by_position"]
+    results["compare"] = {name: p for name, p in profiles.items() if p is not main}
+    if not distributed.is_main_process():
+        return
+    if args.plot:
+        position_plot(profiles, args.plot)
+    if args.json:
+        return
+    for name, p in profiles.items():
+        print(f"{name}: held-out NLL {p['token_loss']:.4f} over {p['targets']:.0f} targets")
+        for period_name, folded in p["slots"].items():
+            excess = first_slot_excess(folded)
+            cells = " ".join("  -   " if v is None else f"{v:.3f}" for v in folded["nll"])
+            note = f"  (slot 0 - rest: {excess:+.3f} nats)" if excess is not None else ""
+            print(f"  by slot in {period_name} (period {folded['period']}): {cells}{note}")
+    if args.plot:
+        print(f"plot: {args.plot}")
 
 
 def run_tasks(args) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
+from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
 from photon_jax.data import pipeline
@@ -14,6 +15,8 @@ from photon_jax.data.prepare import load_manifest
 from photon_jax.data.tokenizer import check_vocab
 from photon_jax.errors import UserError
 from photon_jax.eval.choices import load_choice_file, score_choices
+from photon_jax.eval.by_position import profile as position_profile
+from photon_jax.eval.by_position import unit_periods
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.eval.tasks import evaluate_tasks
 from photon_jax.generation.agreement import agreement
@@ -52,7 +55,9 @@ def read_text(path: str) -> str:
 
 def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation", choices=None,
                  max_batches=None, batch_size=None, mesh_cfg=None, agreement_windows: int = 0,
-                 overrides=()) -> dict:
+                 overrides=(), by_position: dict[str, int] | None = None) -> dict:
+    """by_position: slot periods ({} = the model's own unit sizes) for a held-out NLL profile by position
+    (eval/by_position.py), from the same pass as the loss; None = no profile."""
     run = load_run(workdir, step=step, mesh_cfg=mesh_cfg, overrides=overrides)
     cfg, tok = run.cfg, run.tokenizer
     batch_size = batch_size or cfg.train.batch_size
@@ -65,7 +70,10 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
     to_device = lambda b: {k: jax.make_array_from_process_local_data(in_sharding, np.asarray(v))  # noqa: E731
                            for k, v in b.items()}
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-        eval_fn = jax.jit(make_eval_step(cfg))
+        # every output is a sum over the batch: replicated, so any process can read the per-position sums
+        eval_fn = jax.jit(make_eval_step(cfg), out_shardings=NamedSharding(run.mesh, PartitionSpec()))
+        sums = _PositionSums(eval_fn) if by_position is not None else None
+        eval_fn = sums or eval_fn
         if text is not None:
             ids = tok.encode(read_text(text)) + [tok.eos_id]
             batches = pack_text_batches(ids, seq_len, batch_size, tok.pad_id)
@@ -81,6 +89,10 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
             batches = pipeline.eval_batches(data_dir, split, seq_len, batch_size, max_batches,
                                             jax.process_index(), jax.process_count())
             results[split] = evaluate_batches(eval_fn, run.params, batches, byte_lengths, to_device)
+        if sums is not None and sums.targets_t is not None:
+            periods = by_position or unit_periods(cfg.model)
+            results["by_position"] = {"model": cfg.name, "family": cfg.model.family,
+                                      **position_profile(sums.nll_t, sums.targets_t, periods)}
         if agreement_windows:
             results["agreement"] = held_out_agreement(run, agreement_windows)
         if choices is not None:
@@ -88,6 +100,20 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
             results["choices"] = score_choices(cfg.model, run.params, tok, rows, seq_len, batch_size, run.mesh,
                                                in_sharding)
     return results
+
+
+class _PositionSums:
+    """An eval step that also adds up its per-position NLL sums and target counts (one pass for both)."""
+
+    def __init__(self, eval_fn):
+        self.eval_fn, self.nll_t, self.targets_t = eval_fn, None, None
+
+    def __call__(self, params, batch):
+        out = self.eval_fn(params, batch)
+        nll, count = np.asarray(out["nll_t"], np.float64), np.asarray(out["targets_t"], np.float64)
+        self.nll_t = nll if self.nll_t is None else self.nll_t + nll
+        self.targets_t = count if self.targets_t is None else self.targets_t + count
+        return out
 
 
 def evaluate_run_tasks(workdir, tasks, *, step=None, mesh_cfg=None, overrides=(), batch_size: int = 8,

@@ -28,8 +28,9 @@ def make_eval_step(cfg: Config):
         logits, _ = model.apply({"params": params}, tokens, mask)
         nll = token_nll(cfg.model, logits, tokens)
         weight = mask[:, 1:].astype(jnp.float32)
+        # per target position (summed over the batch): the by-position profile (eval/by_position.py)
         return {"nll_sum": jnp.sum(nll * weight), "targets": jnp.sum(weight),
-                "nll_bt": nll * weight}
+                "nll_t": jnp.sum(nll * weight, axis=0), "targets_t": jnp.sum(weight, axis=0)}
 
     return eval_step
 
