@@ -117,11 +117,17 @@ class DataConfig:
     vocab_size: int = 0  # tokenizer size when trained in-process; 0 = model.vocab_size
     seq_len: int = 128
     validation_fraction: float = 0.05
-    seed: int = 0
+    seed: int = 0  # the train/validation split, and the training window order unless order_seed is set
+    order_seed: int = -1  # the training window order alone (sweeps' seeds); -1 = seed
     worker_count: int = 0
     # "PATH:WEIGHT" per prepared data dir (the last ':' separates): train on their weighted mixture
     # instead of data_dir / corpus (docs/data.md, Mixtures)
     mixture: tuple[str, ...] = ()
+
+
+def window_order_seed(data: "DataConfig") -> int:
+    """The seed of the training window order: data.order_seed, else data.seed."""
+    return data.seed if data.order_seed < 0 else data.order_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +205,7 @@ class Config:
             _require(not d.data_dir, "data.mixture and data.data_dir exclude each other (the mixture names its dirs)")
             parse_mixture(d.mixture)
         _require(bool(d.text_field), "data.text_field must not be empty")
+        _require(d.order_seed >= -1, f"data.order_seed must be >= 0 (or -1 = data.seed), got {d.order_seed}")
         _require(d.tokenizer_sample_mb > 0, f"data.tokenizer_sample_mb must be > 0, got {d.tokenizer_sample_mb}")
         _require(d.prepare_workers >= 0, f"data.prepare_workers must be >= 0, got {d.prepare_workers}")
         _require(d.prepare_unit_mb > 0, f"data.prepare_unit_mb must be > 0, got {d.prepare_unit_mb}")

@@ -106,6 +106,9 @@ def test_committed_grids_resolve():
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "measure": {"eval_batches": -1}}, "eval_batches"),
     ({"runs": [{"name": "a", "preset": "photon-tiny"}, {"name": "b", "preset": "vanilla-small",
                                                          "flop_match": "a"}]}, "same batch x seq_len"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": []}, "non-empty list of integers"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": [0, 0]}, "repeat a seed"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": [1, -2]}, "integers >= 0"),
 ])
 def test_bad_grids_are_one_line_errors(grid, message):
     with pytest.raises(UserError, match=message) as err:
@@ -121,6 +124,37 @@ def test_bad_grid_files_via_cli(tmp_path, capsys):
         assert main(argv + ["--workdir", str(tmp_path / "w")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_seeds_expand_every_run_with_its_own_init_order_and_flop_match():
+    grid = load_grid({"overrides": ["train.steps=300"], "seeds": [0, 2],
+                      "runs": [{"name": "photon", "preset": "photon-tiny"},
+                               {"name": "vanilla", "preset": "vanilla-tiny", "flop_match": "photon"}]})
+    assert [r.name for r in grid.runs] == ["photon-s0", "photon-s2", "vanilla-s0", "vanilla-s2"]
+    assert grid.seeds == (0, 2) and grid.reference == "vanilla"
+    for run in grid.runs:
+        seed = int(run.name[-1])
+        assert (run.seed, run.base, run.cfg.train.seed, run.cfg.data.order_seed) == (seed, run.name[:-3], seed, seed)
+        assert run.cfg.data.seed == 0  # the same train/validation split for every seed
+    vanilla = grid.run("vanilla-s2")
+    assert vanilla.flop_match == "photon-s2" and vanilla.cfg.train.steps == grid.run("vanilla-s0").cfg.train.steps
+
+
+def test_seed_summary_is_mean_and_std_of_per_seed_ratios():
+    from photon_jax.sweep.seeds import aggregate, ratios_by_seed
+
+    rows = [{"run": f"{g}-s{s}", "group": g, "seed": s, "train_flops": 10.0, "val_ppl": ppl}
+            for g, values in (("photon", (12.0, 15.0, 11.0)), ("vanilla", (10.0, 10.0, 12.0)))
+            for s, ppl in enumerate(values)]
+    rows = ratios_by_seed(rows, lambda seed: f"vanilla-s{seed}")
+    summary = {r["group"]: r for r in aggregate(rows)}
+    ratios = [12.0 / 10.0, 15.0 / 10.0, 11.0 / 12.0]  # each seed against the same seed's reference
+    mean = sum(ratios) / 3
+    std = (sum((r - mean) ** 2 for r in ratios) / 2) ** 0.5
+    assert summary["photon"]["ppl_x_mean"] == pytest.approx(mean)
+    assert summary["photon"]["ppl_x_std"] == pytest.approx(std)
+    assert summary["photon"]["val_ppl_mean"] == pytest.approx(38.0 / 3)
+    assert summary["vanilla"]["ppl_x_std"] == 0.0 and summary["vanilla"]["n_seeds"] == 3
 
 
 # ----------------------------------------------------------------------------- running and resuming
@@ -203,3 +237,42 @@ def test_a_finished_run_with_another_config_is_refused(tmp_path, plays, fast_com
                          "measure": {**TINY_MEASURE, "tpm": None}, "runs": _runs("vanilla")})
     with pytest.raises(UserError, match=r"finished with another setting \(config.train.learning_rate"):
         run_sweep(changed, work, plot=False, quiet=True)
+
+
+def test_three_seed_grid_summary_and_resume(tmp_path, plays, monkeypatch, fast_compile):
+    """Three seeds of one run: different inits and orders, mean/std equal to the three results, and an
+    interrupted seeded grid retrains nothing finished."""
+    import statistics
+
+    grid = load_grid({"overrides": tiny_overrides(layers=1, vocab=VOCAB) + TRAIN + [f"data.data_dir={plays}"],
+                      "measure": {**TINY_MEASURE, "tpm": None, "agreement_windows": 0},
+                      "runs": _runs("vanilla"), "seeds": [0, 1, 2]})
+    work = tmp_path / "sweep"
+    real_measure = sweep_measure.measure
+
+    def crash_on_seed_1(spec, run_dir, settings, log=print):
+        if spec.name == "vanilla-s1":
+            raise KeyboardInterrupt
+        return real_measure(spec, run_dir, settings, log=log)
+
+    monkeypatch.setattr(sweep_measure, "measure", crash_on_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, work, plot=False, quiet=True)
+    first = (work / "runs" / "vanilla-s0" / "results.json").stat().st_mtime_ns
+    trained = _lines(work / "runs" / "vanilla-s1" / "metrics.jsonl")
+    monkeypatch.setattr(sweep_measure, "measure", real_measure)
+    result = run_sweep(grid, work, plot=False, quiet=True)
+    assert (work / "runs" / "vanilla-s0" / "results.json").stat().st_mtime_ns == first
+    assert _lines(work / "runs" / "vanilla-s1" / "metrics.jsonl") == trained  # measured, not retrained
+
+    runs = [json.loads((work / "runs" / f"vanilla-s{s}" / "results.json").read_text()) for s in (0, 1, 2)]
+    ppl = [r["validation"]["perplexity"] for r in runs]
+    losses = [r["curve"]["train"][0][1] for r in runs]
+    assert len(set(ppl)) == 3 and len(set(losses)) == 3  # other inits and window orders
+    (summary,) = result["summary"]
+    assert summary["group"] == "vanilla" and summary["n_seeds"] == 3 and summary["seeds"] == [0, 1, 2]
+    assert summary["val_ppl_mean"] == pytest.approx(statistics.fmean(ppl))
+    assert summary["val_ppl_std"] == pytest.approx(statistics.stdev(ppl))
+    assert summary["ppl_x_mean"] == 1.0 and summary["ppl_x_std"] == 0.0
+    assert "vanilla" in (work / "results_summary.csv").read_text()
+    assert "±" in (work / "results.txt").read_text()

@@ -55,12 +55,16 @@ def run(args) -> int:
     only = [n for n in args.only.split(",") if n] if args.only else None
     workdir = args.workdir or str(Path("runs") / "sweeps" / path.stem)
     result = run_sweep(grid, workdir, only=only, quiet=args.quiet, plot=not args.no_plot)
+    from photon_jax.sweep.seeds import summary_text
     from photon_jax.sweep.table import text
 
     if args.json:
         print_json({"reference": result["reference"], "rows": result["rows"], "finished": result["finished"],
-                    "runs": len(result["runs"]), "workdir": str(Path(workdir).resolve())})
+                    "runs": len(result["runs"]), "workdir": str(Path(workdir).resolve()),
+                    **({"summary": result["summary"]} if "summary" in result else {})})
         return 0
+    if "summary" in result:  # a seeded grid: mean ± std per run group first
+        print(summary_text(result["summary"], result["reference"]) + "\n")
     print(text(result["rows"], result["reference"]))
     print(f"{result['finished']} of {len(result['runs'])} runs finished; table in {Path(workdir).resolve()}/results.csv")
     return 0

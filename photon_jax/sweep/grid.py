@@ -6,6 +6,8 @@ Grid file (YAML) or dict:
     overrides: [train.steps=200]          # applied to every run
     measure: {agreement_windows: 8, tpm: {pf: 256/32, de: 32/256, max_batch: 8, repeats: 1}}
     reference: vanilla                    # ratios are taken against this run (default: first vanilla run)
+    seeds: [0, 1, 2]                      # every run once per seed: NAME-s0, NAME-s1, ... (model init via
+                                          # train.seed, window order via data.order_seed; same data split)
     runs:
       - {name: photon, preset: photon-tiny}
       - name: photon
@@ -18,7 +20,8 @@ Grid file (YAML) or dict:
 A grid axis is either `dotted.key: [v1, v2]` (one key, values as overrides) or
 `label: {value_label: [overrides...]}` (several keys set together). `flop_match: RUN` sets
 train.steps so the run's total training FLOPs equal RUN's (same batch and sequence length
-required). Every run's config is resolved and validated before anything trains.
+required; with seeds, each seed's run matches the same seed's RUN). Every run's config is resolved and
+validated before anything trains.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from photon_jax.model.accounting import train_flops_per_token
 DEFAULT_TPM = {"pf": "256/32", "de": "32/256", "max_batch": 8, "repeats": 1, "memory_budget_gib": 1.0}
 DEFAULT_MEASURE = {"agreement_windows": 8, "eval_batches": 0, "tpm": DEFAULT_TPM}  # eval_batches 0 = whole split
 RUN_KEYS = {"name", "preset", "config", "overrides", "grid", "flop_match"}
-GRID_KEYS = {"description", "overrides", "measure", "reference", "runs"}
+GRID_KEYS = {"description", "overrides", "measure", "reference", "runs", "seeds"}
 NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 
 
@@ -49,6 +52,12 @@ class RunSpec:
     source: str  # the preset or file it came from
     overrides: tuple[str, ...]
     flop_match: str | None = None
+    group: str = ""  # the run's name without its seed suffix ("" = the name: an unseeded grid)
+    seed: int | None = None
+
+    @property
+    def base(self) -> str:
+        return self.group or self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +65,8 @@ class Grid:
     description: str
     runs: tuple[RunSpec, ...]
     measure: dict
-    reference: str | None
+    reference: str | None  # a run name (unseeded) or a group name (seeded: each seed's run of that group)
+    seeds: tuple[int, ...] = ()
 
     def run(self, name: str) -> RunSpec:
         return next(r for r in self.runs if r.name == name)
@@ -85,22 +95,55 @@ def load_grid(source: str | Path | dict, extra_overrides: list[str] = (), base_d
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserError(f"duplicate run name(s) in the grid: {', '.join(duplicates)}")
+    seeds = _seeds(data.get("seeds"))
+    groups = {p["name"] for p in expanded}
+    expanded = [_seeded(p, seed, groups) for p in expanded for seed in seeds] if seeds else expanded
 
     specs: dict[str, RunSpec] = {}
     for point in expanded:
         overrides = tuple(common) + tuple(point["overrides"]) + tuple(extra_overrides) + (f"name={point['name']}",)
         cfg = _load(point, overrides, base_dir)
-        specs[point["name"]] = RunSpec(point["name"], cfg, point["source"], overrides, point.get("flop_match"))
+        specs[point["name"]] = RunSpec(point["name"], cfg, point["source"], overrides, point.get("flop_match"),
+                                       point.get("group", ""), point.get("seed"))
     for name, spec in list(specs.items()):
         if spec.flop_match:
             specs[name] = _flop_matched(spec, specs)
 
     reference = data.get("reference")
-    if reference is not None and reference not in specs:
-        raise UserError(f"grid reference {reference!r} is not a run of the grid (runs: {', '.join(specs)})")
+    known = sorted({s.base for s in specs.values()})
+    if reference is not None and reference not in known:
+        raise UserError(f"grid reference {reference!r} is not a run of the grid (runs: {', '.join(known)})")
     if reference is None:
-        reference = next((n for n, s in specs.items() if s.cfg.model.family == "vanilla"), None)
-    return Grid(str(data.get("description", "")), tuple(specs.values()), _measure(data.get("measure")), reference)
+        reference = next((s.base for s in specs.values() if s.cfg.model.family == "vanilla"), None)
+    return Grid(str(data.get("description", "")), tuple(specs.values()), _measure(data.get("measure")), reference,
+                tuple(seeds))
+
+
+def _seeds(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise UserError(f"grid seeds must be a non-empty list of integers >= 0, got {value!r}")
+    if len(set(value)) != len(value):
+        raise UserError(f"grid seeds repeat a seed: {value}")
+    return list(value)
+
+
+def _seeded(point: dict, seed: int, groups: set[str]) -> dict:
+    """One seed's copy of a grid point: its own init (train.seed) and window order (data.order_seed)."""
+    match = point.get("flop_match")
+    return {**point, "name": f"{point['name']}-s{seed}", "group": point["name"], "seed": seed,
+            "flop_match": f"{match}-s{seed}" if match in groups else match,
+            "overrides": point["overrides"] + [f"train.seed={seed}", f"data.order_seed={seed}"]}
+
+
+def reference_for(grid: Grid, spec_or_seed) -> str | None:
+    """The reference run a run is compared with: the same seed's run of the reference group."""
+    if grid.reference is None or not grid.seeds:
+        return grid.reference
+    seed = spec_or_seed.seed if isinstance(spec_or_seed, RunSpec) else spec_or_seed
+    return f"{grid.reference}-s{seed}"
 
 
 def _string_list(value: Any, what: str) -> list[str]:

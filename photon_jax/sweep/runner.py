@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 from photon_jax.errors import UserError
-from photon_jax.sweep import measure, table
-from photon_jax.sweep.grid import Grid, RunSpec
+from photon_jax.sweep import measure, seeds, table
+from photon_jax.sweep.grid import Grid, RunSpec, reference_for
 from photon_jax.sweep.plot import sweep_figure
 from photon_jax.train.loop import train
 
 # DataConfig fields that do not change what `prepare` writes (and so may differ between runs sharing data).
-NOT_PREPARE_KEYS = ("data_dir", "seq_len", "worker_count", "prepare_workers", "prepare_unit_mb")
+NOT_PREPARE_KEYS = ("data_dir", "seq_len", "worker_count", "prepare_workers", "prepare_unit_mb",
+                    "order_seed")
 
 
 def shared_data_dir(spec: RunSpec, workdir: Path) -> RunSpec:
@@ -142,11 +143,18 @@ def run_sweep(grid: Grid, workdir: str | Path, only: list[str] | None = None, lo
 
 
 def _write_table(grid: Grid, workdir: Path, records: dict, plot: bool) -> dict:
-    ordered = [records[r.name] for r in grid.runs if r.name in records]
-    rows = table.with_ratios([table.flat_row(r) for r in ordered], grid.reference)
+    specs = [r for r in grid.runs if r.name in records]
+    ordered = [records[r.name] for r in specs]
     meta = {"description": grid.description, "reference": grid.reference, "measure": grid.measure,
-            "runs": [r.name for r in grid.runs], "finished": len(rows)}
-    table.write(workdir, rows, meta)
+            "runs": [r.name for r in grid.runs], "finished": len(ordered)}
+    if not grid.seeds:
+        rows = table.with_ratios([table.flat_row(r) for r in ordered], grid.reference)
+        table.write(workdir, rows, meta)
+    else:
+        flat = [{**table.flat_row(r), "group": s.base, "seed": s.seed} for s, r in zip(specs, ordered)]
+        rows = seeds.ratios_by_seed(flat, lambda seed: reference_for(grid, seed))
+        meta = {**meta, "seeds": list(grid.seeds), "summary": seeds.aggregate(rows)}
+        table.write(workdir, rows, meta, summary=seeds.summary_text(meta["summary"], grid.reference))
     if plot and rows:
         sweep_figure(ordered, rows, str(workdir / "results.png"))
     return {**meta, "rows": rows, "records": ordered}

@@ -68,14 +68,23 @@ def columns(rows: list[dict]) -> list[str]:
     return seen
 
 
-def write(out_dir: Path, rows: list[dict], meta: dict) -> None:
+def _csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns(rows), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(out_dir / "results.csv", buf.getvalue())
+    return buf.getvalue()
+
+
+def write(out_dir: Path, rows: list[dict], meta: dict, summary: str | None = None) -> None:
+    """results.csv / .json / .txt; a seeded grid (meta["summary"]) also results_summary.csv, and the text
+    `summary` (mean ± std per group) above the per-run table."""
+    write_atomic(out_dir / "results.csv", _csv(rows))
     write_atomic(out_dir / "results.json", json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    write_atomic(out_dir / "results.txt", text(rows, meta.get("reference")) + "\n")
+    if meta.get("summary"):
+        write_atomic(out_dir / "results_summary.csv", _csv(meta["summary"]))
+    printed = text(rows, meta.get("reference"))
+    write_atomic(out_dir / "results.txt", (f"{summary}\n\n" if summary else "") + printed + "\n")
 
 
 def text(rows: list[dict], reference: str | None) -> str:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from photon_jax.config import Config
+from photon_jax.config import Config, window_order_seed
 from photon_jax.data import mixture, pipeline
 from photon_jax.errors import UserError
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
@@ -211,12 +211,12 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
         raise UserError(f"train.batch_size={t.batch_size} is not divisible by {processes} processes")
     sources = mixture.load_sources(cfg.data.mixture) if cfg.data.mixture else None
     if sources:
-        iterator = mixture.MixtureIterator(sources, cfg.data.seq_len, t.batch_size, cfg.data.seed,
+        iterator = mixture.MixtureIterator(sources, cfg.data.seq_len, t.batch_size, window_order_seed(cfg.data),
                                            jax.process_index(), processes, cfg.data.worker_count)
         total = sum(s.weight for s in sources)
         say("data.mixture: " + ", ".join(f"{s.name} {float(s.weight / total):.1%}" for s in sources))
     else:
-        iterator = pipeline.train_iterator(data_dir, cfg.data.seq_len, t.batch_size, cfg.data.seed,
+        iterator = pipeline.train_iterator(data_dir, cfg.data.seq_len, t.batch_size, window_order_seed(cfg.data),
                                            jax.process_index(), processes, cfg.data.worker_count)
     start = ckpt.latest_step(manager)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
