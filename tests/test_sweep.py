@@ -109,6 +109,11 @@ def test_committed_grids_resolve():
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": []}, "non-empty list of integers"),
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": [0, 0]}, "repeat a seed"),
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": [1, -2]}, "integers >= 0"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "measure": {"budget_steps": [400, 200]}}, "increasing"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "measure": {"budget_steps": [300]}},
+     "budget step 300 is not a checkpoint"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny", "overrides": ["train.checkpoint_every=100"]}],
+      "measure": {"budget_steps": [100]}}, "train.keep_checkpoints >= 6"),
 ])
 def test_bad_grids_are_one_line_errors(grid, message):
     with pytest.raises(UserError, match=message) as err:
@@ -276,3 +281,27 @@ def test_three_seed_grid_summary_and_resume(tmp_path, plays, monkeypatch, fast_c
     assert summary["ppl_x_mean"] == 1.0 and summary["ppl_x_std"] == 0.0
     assert "vanilla" in (work / "results_summary.csv").read_text()
     assert "±" in (work / "results.txt").read_text()
+
+
+def test_budget_curve_from_one_runs_checkpoints_equals_its_training_evaluations(tmp_path, plays, fast_compile):
+    """measure.budget_steps evaluates the run's own intermediate checkpoints (no retraining); each point
+    equals the validation the training loop computed at that step on the live parameters."""
+    train = [o for o in TRAIN if not o.startswith("train.steps")] + ["train.steps=6", "train.keep_checkpoints=3"]
+    grid = load_grid({"overrides": tiny_overrides(layers=1, vocab=VOCAB) + train + [f"data.data_dir={plays}"],
+                      "measure": {**TINY_MEASURE, "tpm": None, "agreement_windows": 0, "eval_batches": 1,
+                                  "budget_steps": [2, 4]},
+                      "runs": _runs("vanilla")})
+    work = tmp_path / "sweep"
+    result = run_sweep(grid, work, plot=True, quiet=True)
+    (record,) = result["records"]
+    assert [p["step"] for p in record["budget"]] == [2, 4, 6]
+    during = {}
+    for line in _lines(work / "runs" / "vanilla" / "metrics.jsonl"):
+        rec = json.loads(line)
+        if rec["split"] == "validation":
+            during[rec["step"]] = rec
+    for point in record["budget"]:
+        assert point["token_loss"] == pytest.approx(during[point["step"]]["token_loss"], rel=1e-5)
+        assert point["tokens"] == point["step"] * 8 * grid.runs[0].cfg.data.seq_len
+    assert result["rows"][0]["val_ppl_at_2"] == record["budget"][0]["perplexity"]
+    assert (work / "results.png").stat().st_size > 0

@@ -4,7 +4,8 @@ Grid file (YAML) or dict:
 
     description: free text
     overrides: [train.steps=200]          # applied to every run
-    measure: {agreement_windows: 8, tpm: {pf: 256/32, de: 32/256, max_batch: 8, repeats: 1}}
+    measure: {agreement_windows: 8, tpm: {pf: 256/32, de: 32/256, max_batch: 8, repeats: 1},
+              budget_steps: [200, 400]}  # also evaluate these checkpoints of every run: a budget curve
     reference: vanilla                    # ratios are taken against this run (default: first vanilla run)
     seeds: [0, 1, 2]                      # every run once per seed: NAME-s0, NAME-s1, ... (model init via
                                           # train.seed, window order via data.order_seed; same data split)
@@ -39,7 +40,8 @@ from photon_jax.errors import UserError
 from photon_jax.model.accounting import train_flops_per_token
 
 DEFAULT_TPM = {"pf": "256/32", "de": "32/256", "max_batch": 8, "repeats": 1, "memory_budget_gib": 1.0}
-DEFAULT_MEASURE = {"agreement_windows": 8, "eval_batches": 0, "tpm": DEFAULT_TPM}  # eval_batches 0 = whole split
+# eval_batches 0 = whole split; budget_steps: checkpoints evaluated along each run (no retraining)
+DEFAULT_MEASURE = {"agreement_windows": 8, "eval_batches": 0, "tpm": DEFAULT_TPM, "budget_steps": []}
 RUN_KEYS = {"name", "preset", "config", "overrides", "grid", "flop_match"}
 GRID_KEYS = {"description", "overrides", "measure", "reference", "runs", "seeds"}
 NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
@@ -108,6 +110,9 @@ def load_grid(source: str | Path | dict, extra_overrides: list[str] = (), base_d
     for name, spec in list(specs.items()):
         if spec.flop_match:
             specs[name] = _flop_matched(spec, specs)
+    measure = _measure(data.get("measure"))
+    for spec in specs.values():
+        _check_budget(spec, measure["budget_steps"])
 
     reference = data.get("reference")
     known = sorted({s.base for s in specs.values()})
@@ -115,8 +120,28 @@ def load_grid(source: str | Path | dict, extra_overrides: list[str] = (), base_d
         raise UserError(f"grid reference {reference!r} is not a run of the grid (runs: {', '.join(known)})")
     if reference is None:
         reference = next((s.base for s in specs.values() if s.cfg.model.family == "vanilla"), None)
-    return Grid(str(data.get("description", "")), tuple(specs.values()), _measure(data.get("measure")), reference,
-                tuple(seeds))
+    return Grid(str(data.get("description", "")), tuple(specs.values()), measure, reference, tuple(seeds))
+
+
+def budget_steps_of(spec: RunSpec, budget_steps: list[int]) -> list[int]:
+    """The budget steps a run reaches (a FLOP-matched run with fewer steps stops earlier)."""
+    return [s for s in budget_steps if s <= spec.cfg.train.steps]
+
+
+def _check_budget(spec: RunSpec, budget_steps: list[int]) -> None:
+    """Every budget step the run reaches must be a checkpoint it saves and keeps until the end."""
+    steps = budget_steps_of(spec, budget_steps)
+    if not steps:
+        return
+    t = spec.cfg.train
+    off = [s for s in steps if s % t.checkpoint_every and s != t.steps]
+    if off:
+        raise UserError(f"run {spec.name}: budget step {off[0]} is not a checkpoint (train.checkpoint_every="
+                        f"{t.checkpoint_every}); use multiples of it")
+    saved_after = len(range(steps[0], t.steps + 1, t.checkpoint_every)) + (1 if t.steps % t.checkpoint_every else 0)
+    if t.keep_checkpoints < saved_after:
+        raise UserError(f"run {spec.name}: keeping the checkpoint of budget step {steps[0]} needs "
+                        f"train.keep_checkpoints >= {saved_after} (it is {t.keep_checkpoints})")
 
 
 def _seeds(value: Any) -> list[int]:
@@ -238,7 +263,11 @@ def _measure(data: Any) -> dict:
     data = {} if data is None else data
     if not isinstance(data, dict) or set(data) - set(DEFAULT_MEASURE):
         raise UserError(f"grid measure must be a mapping with keys among {sorted(DEFAULT_MEASURE)}")
-    counts = {}
+    budget = data.get("budget_steps", [])
+    if (not isinstance(budget, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                for v in budget) or budget != sorted(set(budget))):
+        raise UserError(f"measure.budget_steps must be increasing integers > 0, got {budget!r}")
+    counts = {"budget_steps": budget}
     for key in ("agreement_windows", "eval_batches"):
         value = data.get(key, DEFAULT_MEASURE[key])
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

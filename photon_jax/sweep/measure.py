@@ -17,7 +17,7 @@ from photon_jax.bench.report import GIB
 from photon_jax.bench.tpm import resolve_regimes, run_tpm
 from photon_jax.eval.evaluate import evaluate_run
 from photon_jax.model.accounting import count_params, train_flops_per_token
-from photon_jax.sweep.grid import RunSpec
+from photon_jax.sweep.grid import RunSpec, budget_steps_of
 
 
 def family_of(spec: RunSpec) -> str:
@@ -73,10 +73,27 @@ def tpm(spec: RunSpec, settings: dict, log) -> dict:
     return rows
 
 
+def budget_curve(spec: RunSpec, workdir: Path, steps: list[int], eval_batches: int = 0) -> list[dict]:
+    """Held-out quality of the run's own checkpoints at `steps` (one training run, no retraining), with
+    the tokens and training FLOPs spent to reach each."""
+    cfg = spec.cfg
+    per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
+    points = []
+    for step in steps:
+        validation = evaluate_run(workdir, step=step, max_batches=eval_batches or None)["validation"]
+        tokens = step * cfg.train.batch_size * cfg.data.seq_len
+        points.append({"step": step, "tokens": tokens, "flops": tokens * per_token, **validation})
+    return points
+
+
 def measure(spec: RunSpec, workdir: Path, settings: dict, log=print) -> dict:
     start = time.perf_counter()
     out = {"run": spec.name, "source": spec.source, "overrides": list(spec.overrides), **cost(spec)}
     out.update(quality(spec, workdir, settings["agreement_windows"], settings["eval_batches"]))
+    budget = [s for s in budget_steps_of(spec, settings.get("budget_steps", [])) if s != spec.cfg.train.steps]
+    final = {"step": spec.cfg.train.steps, "tokens": out["train_tokens"], "flops": out["train_flops"],
+             **out["validation"]}
+    out["budget"] = budget_curve(spec, workdir, budget, settings["eval_batches"]) + [final] if budget else []
     out["tpm"] = tpm(spec, settings["tpm"], log) if settings["tpm"] else None
     out["curve"] = training_curve(workdir)
     out["measure_seconds"] = time.perf_counter() - start

@@ -64,11 +64,33 @@ def metric_bars(ax, rows: list[dict], metric: str = "val_ppl", label: str = "hel
     ax.set_title(label, fontsize=10)
 
 
+def budget_curves(ax, records: list[dict], x: str = "flops") -> None:
+    """Held-out perplexity at each evaluated checkpoint against training FLOPs (or tokens), one line per
+    run (measure.budget_steps): the budget at which one ordering overtakes another."""
+    colors = run_colors(len(records))
+    for i, rec in enumerate(records):
+        points = rec.get("budget") or []
+        if not points:
+            continue
+        ax.plot([p[x] for p in points], [p["perplexity"] for p in points], marker=FAMILY_MARKERS.get(
+            rec.get("family"), "o"), label=rec["run"], color=colors[i % len(colors)])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs" if x == "flops" else "training tokens")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title(f"perplexity vs training {'FLOPs' if x == 'flops' else 'tokens'}", fontsize=10)
+    ax.legend(fontsize=7)
+
+
 def sweep_figure(records: list[dict], rows: list[dict], path: str) -> None:
     has_tpm = any(r.get("tpm_de") is not None for r in rows)
-    fig, axes = plt.subplots(1, 3 if has_tpm else 2, figsize=(17 if has_tpm else 11, 4.8), squeeze=False)
+    has_budget = any(rec.get("budget") for rec in records)
+    panels = 2 + has_tpm + has_budget
+    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 4.8), squeeze=False)
     loss_curves(axes[0][0], records)
     metric_bars(axes[0][1], rows)
     if has_tpm:
         ppl_vs_tpm(axes[0][2], rows)
+    if has_budget:
+        budget_curves(axes[0][-1], records)
     _save(fig, path)

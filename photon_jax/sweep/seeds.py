@@ -17,7 +17,8 @@ from photon_jax.sweep import table as results_table
 
 # (column, header, format) of the printed summary: mean +- std
 SUMMARY_PRINTED = [("val_ppl", "val ppl", ".2f"), ("val_bpb", "bits/byte", ".4f"), ("ppl_x", "ppl x", ".3f"),
-                   ("tpm_pf_x", "PF x", ".3g"), ("tpm_de_x", "DE x", ".3g"), ("recgen_agreement", "recgen agree", ".3f")]
+                   ("tpm_pf_x", "PF x", ".3g"), ("tpm_de_x", "DE x", ".3g"),
+                   ("recgen_agreement", "recgen agree", ".3f")]
 _NOT_AGGREGATED = {"seed"}
 
 

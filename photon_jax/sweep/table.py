@@ -29,6 +29,8 @@ def flat_row(rec: dict) -> dict:
            "val_ppl": v["perplexity"], "val_bpb": v.get("bits_per_byte"), "val_targets": int(v["targets"]),
            "final_train_loss": rec["curve"]["train"][-1][1] if rec["curve"]["train"] else None,
            "train_seconds": rec.get("train_seconds"), "overrides": " ".join(rec["overrides"])}
+    for point in rec.get("budget") or []:  # held-out perplexity along the run (measure.budget_steps)
+        row[f"val_ppl_at_{point['step']}"] = point["perplexity"]
     agreement = (rec.get("agreement") or {}).get("hiergen_vs_recgen")
     if agreement:
         row["recgen_agreement"] = agreement["teacher_forced"]["greedy_agreement"]
