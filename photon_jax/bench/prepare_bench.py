@@ -66,7 +66,8 @@ import json, resource, sys, time
 from photon_jax.config import DataConfig
 from photon_jax.data.prepare import prepare
 if __name__ == "__main__":
-    corpus, tokenizer, out, workers, unit_bytes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    corpus, tokenizer, out = sys.argv[1:4]
+    workers, unit_bytes = int(sys.argv[4]), int(sys.argv[5])
     start = time.perf_counter()
     m = prepare(DataConfig(corpus=corpus, tokenizer=tokenizer), out, 0, workers=workers, unit_bytes=unit_bytes)
     seconds = time.perf_counter() - start

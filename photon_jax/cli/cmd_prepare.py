@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--corpus", default=None,
                    help="'shakespeare', or comma-separated files / directories / globs of .txt, .jsonl, .jsonl.gz, "
                         ".jsonl.zst, .parquet, or a datasets save_to_disk dir (default: data.corpus)")
-    p.add_argument("--text-field", default=None, help="JSONL key / parquet column of the text (default: data.text_field)")
+    p.add_argument("--text-field", default=None,
+                   help="JSONL key / parquet column of the text (default: data.text_field)")
     p.add_argument("--out", default=None,
                    help="output data dir (default: where `train` with the same preset and overrides reads it: "
                         "data.data_dir, else <workdir>/data)")

@@ -125,8 +125,9 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
 
     vocab_size: size of the tokenizer to train (data_cfg.tokenizer == ""), or the size a given
     tokenizer must have (0 = accept any). workers: tokenizing processes (None: data_cfg.prepare_workers,
-    0 = one per core). unit_bytes: input per work unit (None: data_cfg.prepare_unit_mb). A process other than 0 returns {"merged": False, "units": ...} once its units
-    are done; the caller waits for process 0 (e.g. at a barrier) before reading the data.
+    0 = one per core). unit_bytes: input per work unit (None: data_cfg.prepare_unit_mb). A process other
+    than 0 returns {"merged": False, "units": ...} once its units are done; the caller waits for process 0
+    (e.g. at a barrier) before reading the data.
     """
     start = time.time()
     say = say or (lambda message: None)
