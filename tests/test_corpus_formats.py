@@ -178,3 +178,19 @@ def test_bad_corpus_inputs_are_one_line_and_leave_nothing(corpus, tmp_path, caps
         assert re.search(message, err), (message, err)
         assert list(outs.iterdir()) == [], (spec, list(outs.iterdir()))  # no data dir, no partial dir
     shutil.rmtree(outs)
+
+
+def test_two_files_with_one_name_keep_their_own_line_numbers(corpus, tmp_path):
+    root, docs, text, tok, reference = corpus
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "data.jsonl").write_text(jsonl_lines(docs[:10], blank_every=100))
+    spec = f"{tmp_path / 'a' / 'data.jsonl'},{tmp_path / 'b' / 'data.jsonl'}"
+    manifest = prepare(DataConfig(corpus=spec, tokenizer=tok, validation_fraction=0.0), tmp_path / "out", 0,
+                       unit_bytes=300, workers=1)
+    assert manifest["units"] > 4
+    names = (tmp_path / "out" / "train" / "documents.txt").read_text().split("\n")[:-1]
+    lines = [1] + list(range(3, 12))  # line 2 is blank
+    assert names == [f"{tmp_path / sub / 'data.jsonl'}:{line}" for sub in ("a", "b") for line in lines]
+    with pytest.raises(UserError, match="names .*data.jsonl twice"):
+        prepare(DataConfig(corpus=f"{spec},{tmp_path / 'a' / 'data.jsonl'}", tokenizer=tok), tmp_path / "o2", 0)

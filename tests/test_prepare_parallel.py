@@ -128,3 +128,81 @@ def test_peak_memory_does_not_grow_with_the_corpus(setup, tmp_path):
         small, large = peaks[100][who], peaks[200][who]
         assert large < 1.15 * small + 32 * 1024, (who, peaks)  # doubling the corpus: +15% + 32 MiB at most
         assert large < 1024 * 1024, (who, peaks)
+
+
+# ----------------------------------------------------------------------------- races and reruns (small corpora)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    (root / "c.jsonl").write_text("".join(json.dumps({"text": f"document number {i} of forty\n"}) + "\n"
+                                          for i in range(40)))
+    tok = train_tokenizer([f"document number {i} of forty\n" for i in range(40)], root / "tok.model", 300)
+    return root, DataConfig(corpus=str(root / "c.jsonl"), tokenizer=tok.path)
+
+
+def test_another_prepare_installing_first_is_reused_not_waited_for(small, tmp_path):
+    root, cfg = small
+    inner = []
+
+    def say(message):  # the other prepare of the same inputs runs to completion while this one is mid-way
+        if message.startswith("work units 1/") and not inner:
+            inner.append(prepare(cfg, tmp_path / "out", 0, workers=1, unit_bytes=200))
+
+    got = prepare(cfg, tmp_path / "out", 0, workers=1, unit_bytes=200, say=say)
+    assert inner and not inner[0]["reused"] and got["reused"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial dir brought back to life
+
+
+def test_a_lone_document_cut_survives_a_failure_before_the_merge(small, tmp_path, monkeypatch):
+    import photon_jax.data.prepare as prepare_module
+
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "doc.txt").write_text("".join(f"line {i} of the lone document\n" for i in range(30)))
+    cfg = DataConfig(corpus=f"{tmp_path / 'empty.txt'},{tmp_path / 'doc.txt'}", tokenizer=small[1].tokenizer,
+                     validation_fraction=0.25)
+    clean = prepare(cfg, tmp_path / "clean", 0, workers=1, unit_bytes=20)
+    real = prepare_module.merge_units
+    monkeypatch.setattr(prepare_module, "merge_units", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError):
+        prepare(cfg, tmp_path / "out", 0, workers=1, unit_bytes=20)
+    monkeypatch.setattr(prepare_module, "merge_units", real)
+    again = prepare(cfg, tmp_path / "out", 0, workers=1, unit_bytes=20)
+    assert again["splits"] == clean["splits"] and again["documents"] == 2
+    assert (tmp_path / "out" / "validation" / "documents.txt").read_text() == "doc.txt#validation\n"
+
+
+def test_force_rebuilds_damaged_data_of_the_same_inputs(small, tmp_path):
+    from photon_jax.data.packing import SplitSource
+    from photon_jax.errors import UserError
+
+    root, cfg = small
+    prepare(cfg, tmp_path / "out", 0, workers=1)
+    (tmp_path / "out" / "train" / "lengths.npy").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="run photon-jax prepare --force"):
+        SplitSource(tmp_path / "out", "train")
+    assert not prepare(cfg, tmp_path / "out", 0, workers=1, overwrite=True)["reused"]
+    assert len(SplitSource(tmp_path / "out", "train")) > 0
+
+
+def test_a_previous_runs_error_does_not_stop_a_multi_process_rerun(small, tmp_path):
+    import threading
+
+    root, cfg = small
+    results = {}
+
+    def process(index):
+        results[index] = prepare(cfg, tmp_path / "out", 0, workers=1, unit_bytes=200, process_index=index,
+                                 process_count=2)
+
+    first = threading.Thread(target=process, args=(1,))  # creates the partial dir, then waits for the tokenizer
+    first.start()
+    while not list(tmp_path.glob(".out.partial-*")):
+        time.sleep(0.01)
+    stale = next(tmp_path.glob(".out.partial-*")) / "error.txt"
+    stale.write_text("cannot read c.jsonl: Stale file handle\n")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # a failure of an earlier run
+    process(0)
+    first.join(60)
+    assert results[0]["documents"] == 40 and results[1]["merged"] is False

@@ -7,7 +7,7 @@ says, the error is one line naming the file.
 from __future__ import annotations
 
 from photon_jax.data.corpus import InputFile
-from photon_jax.errors import UserError
+from photon_jax.errors import CorpusError, UserError
 
 EXTRA = "pip install 'photon-jax[data]'"
 
@@ -20,7 +20,7 @@ def open_parquet(path: str):
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a file that is not parquet
-        raise UserError(f"{path} is not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+        raise CorpusError(f"{path} is not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
 
 
 def open_dataset(f: InputFile):

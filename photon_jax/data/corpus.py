@@ -180,7 +180,19 @@ def corpus_inputs(corpus: str) -> list[InputFile]:
         raise UserError("no corpus given (use 'shakespeare', or files, directories or globs of text)")
     if not all(entries):
         raise UserError(f"corpus {corpus!r} has an empty entry")
-    return [f for entry in entries for f in _entry_inputs(entry)]
+    inputs = [f for entry in entries for f in _entry_inputs(entry)]
+    seen: dict[tuple[str, str], int] = {}
+    for f in inputs:
+        key = (f.path, f.split)
+        if key in seen:
+            raise UserError(f"corpus {corpus!r} names {f.path}{'/' + f.split if f.split else ''} twice")
+        seen[key] = 1
+        if "\n" in f.rel or "\r" in f.rel:
+            raise UserError(f"corpus file name {f.rel!r} has a line break (document names are stored one per line)")
+    rels = [f.rel for f in inputs]
+    # two different files with one name (a/data.jsonl,b/data.jsonl): their documents are named by full path
+    return [dataclasses.replace(f, rel=f.path + (f"/{f.split}" if f.split else "")) if rels.count(f.rel) > 1 else f
+            for f in inputs]
 
 
 def corpus_fingerprint(inputs: list[InputFile]) -> dict:

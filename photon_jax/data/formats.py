@@ -22,7 +22,7 @@ from photon_jax.data.corpus import (HF_DATASET, JSONL, JSONL_GZ, JSONL_ZST, PARQ
                                     InputFile, corpus_inputs)
 from photon_jax.data.columnar import EXTRA, open_dataset, open_parquet
 from photon_jax.data.units import Piece, whole_file_pieces
-from photon_jax.errors import UserError
+from photon_jax.errors import CorpusError, UserError
 
 _ROW_BATCH = 1024
 
@@ -31,7 +31,7 @@ def _decode(data: bytes, where: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{where} is not valid UTF-8 (bad byte at offset {e.start})") from None
+        raise CorpusError(f"{where} is not valid UTF-8 (bad byte at offset {e.start})") from None
     if text.startswith("\ufeff"):
         text = text[1:]
     return text.replace("\r\n", "\n")
@@ -51,15 +51,18 @@ def _text_document(piece: Piece) -> Iterator[Document]:
 def count_newlines(path: str, start: int, stop: int) -> int:
     """Newlines in bytes [start, stop) of a file, read in 16 MiB blocks."""
     count = 0
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        remaining = stop - start
-        while remaining > 0:
-            block = handle.read(min(remaining, 1 << 24))
-            if not block:
-                break
-            count += block.count(b"\n")
-            remaining -= len(block)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            remaining = stop - start
+            while remaining > 0:
+                block = handle.read(min(remaining, 1 << 24))
+                if not block:
+                    break
+                count += block.count(b"\n")
+                remaining -= len(block)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     return count
 
 
@@ -76,7 +79,7 @@ def _zstd_lines(raw) -> Iterator[bytes]:
     context = zstandard.ZstdDecompressor()
     frame, open_frame = context.decompressobj(), False
     rest: list[bytes] = []
-    while block := raw.read(1 << 20):
+    while block := raw.read(1 << 16):  # small reads: the output of one is at most 64 KiB x the ratio
         while block:
             data = frame.decompress(block)
             open_frame = not frame.eof
@@ -118,8 +121,11 @@ def _open_lines(f: InputFile):
 def _stream_error(f: InputFile, error: Exception) -> UserError:
     kind = {JSONL_GZ: "gzip", JSONL_ZST: "zstd"}.get(f.fmt, "")
     detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-    return UserError(f"{f.path} is not a valid {kind} stream ({detail})" if kind
-                     else f"cannot read {f.path}: {detail}")
+    # a corrupt stream is the file's content (CorpusError); another OSError is the disk's (UserError)
+    corrupt = isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)) or not isinstance(error, OSError)
+    if kind and corrupt:
+        return CorpusError(f"{f.path} is not a valid {kind} stream ({detail})")
+    return UserError(f"cannot read {f.path}: {detail}")
 
 
 def _jsonl_documents(piece: Piece, text_field: str) -> Iterator[Document]:
@@ -157,25 +163,27 @@ def _jsonl_record(line: bytes, piece: Piece, local: int, text_field: str) -> str
     try:
         text = line.decode("utf-8").strip()
     except UnicodeDecodeError as e:
-        raise UserError(f"{where()} is not valid UTF-8 (bad byte at offset {e.start})") from None
+        raise CorpusError(f"{where()} is not valid UTF-8 (bad byte at offset {e.start})") from None
     text = text.lstrip("\ufeff")
     if not text:
         return None
     try:
         record = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{where()} is not valid JSON ({e.msg})") from None
+        raise CorpusError(f"{where()} is not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise CorpusError(f"{where()} is JSON nested too deeply to read") from None
     if not isinstance(record, dict):
-        raise UserError(f"{where()} is not a JSON object (got {type(record).__name__})")
+        raise CorpusError(f"{where()} is not a JSON object (got {type(record).__name__})")
     value = record.get(text_field)
     if not isinstance(value, str):
-        raise UserError(f'{where()} has no "{text_field}" string field')
+        raise CorpusError(f'{where()} has no "{text_field}" string field')
     return value
 
 
 def _text_column(schema_names: list[str], field: str, where: str) -> None:
     if field not in schema_names:
-        raise UserError(f'{where} has no "{field}" column (columns: {", ".join(schema_names) or "none"}); '
+        raise CorpusError(f'{where} has no "{field}" column (columns: {", ".join(schema_names) or "none"}); '
                         f"set data.text_field")
 
 
@@ -184,7 +192,7 @@ def _rows(values, first_row: int, name: str, where: str) -> Iterator[Document]:
         if value is None:
             continue  # a null row has no text, like an empty one
         if not isinstance(value, str):
-            raise UserError(f"{where} row {first_row + offset} is not a string ({type(value).__name__})")
+            raise CorpusError(f"{where} row {first_row + offset} is not a string ({type(value).__name__})")
         if value.strip():
             yield Document(f"{name}:{first_row + offset}", value.replace("\r\n", "\n"))
 
@@ -204,7 +212,7 @@ def _parquet_documents(piece: Piece, text_field: str) -> Iterator[Document]:
     except UserError:
         raise
     except Exception as e:  # corrupt pages surface while reading
-        raise UserError(f"{f.path} is not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+        raise CorpusError(f"{f.path} is not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
 
 
 def _dataset_documents(piece: Piece, text_field: str) -> Iterator[Document]:
@@ -244,5 +252,5 @@ def read_corpus(corpus: str, text_field: str = "text") -> list[Document]:
     """All documents of `corpus`; UserError when there is no text at all."""
     docs = list(iter_documents(corpus, text_field))
     if not docs:
-        raise UserError(f"corpus {corpus} has no text (every document is empty or whitespace)")
+        raise CorpusError(f"corpus {corpus} has no text (every document is empty or whitespace)")
     return docs

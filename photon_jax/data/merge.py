@@ -88,21 +88,22 @@ def merge_units(root: Path, units_root: Path, units: list[Unit], is_val: np.ndar
     rel_units = units_root.relative_to(root)
     indexes = {"validation": _SplitIndex(root, "validation", int(is_val.sum())),
                "train": _SplitIndex(root, "train", int(len(is_val) - is_val.sum()))}
-    shards, start, mismatched, lines_before = [], 0, 0, {}
+    shards, start, mismatched, lines_before = [], 0, 0, 0
     for unit in units:
         meta = read_meta(units_root, unit)
         count = meta["documents"]
         mismatched += meta["byte_mismatch_documents"]
-        if meta.get("cut_file"):
-            offset = lines_before.get(meta["cut_file"], 0)
-            lines_before[meta["cut_file"]] = offset + meta["lines"]
+        # the parts of a cut file are consecutive units: a part's offset is the lines of the parts before it
+        offset = lines_before if meta.get("continues") else 0
+        lines_before = offset + meta["lines"] if meta.get("cut_file") else 0
         if not count:
             continue
         where = unit_dir(units_root, unit)
         shards.append(f"{rel_units.as_posix()}/{unit.name}/{meta['shard']}")
         lengths = np.load(where / "lengths.npy")
         utf8 = np.load(where / "utf8_bytes.npy")
-        names = (where / "names.txt").read_text(encoding="utf-8").splitlines()
+        names = (where / "names.txt").read_text(encoding="utf-8").split("\n")[:-1]  # not splitlines: \x0c etc.
+        assert len(names) == count == len(lengths), (unit.name, len(names), count, len(lengths))
         if meta.get("continues"):
             names = _renamed(names, offset)
         records = np.arange(start, start + count, dtype=np.int64)

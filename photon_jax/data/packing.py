@@ -29,6 +29,20 @@ from photon_jax.errors import UserError
 
 _DOC_CACHE_TOKENS = 32 << 20  # decoded documents kept per process/worker (int32: 128 MiB)
 
+def _allow_open_files(shards: int) -> None:
+    """grain keeps one open reader per shard (and per split): lift the soft open-file limit towards the
+    hard one when a prepared dir has more shards than the soft limit comfortably allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * shards + 256
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 class SplitSource:
     """Random access to the documents (token arrays, EOS included) of one prepared split: document i is
     record records[i] of the data dir's shards (read in order as one ArrayRecord source)."""
@@ -53,6 +67,7 @@ class SplitSource:
         if missing:
             raise UserError(f"data dir {root} is missing {missing[0]}; run photon-jax prepare --force")
         self.paths = [str(root / p) for p in manifest["shards"]]
+        _allow_open_files(len(self.paths))
         self.dtype = np.dtype(manifest["token_dtype"]).newbyteorder("<")
         self.pad_id = int(manifest["pad_id"])
         self.fingerprint = manifest["fingerprint"]

@@ -46,9 +46,10 @@ from photon_jax.config import DataConfig
 from photon_jax.data.corpus import Document, InputFile, corpus_fingerprint, corpus_inputs
 from photon_jax.data.merge import SPLITS, merge_units, split_documents
 from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
-from photon_jax.data.unit_writer import is_done, read_meta, tokenize_unit, unit_documents, write_documents
+from photon_jax.data.unit_writer import (META_FILE, UnitsDirGone, is_done, read_meta, tokenize_unit, unit_documents,
+                                        write_documents)
 from photon_jax.data.units import Unit, plan_digest, plan_units
-from photon_jax.errors import UserError
+from photon_jax.errors import CorpusError, UserError
 
 __all__ = ["prepare", "load_manifest", "split_documents", "MANIFEST_FILE", "SPLITS", "FORMAT_VERSION"]
 
@@ -59,6 +60,8 @@ TRAINED_TOKENIZER_FILE = "tokenizer.model"
 _ERROR_FILE = "error.txt"
 _LOCK_FILE = ".merge.lock"
 _POLL_SECONDS = 0.5
+_ERROR_SKEW_SECONDS = 2  # an error file older than this prepare's start is a previous run's (process 0 also
+# removes it when it starts)
 
 
 def load_manifest(data_dir: str | Path) -> dict:
@@ -139,13 +142,14 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     if (out / MANIFEST_FILE).exists():
         existing = _reusable(out, fingerprint)
-        if existing:
+        if existing and not overwrite:
             return {**existing, "reused": True, "seconds": time.time() - start}
-        if not overwrite:
+        if not existing and not overwrite:
             raise UserError(f"{out} already holds prepared data for other inputs (or is incomplete); "
                             "use --force to replace it or choose another --out")
     elif out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not a prepared data dir; use --force to replace it or choose another --out")
+        raise UserError(f"{out} exists and is not a prepared data dir; use --force to replace it or choose "
+                        "another --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # e.g. a parent of --out is a file
@@ -156,24 +160,26 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
     units = plan_units(files, unit_bytes)
     key = hashlib.sha256((fingerprint + plan_digest(units, unit_bytes)).encode()).hexdigest()[:16]
     partial = out.parent / f".{out.name}.partial-{key}"
+    if overwrite and process_index == 0:  # --force: rebuild from scratch, and drop other inputs' partial dirs
+        for stale in out.parent.glob(f".{out.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     units_root = partial / "units"
     units_root.mkdir(parents=True, exist_ok=True)
+    build = _Build(out, fingerprint, partial, start, replacing=overwrite)
+    if process_index == 0:
+        (partial / _ERROR_FILE).unlink(missing_ok=True)  # a previous run's failure
     workers = data_cfg.prepare_workers if workers is None else workers
     workers = workers or default_workers()
     try:
-        tokenizer = _tokenizer(partial, data_cfg, vocab_size, units, process_index == 0, say)
+        tokenizer = _tokenizer(build, data_cfg, vocab_size, units, process_index == 0, say)
         dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "int32"
         mine = [u for u in units if u.index % process_count == process_index]
         _run_units(mine, units_root, str(partial / tokenizer.file_name), dtype, data_cfg.text_field, workers, say)
         if process_index != 0:
             return {"merged": False, "units": len(mine), "seconds": time.time() - start}
-        _wait_for_units(partial, units_root, units, say)
+        _wait_for_units(build, units_root, units, say)
         with _merge_lock(partial) as locked:
-            existing = _reusable(out, fingerprint)
-            if existing or not locked:  # another prepare of the same inputs merged and installed first
-                if not existing:
-                    raise UserError(f"the partial data dir {partial} vanished while preparing; rerun")
-                return {**existing, "reused": True, "seconds": time.time() - start}
+            build.check_installed(locked)
             manifest = _merge(partial, units_root, units, tokenizer, data_cfg, dtype)
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
                         "inputs": inputs, **manifest, "unit_bytes": unit_bytes,
@@ -185,11 +191,19 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
                 _install(partial, out, replace=overwrite)
             except OSError as e:
                 raise UserError(f"cannot move prepared data into {out}: {e.strerror or e}") from None
-    except UserError as e:
-        if process_count == 1:  # bad input: nothing half-written stays behind
-            shutil.rmtree(partial, ignore_errors=True)
-        else:  # tell the processes waiting on this partial dir
-            _write_error(partial, str(e))
+        (out / _LOCK_FILE).unlink(missing_ok=True)  # after the rename: a waiter on it then finds `out` complete
+    except _Installed as done:  # another prepare of the same inputs installed `out` first
+        return {**done.manifest, "reused": True, "seconds": time.time() - start}
+    except (UnitsDirGone, FileNotFoundError) as e:
+        existing = _reusable(out, fingerprint)
+        if existing:
+            return {**existing, "reused": True, "seconds": time.time() - start}
+        raise UserError(f"the partial data dir {partial} vanished while preparing ({e}); rerun") from None
+    except BaseException as e:
+        if process_count > 1:  # tell the processes waiting on this partial dir, whatever the failure
+            _write_error(partial, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        elif isinstance(e, CorpusError) or (isinstance(e, UserError) and not _finished_any(units_root)):
+            shutil.rmtree(partial, ignore_errors=True)  # bad input: it would fail the same way; keep nothing
         raise
     return {**manifest, "reused": False, "seconds": time.time() - start}
 
@@ -197,36 +211,72 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
 # ----------------------------------------------------------------------------- steps
 
 
+class _Installed(Exception):
+    def __init__(self, manifest: dict):
+        super().__init__("installed by another prepare")
+        self.manifest = manifest
+
+
+class _Build:
+    """One prepare's view of its partial dir, for the loops that wait on other processes."""
+
+    def __init__(self, out: Path, fingerprint: str, partial: Path, start: float, replacing: bool):
+        self.out, self.fingerprint, self.partial, self.start = out, fingerprint, partial, start
+        self.replacing = replacing  # --force: the `out` there now is what this build replaces, whatever it holds
+
+    def check_installed(self, partial_present: bool = True) -> None:
+        """_Installed when `out` holds these inputs' data; UserError when the partial dir is gone otherwise."""
+        existing = None if self.replacing else _reusable(self.out, self.fingerprint)
+        if existing:
+            raise _Installed(existing)
+        if not partial_present or not self.partial.is_dir():
+            raise UserError(f"the partial data dir {self.partial} vanished while preparing; rerun")
+
+    def check(self) -> None:
+        """While waiting: stop when another process failed (an error written since this prepare started,
+        give or take clock skew) or when the data got installed."""
+        self.check_installed()
+        path = self.partial / _ERROR_FILE
+        try:
+            if path.stat().st_mtime >= self.start - _ERROR_SKEW_SECONDS:  # not a previous run's
+                raise UserError(f"another process's prepare failed: {path.read_text().strip()}")
+        except OSError:
+            pass
+
+
 def _write_error(partial: Path, message: str) -> None:
     try:
-        (partial / _ERROR_FILE).write_text(message + "\n")
+        if not (partial / _ERROR_FILE).exists():  # the first failure is the one to report
+            (partial / _ERROR_FILE).write_text(message + "\n")
     except OSError:
         pass
 
 
-def _check_error(partial: Path) -> None:
-    try:
-        message = (partial / _ERROR_FILE).read_text().strip()
-    except OSError:
-        return
-    raise UserError(f"another process's prepare failed: {message}")
+def _finished_any(units_root: Path) -> bool:
+    return any(units_root.glob(f"*/{META_FILE}"))
 
 
 def _sample_texts(units: list[Unit], budget_chars: int, text_field: str) -> Iterator[str]:
-    """At most budget_chars characters of text, spread evenly over the units (each unit's first documents)."""
-    per_unit = max(1, budget_chars // max(1, len(units)))
+    """At most budget_chars characters of text: the whole corpus when its input is within the budget,
+    else the first documents of every unit, each unit's share proportional to its input size."""
+    total = sum(u.size for u in units)
+    left = budget_chars
     for unit in units:
+        share = left if total <= budget_chars else max(1, budget_chars * unit.size // max(total, 1))
         taken = 0
         for doc in unit_documents(unit, text_field):
-            text = doc.text[:per_unit - taken]
+            text = doc.text[:min(share - taken, left)]
             yield text
-            taken += len(text)
-            if taken >= per_unit:
+            taken, left = taken + len(text), left - len(text)
+            if taken >= share or left <= 0:
                 break
+        if left <= 0:
+            return
 
 
-def _tokenizer(partial: Path, data_cfg: DataConfig, vocab_size: int, units: list[Unit], is_first: bool, say):
+def _tokenizer(build: _Build, data_cfg: DataConfig, vocab_size: int, units: list[Unit], is_first: bool, say):
     """The tokenizer in the partial dir: copied or trained there by process 0, awaited by the others."""
+    partial = build.partial
     if data_cfg.tokenizer:
         given = load_tokenizer(data_cfg.tokenizer)
         target = partial / given.file_name
@@ -239,13 +289,13 @@ def _tokenizer(partial: Path, data_cfg: DataConfig, vocab_size: int, units: list
             texts = _sample_texts(units, data_cfg.tokenizer_sample_mb << 20, data_cfg.text_field)
             first = next(texts, None)  # every unit yields its first document if it has any
             if first is None:
-                raise UserError(f"corpus {data_cfg.corpus} has no text (every document is empty or whitespace)")
+                raise CorpusError(f"corpus {data_cfg.corpus} has no text (every document is empty or whitespace)")
             texts = itertools.chain([first], texts)
             tmp = partial / f".tokenizer-{uuid.uuid4().hex[:8]}.model"
             train_tokenizer(texts, tmp, vocab_size)
             os.replace(tmp, target)
     while not target.is_file():
-        _check_error(partial)
+        build.check()
         time.sleep(_POLL_SECONDS)
     return load_tokenizer(target)
 
@@ -278,15 +328,17 @@ def _run_units(units: list[Unit], units_root: Path, tokenizer_path: str, dtype: 
             raise
 
 
-def _wait_for_units(partial: Path, units_root: Path, units: list[Unit], say) -> None:
-    last_report = time.time()
+def _wait_for_units(build: _Build, units_root: Path, units: list[Unit], say) -> None:
+    """Until every unit is done (advancing past finished ones, so each poll stats few files)."""
+    last_report, first_missing = time.time(), 0
     while True:
-        missing = [u for u in units if not is_done(units_root, u)]
-        if not missing:
+        while first_missing < len(units) and is_done(units_root, units[first_missing]):
+            first_missing += 1
+        if first_missing == len(units):
             return
-        _check_error(partial)
+        build.check()
         if time.time() - last_report > 60:
-            say(f"waiting for {len(missing)} work units of other processes")
+            say(f"waiting for {len(units) - first_missing} work units of other processes")
             last_report = time.time()
         time.sleep(_POLL_SECONDS)
 
@@ -334,24 +386,29 @@ def _cut_single(doc: Document, fraction: float) -> list[Document]:
 def _merge(partial: Path, units_root: Path, units: list[Unit], tokenizer, data_cfg: DataConfig, dtype: str) -> dict:
     n = sum(read_meta(units_root, u)["documents"] for u in units)
     if n == 0:
-        raise UserError(f"corpus {data_cfg.corpus} has no text (every document is empty or whitespace)")
+        raise CorpusError(f"corpus {data_cfg.corpus} has no text (every document is empty or whitespace)")
     fraction = data_cfg.validation_fraction
-    is_val = None
     if n == 1 and fraction > 0:
         # a lone document (one text file) is cut into a train part and a validation part instead
         doc = next(d for u in units for d in unit_documents(u, data_cfg.text_field))
         parts = _cut_single(doc, fraction)
         if len(parts) == 2:
-            cut_root = partial / "cut"
-            units = [Unit(0, ())]
-            write_documents(parts, cut_root / units[0].name, str(tokenizer.path), dtype)
+            # the two parts are a unit of their own dir (redone safely after a kill, like any unit); the
+            # uncut document's unit is dropped only once the split indexes point at the parts
+            cut_root, cut_unit = partial / "cut", Unit(0, ())
+            cut_root.mkdir(exist_ok=True)
+            if not is_done(cut_root, cut_unit):
+                write_documents(parts, cut_root / cut_unit.name, str(tokenizer.path), dtype)
+            merged = merge_units(partial, cut_root, [cut_unit], np.array([False, True]))
             shutil.rmtree(units_root, ignore_errors=True)
-            cut_root.rename(units_root)
-            n, is_val = 2, np.array([False, True])
-    if is_val is None:
-        is_val = split_documents(n, fraction, data_cfg.seed)
-    merged = merge_units(partial, units_root, units, is_val)
+            return _manifest_core(data_cfg, tokenizer, dtype, 2, 1, merged)
+    merged = merge_units(partial, units_root, units, split_documents(n, fraction, data_cfg.seed))
+    return _manifest_core(data_cfg, tokenizer, dtype, n, len(units), merged)
+
+
+def _manifest_core(data_cfg: DataConfig, tokenizer, dtype: str, n: int, n_units: int, merged: dict) -> dict:
     mismatched = merged.pop("byte_mismatch_documents")
+    fraction = data_cfg.validation_fraction
     return {
         "corpus": data_cfg.corpus, "text_field": data_cfg.text_field,
         "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
@@ -363,19 +420,16 @@ def _merge(partial: Path, units_root: Path, units: list[Unit], tokenizer, data_c
                       # bits per byte are exact when every document's token byte lengths add up to its bytes
                       "bytes_exact": mismatched == 0, "byte_mismatch_documents": mismatched},
         "validation_fraction": fraction, "seed": data_cfg.seed,
-        "documents": n, "units": len(units), **merged,
+        "documents": n, "units": n_units, **merged,
     }
 
 
 def _tidy(partial: Path) -> None:
-    """Remove what only the build needed: leftover unit temporaries, the error and lock files."""
+    """Remove what only the build needed: leftover unit temporaries and the error file (the lock file is
+    removed after the install: unlinking it while held would let a second merger lock a fresh file)."""
     for leftover in (partial / "units").glob(".tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    for name in (_ERROR_FILE, _LOCK_FILE):
-        try:
-            (partial / name).unlink()
-        except OSError:
-            pass
+    (partial / _ERROR_FILE).unlink(missing_ok=True)
 
 
 def _install(tmp: Path, out: Path, replace: bool) -> None:

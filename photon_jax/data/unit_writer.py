@@ -33,6 +33,10 @@ from photon_jax.data.tokenizer import load_tokenizer
 from photon_jax.data.units import Unit
 
 META_FILE = "meta.json"
+
+
+class UnitsDirGone(Exception):
+    """The units dir is gone: another prepare of the same inputs installed the partial dir as the data."""
 SHARD_FILE = "tokens.array_record"
 _ENCODE_BATCH_CHARS = 4 << 20
 _TOKENIZERS: dict[str, object] = {}
@@ -83,7 +87,10 @@ def write_documents(docs: Iterable[Document], out: Path, tokenizer_path: str, dt
     tok, byte_table = _tokenizer(tokenizer_path)
     token_dtype = np.dtype(dtype).newbyteorder("<")
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir()  # not parents=True: a units dir that vanished (installed by another prepare) stays gone
+    except FileNotFoundError:
+        raise UnitsDirGone(str(out.parent)) from None
     try:
         lengths, utf8 = array.array("q"), array.array("q")
         token_digest, text_digest = hashlib.sha256(), hashlib.sha256()
@@ -134,7 +141,7 @@ def tokenize_unit(unit: Unit, units_root: str, tokenizer_path: str, dtype: str, 
     piece = unit.pieces[-1]  # a part of a cut file is the last (or only) piece of its unit
     if piece.file.fmt == JSONL and (piece.start > 0 or 0 <= piece.stop < piece.file.size):
         # a cut JSONL file: record how many lines this part holds, so the merge can offset later parts
-        # (cheap next to tokenizing it: the bytes are in the page cache)
+        # (one extra sequential read of the part: cheap next to tokenizing it)
         cut_file, lines = piece.file.rel, count_newlines(piece.file.path, piece.start, piece.stop)
     meta = write_documents(docs, unit_dir(root, unit), tokenizer_path, dtype, cut_file=cut_file,
                            continues=piece.continues, lines=lines, threads=threads)

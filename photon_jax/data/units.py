@@ -114,17 +114,21 @@ def plan_units(inputs: Iterable[InputFile], unit_bytes: int) -> list[Unit]:
         raise UserError(f"work unit size must be > 0 bytes, got {unit_bytes}")
     units: list[Unit] = []
     current: list[Piece] = []
+    current_size = 0
 
     def flush():
+        nonlocal current_size
         if current:
             units.append(Unit(len(units), tuple(current)))
             current.clear()
+            current_size = 0
 
     for f in inputs:
         for piece in _pieces(f, unit_bytes):
-            if piece.continues or (current and sum(p.size for p in current) + piece.size > unit_bytes):
+            if piece.continues or (current and current_size + piece.size > unit_bytes):
                 flush()
             current.append(piece)
+            current_size += piece.size
             if piece.continues:
                 flush()
     flush()
