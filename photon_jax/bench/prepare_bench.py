@@ -1,7 +1,8 @@
 """`photon-jax bench prepare`: how fast `prepare` tokenizes, per worker count, and how much memory it holds.
 
-Each worker count runs the real prepare in a fresh process (so peak RSS is that run's own: getrusage of
-the process and of its reaped worker processes) on the same corpus and tokenizer; only preparation is
+Each worker count runs the real prepare in a fresh process; peak RSS is VmHWM of that process (incl. the
+merge) and of its largest worker process, as prepare records them in the manifest (getrusage's ru_maxrss
+would include the memory of the process that started it) on the same corpus and tokenizer; only preparation is
 timed (the tokenizer is trained once beforehand, or given). The corpus is given, or generated: JSONL
 documents of 20-400 consecutive lines of the bundled plays from random places (real English text, the
 same token statistics as the plays). Throughput is input bytes on disk per second (MB = 10^6 bytes).
@@ -62,7 +63,7 @@ def write_generated_corpus(path: Path, size_bytes: int, seed: int = 0) -> Path:
 
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from photon_jax.config import DataConfig
 from photon_jax.data.prepare import prepare
 if __name__ == "__main__":
@@ -74,8 +75,7 @@ if __name__ == "__main__":
     print(json.dumps({"seconds": seconds, "documents": m["documents"], "units": m["units"],
                       "tokens": sum(s["tokens"] for s in m["splits"].values()),
                       "utf8_bytes": sum(s["utf8_bytes"] for s in m["splits"].values()),
-                      "rss_main_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "rss_workers_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+                      "peak_rss_mib": m["prepared_with"]["peak_rss_mib"]}))
 """
 
 
@@ -127,8 +127,8 @@ def run_prepare_bench(size_bytes: int | None, workers: list[int], *, corpus: str
                             "utf8_bytes": one["utf8_bytes"], "documents": one["documents"], "units": one["units"],
                             "tokens": one["tokens"], "mb_per_s": mb_s, "mb_per_s_per_worker": mb_s / count,
                             "tokens_per_s": one["tokens"] / one["seconds"],
-                            "peak_rss_main_mib": one["rss_main_kib"] / 1024,
-                            "peak_rss_worker_mib": one["rss_workers_kib"] / 1024})
+                            "peak_rss_main_mib": one["peak_rss_mib"]["main"],
+                            "peak_rss_worker_mib": one["peak_rss_mib"]["workers"]})
         base = min(results, key=lambda r: r["workers"])  # 1 worker when asked for; else per worker of the fewest
         for r in results:
             r["speedup_vs_1"] = r["mb_per_s"] / base["mb_per_s_per_worker"]
@@ -152,7 +152,8 @@ def prepare_table(data: dict) -> str:
     for r in data["results"]:
         rows.append(f"{r['workers']:>7} {r['seconds']:>8.1f} {r['mb_per_s']:>7.2f} {r['mb_per_s_per_worker']:>11.2f} "
                     f"{r['tokens_per_s']:>10,.0f} {r['speedup_vs_1']:>7.2f}x {r['peak_rss_main_mib']:>9.0f} MiB "
-                    f"{r['peak_rss_worker_mib']:>11.0f} MiB")
+                    + (f"{r['peak_rss_worker_mib']:>11.0f} MiB" if r["peak_rss_worker_mib"] is not None
+                       else f"{'(in main)':>15}"))
     return "\n".join(rows + data["notes"])
 
 

@@ -46,8 +46,8 @@ from photon_jax.config import DataConfig
 from photon_jax.data.corpus import Document, InputFile, corpus_fingerprint, corpus_inputs
 from photon_jax.data.merge import SPLITS, merge_units, split_documents
 from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
-from photon_jax.data.unit_writer import (META_FILE, UnitsDirGone, is_done, read_meta, tokenize_unit, unit_documents,
-                                        write_documents)
+from photon_jax.data.unit_writer import (META_FILE, UnitsDirGone, is_done, peak_rss_mib, read_meta, tokenize_unit,
+                                        unit_documents, write_documents)
 from photon_jax.data.units import Unit, plan_digest, plan_units
 from photon_jax.errors import CorpusError, UserError
 
@@ -174,9 +174,11 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
         tokenizer = _tokenizer(build, data_cfg, vocab_size, units, process_index == 0, say)
         dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "int32"
         mine = [u for u in units if u.index % process_count == process_index]
-        _run_units(mine, units_root, str(partial / tokenizer.file_name), dtype, data_cfg.text_field, workers, say)
+        worker_peak = _run_units(mine, units_root, str(partial / tokenizer.file_name), dtype, data_cfg.text_field,
+                                 workers, say)
         if process_index != 0:
-            return {"merged": False, "units": len(mine), "seconds": time.time() - start}
+            return {"merged": False, "units": len(mine), "seconds": time.time() - start,
+                    "peak_rss_mib": {"main": peak_rss_mib(), "workers": worker_peak}}
         _wait_for_units(build, units_root, units, say)
         with _merge_lock(partial) as locked:
             build.check_installed(locked)
@@ -184,7 +186,9 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
                         "inputs": inputs, **manifest, "unit_bytes": unit_bytes,
                         "prepared_with": {"workers": workers, "processes": process_count,
-                                          "seconds": round(time.time() - start, 3)}}
+                                          "seconds": round(time.time() - start, 3),
+                                          # this process (incl. the merge) and the largest worker process
+                                          "peak_rss_mib": {"main": peak_rss_mib(), "workers": worker_peak}}}
             (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             _tidy(partial)
             try:
@@ -301,16 +305,17 @@ def _tokenizer(build: _Build, data_cfg: DataConfig, vocab_size: int, units: list
 
 
 def _run_units(units: list[Unit], units_root: Path, tokenizer_path: str, dtype: str, text_field: str,
-               workers: int, say) -> None:
+               workers: int, say) -> float | None:
+    """Tokenize the units not done yet; the worker processes' peak RSS in MiB (None: none ran)."""
     pending = [u for u in units if not is_done(units_root, u)]
     if len(pending) < len(units):
         say(f"reusing {len(units) - len(pending)} finished work units")
     workers = max(1, min(workers, len(pending)))
-    if workers == 1:
+    if workers == 1 or not pending:
         for done, unit in enumerate(pending, start=1):
             tokenize_unit(unit, str(units_root), tokenizer_path, dtype, text_field)
             say(f"work units {done}/{len(pending)}")
-        return
+        return None  # in this process
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -318,14 +323,16 @@ def _run_units(units: list[Unit], units_root: Path, tokenizer_path: str, dtype: 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(tokenize_unit, u, str(units_root), tokenizer_path, dtype, text_field)
                    for u in pending]
+        peaks = []
         try:
             for done, future in enumerate(as_completed(futures), start=1):
-                future.result()
+                peaks.append(future.result()[2])
                 say(f"work units {done}/{len(pending)} on {workers} workers")
         except BaseException:
             for f in futures:
                 f.cancel()
             raise
+    return max((p for p in peaks if p is not None), default=None)
 
 
 def _wait_for_units(build: _Build, units_root: Path, units: list[Unit], say) -> None:

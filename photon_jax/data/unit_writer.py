@@ -130,12 +130,25 @@ def write_documents(docs: Iterable[Document], out: Path, tokenizer_path: str, dt
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory since it started (VmHWM; Linux). Unlike getrusage's ru_maxrss
+    it does not include the memory of the process that forked this one before its exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def tokenize_unit(unit: Unit, units_root: str, tokenizer_path: str, dtype: str, text_field: str,
-                  threads: int = 1) -> tuple[int, dict]:
-    """Worker entry point: (unit index, its meta). A unit already done is not redone."""
+                  threads: int = 1) -> tuple[int, dict, float | None]:
+    """Worker entry point: (unit index, its meta, the worker's peak RSS in MiB). A unit already done is
+    not redone."""
     root = Path(units_root)
     if is_done(root, unit):
-        return unit.index, read_meta(root, unit)
+        return unit.index, read_meta(root, unit), peak_rss_mib()
     docs = unit_documents(unit, text_field)
     cut_file, lines = "", 0
     piece = unit.pieces[-1]  # a part of a cut file is the last (or only) piece of its unit
@@ -145,4 +158,4 @@ def tokenize_unit(unit: Unit, units_root: str, tokenizer_path: str, dtype: str, 
         cut_file, lines = piece.file.rel, count_newlines(piece.file.path, piece.start, piece.stop)
     meta = write_documents(docs, unit_dir(root, unit), tokenizer_path, dtype, cut_file=cut_file,
                            continues=piece.continues, lines=lines, threads=threads)
-    return unit.index, meta
+    return unit.index, meta, peak_rss_mib()
