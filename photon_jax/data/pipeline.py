@@ -30,6 +30,7 @@ with two prefetch threads, and `.mp_prefetch` worker processes when worker_count
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -75,7 +76,7 @@ def _iterate(rows: ProcessRows, worker_count: int, drop_remainder: bool):
     return iter(ds)
 
 
-class StreamIterator:
+class StreamIterator(abc.ABC):
     """Endless local batches {"tokens": int32[b, L], "mask": float32[b, L]} of a global window stream.
 
     Subclasses give the stream (`_windows`, a random-access grain MapDataset) and what a saved state must
@@ -93,12 +94,13 @@ class StreamIterator:
         self.next_window = 0
         self._it = None
 
+    @abc.abstractmethod
     def _windows(self) -> grain.MapDataset:
-        raise NotImplementedError
+        """The global window stream (each subclass's source of windows)."""
 
+    @abc.abstractmethod
     def _identity(self) -> dict[str, Any]:
         """State fields a resumed run must have unchanged."""
-        raise NotImplementedError
 
     def _check_identity(self, state: dict[str, Any]) -> None:
         for key, now in self._identity().items():

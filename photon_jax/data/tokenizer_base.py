@@ -6,6 +6,7 @@ hf_tokenizer.HFTokenizer (a Hugging Face tokenizer.json). Use tokenizer.load_tok
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import os
@@ -20,7 +21,7 @@ from photon_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class Tokenizer:
+class Tokenizer(abc.ABC):
     """A loaded tokenizer with the facts the pipeline, training and evaluation need.
 
     encode never adds special tokens (the pipeline appends EOS itself); decode drops them.
@@ -39,23 +40,24 @@ class Tokenizer:
     kind: ClassVar[str] = ""  # "sentencepiece" | "hf"
     file_name: ClassVar[str] = ""  # the name a prepared data dir or an export stores the file under
 
+    @abc.abstractmethod
     def encode(self, texts: str | list[str], threads: int | None = None) -> list[int] | list[list[int]]:
         """threads: encoding threads for a list (None: the library's default, all cores); prepare's worker
         processes use 1 each, so that --workers N uses N cores."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decode(self, ids) -> str:
-        raise NotImplementedError
+        """The text of `ids`, special tokens dropped."""
 
+    @abc.abstractmethod
     def byte_lengths(self) -> np.ndarray:
         """int32[vocab_size]: UTF-8 bytes of original text each id stands for (0 for special tokens)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def save(self, directory: str | Path) -> Path:
         """Copy the tokenizer into `directory` as `file_name` (plus what loading it back needs); its path.
 
         The file appears whole and last (a rename), so other processes may wait for it to exist."""
-        raise NotImplementedError
 
 
 def read_tokenizer_file(path: Path) -> tuple[bytes, str]:
