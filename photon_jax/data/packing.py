@@ -241,21 +241,3 @@ class ProcessRows(grain.MapDataset):
         if isinstance(index, slice):
             return self.slice(index)
         return self.windows[self.global_index(int(index))]
-
-
-class PackedWindows(ProcessRows):
-    """One split's windows sliced for one process: ProcessRows over a WindowStream.
-
-    seed=None: one pass in stored order (evaluation); windows past the end are padding.
-    """
-
-    def __init__(self, source: SplitSource, seq_len: int, seed: int | None, *, start: int, global_batch: int,
-                 process_index: int, process_count: int, steps: int):
-        super().__init__(WindowStream(source, seq_len, seed), start=start, global_batch=global_batch,
-                         process_index=process_index, process_count=process_count, steps=steps)
-        self.source, self.seq_len, self.seed = source, seq_len, seed
-        self.windows_per_epoch = self.windows.windows_per_epoch
-
-    def window(self, k: int) -> dict[str, np.ndarray]:
-        """Global window k of the stream."""
-        return self.windows.window(k)
