@@ -44,6 +44,10 @@ class LevelConfig:
     chunker: str = "auto"
 
 
+# Model fields that change how the step runs, never the parameters: a checkpoint loads under any of them.
+RUNTIME_MODEL_FIELDS = ("dtype", "remat", "attention_impl", "scan_unroll")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     family: str = "photon"  # "photon" (levels >= 1; one level = Block Transformer) or "vanilla"
@@ -74,6 +78,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs)
+    # Layers per loop iteration of a scanned stack (>= num_layers: no loop). Parameters keep their stacked
+    # layout; unrolling trades compile time for step time (CPU vanilla-tiny: see README "Training speed").
+    scan_unroll: int = 1
     attention_impl: str = "auto"  # "auto" | "xla" | "pallas"
 
     @property
@@ -274,6 +281,7 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.dtype in ("bfloat16", "float32", "float16"), f"model.dtype {m.dtype!r} is not a float dtype")
     _require(m.param_dtype in ("bfloat16", "float32"), f"model.param_dtype {m.param_dtype!r} is not supported")
     _require(m.remat in ("none", "full", "dots"), f"model.remat must be none, full or dots, got {m.remat!r}")
+    _require(m.scan_unroll >= 1, f"model.scan_unroll must be >= 1, got {m.scan_unroll}")
     _require(m.attention_impl in ("auto", "xla", "pallas"),
              f"model.attention_impl must be auto, xla or pallas, got {m.attention_impl!r}")
     if m.attention_impl == "pallas":

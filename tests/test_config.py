@@ -298,7 +298,7 @@ def model_configs(draw):
         ("levels", [{"chunk": 2, "chunker": "glue"}]), ("levels", [{"chunk": 2, "size": 3}]), ("levels", [7]),
         ("alignment", "Z"), ("start_latent", "none"), ("rec_alpha", -1.0), ("dtype", "int4"),
         ("remat", "all"), ("family", "mamba"), ("encoder_embed_width", -1), ("scan_layers", "yes"),
-        ("num_layers", 0), ("bogus", 1),
+        ("num_layers", 0), ("scan_unroll", 0), ("bogus", 1),
     ]))
     if bad is not None:
         model[bad[0]] = bad[1]

@@ -16,6 +16,7 @@ from photon_jax.model import accounting as analysis
 from photon_jax.model import build_model
 from photon_jax.model.convert import unroll_layers
 from photon_jax.model.losses import loss_fn, token_nll
+from photon_jax.runs import checkpoint as ckpt
 
 # LLVM optimisation off: the same computations, about half the compile time on a CPU.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -68,6 +69,30 @@ def test_scan_and_unrolled_layers_agree(family):
     # the layers are really distinct: swapping them changes the output
     swapped = jax.tree.map(lambda x: x[::-1] if x.ndim and x.shape[0] == 2 else x, params)
     assert not np.allclose(np.asarray(forward(scanned_cfg)(swapped, tokens)[0]), np.asarray(a), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["photon", "vanilla"])
+def test_unrolled_scan_gives_the_same_loss_and_gradients_and_loads_the_same_checkpoint(family):
+    looped_cfg = tiny_config(family=family, chunks=(4, 4), layers=2, seq_mult=2, model__dtype="float32")
+    unrolled_cfg = tiny_config(family=family, chunks=(4, 4), layers=2, seq_mult=2, model__dtype="float32",
+                               model__scan_unroll=2)
+    params = random_params(build_model(looped_cfg.model), looped_cfg.data.seq_len)
+    tokens = tokens_for(looped_cfg)
+
+    def loss_and_grads(cfg):
+        model = build_model(cfg.model)
+        loss = lambda p: jnp.mean(model.apply({"params": p}, tokens)[0] ** 2)  # noqa: E731
+        return jit(jax.value_and_grad(loss))(params)
+
+    (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(looped_cfg), loss_and_grads(unrolled_cfg)
+    np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-6)
+    assert max_abs_diff(grads_a, grads_b) < 1e-5
+    # the step's HLO really differs: the unrolled stack has no loop over layers
+    def loops(cfg):
+        model = build_model(cfg.model)
+        return jax.jit(lambda p: model.apply({"params": p}, tokens)).lower(params).as_text().count("stablehlo.while")
+    assert loops(unrolled_cfg) < loops(looped_cfg)
+    assert ckpt.model_mismatch(looped_cfg, unrolled_cfg) is None
 
 
 # ----------------------------------------------------------------------------- remat

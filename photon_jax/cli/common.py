@@ -54,7 +54,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="the training run directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     add_overrides(parser, " (applied to the run's saved config; mesh.*, train.*, data.*, model.dtype, "
-                          "model.attention_impl)")
+                          "model.remat, model.attention_impl, model.scan_unroll)")
     distributed.add_arguments(parser)
 
 

@@ -4,9 +4,10 @@ Four cases, chosen from what the caller passes:
 * causal self-attention without a cache (training and evaluation forwards: every encoder, every
   local decoder window, the vanilla stack): the mask is a `CausalMask` description (causal, within
   blocks for block-local encoders), never a (T, T) array. With `impl` auto on GPU/TPU, or pallas,
-  it runs fused: jax.nn.dot_product_attention with is_causal (cuDNN flash attention on GPU in
-  bf16/fp16 for head dims up to 128, padded to a multiple of 8; its XLA implementation elsewhere),
-  block-local blocks folded into the batch. Otherwise (xla, or
+  it runs fused: on TPU the splash attention kernel (causal or chunked-causal lazy mask, tiles of 128+,
+  for T a multiple of 128); else jax.nn.dot_product_attention with is_causal (cuDNN flash attention on
+  GPU in bf16/fp16 for head dims up to 128, padded to a multiple of 8; its XLA implementation
+  elsewhere), block-local blocks folded into the batch. Otherwise (xla, or
   auto on CPU) the stack builds the dense mask once (`resolve_mask`) and runs `attend`, the
   reference;
 * full attention over an explicit (batch, q, kv) mask (prefill into a cache, decoder windows in
@@ -35,7 +36,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.common import on_platform
 from pallas_kernels.dispatch import decode_attention, resolve_impl
+from pallas_kernels.flash_attention_tpu import causal_attention_tpu, splash_takes
 from pallas_kernels.merge import merge_two
 
 
@@ -81,12 +84,21 @@ def resolve_mask(mask, length: int, impl: str):
     return mask
 
 
+def flash_platform() -> str:
+    """The platform whose fused kernel the causal path uses ('tpu', 'gpu' or 'cpu'; tests patch this to run
+    the TPU kernel in interpret mode on CPU)."""
+    return on_platform()
+
+
 def fused_causal_attention(q_bthd, k_bthd, v_bthd, block: int = 0):
-    """Causal (block-local when block > 0) grouped-query self-attention through
-    jax.nn.dot_product_attention: cuDNN flash attention on GPU when it supports the shape, XLA
-    otherwise. Block-local attention is causal attention inside each block, so the blocks are folded
-    into the batch axis: no mask array at all."""
+    """Causal (block-local when block > 0) grouped-query self-attention, fused: on TPU the splash attention
+    kernel (pallas_kernels.flash_attention_tpu: a lazy causal / chunked-causal mask, no mask array) when T
+    is a multiple of its 128 tile; otherwise jax.nn.dot_product_attention (cuDNN flash attention on GPU when
+    it supports the shape, XLA otherwise), block-local blocks folded into the batch axis."""
     b, t, h, d = q_bthd.shape
+    if flash_platform() == "tpu" and splash_takes(t, block):
+        with jax.named_scope(FUSED_SCOPE):
+            return causal_attention_tpu(q_bthd, k_bthd, v_bthd, block, interpret=on_platform() != "tpu")
     if block and block < t:
         fold = lambda x: x.reshape(b * (t // block), block, *x.shape[2:])  # noqa: E731
         return fused_causal_attention(fold(q_bthd), fold(k_bthd), fold(v_bthd)).reshape(b, t, h, d)

@@ -48,11 +48,12 @@ class StackSpec:
     scan_layers: bool
     remat: str
     attention_impl: str = "xla"
+    scan_unroll: int = 1
 
     @classmethod
     def from_model(cls, m: ModelConfig) -> "StackSpec":
         return cls(m.width, m.ffn_width, m.num_heads, m.kv_heads, m.head_width, m.rope_theta, m.norm_eps,
-                   m.dtype, m.param_dtype, m.scan_layers, m.remat, m.attention_impl)
+                   m.dtype, m.param_dtype, m.scan_layers, m.remat, m.attention_impl, m.scan_unroll)
 
 
 class RMSNorm(nn.Module):
@@ -191,6 +192,7 @@ class Stack(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=self.num_layers,
+                unroll=min(s.scan_unroll, self.num_layers),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x_btd, new_cache = scanned(s, name="layers")(x_btd, positions_bt, mask_bts, write_index_b, cache)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from photon_jax.config import Config, config_from_json
+from photon_jax.config import RUNTIME_MODEL_FIELDS, Config, config_from_json
 from photon_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,6 @@ def model_mismatch(saved: Config, current: Config) -> str | None:
     """First differing model field between a checkpoint's config and the current one, or None."""
     a, b = saved.model.__dict__, current.model.__dict__
     for key in a:
-        if a[key] != b[key] and key not in ("dtype", "remat", "attention_impl"):
+        if a[key] != b[key] and key not in RUNTIME_MODEL_FIELDS:
             return f"model.{key}: checkpoint has {a[key]!r}, config has {b[key]!r}"
     return None

@@ -106,7 +106,7 @@ def load_run(workdir: str | Path, step: int | None = None, mesh_cfg: MeshConfig 
              overrides: list[str] = ()) -> LoadedRun:
     """A trained run's params (no optimizer state) in the shardings of `mesh_cfg` (default: the saved
     mesh). `overrides` are `key=value` config overrides applied to the saved config (mesh.*, train.*,
-    data.*, and the model fields that do not change the parameters: dtype, remat, attention_impl);
+    data.*, and the model fields that do not change the parameters: config.RUNTIME_MODEL_FIELDS);
     one that would change the parameters is refused with one line."""
     workdir = Path(workdir).resolve()
     if not workdir.is_dir():
