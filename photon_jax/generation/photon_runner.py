@@ -77,7 +77,7 @@ import jax.numpy as jnp
 from photon_jax.config import ModelConfig
 from photon_jax.generation import multiquery, rows
 from photon_jax.generation.caches import kv_zeros
-from photon_jax.model.attention import CausalMask, causal_mask
+from photon_jax.model.attention import CausalMask
 from photon_jax.model.hierarchy import Hierarchy, feed_own_outputs
 from photon_jax.model.photon import PhotonLM, shift_right
 
@@ -206,11 +206,9 @@ class PhotonRunner:
             pos = rows.positions(b, m)
             layers = cfg.levels[i].encoder_layers
             if h.kinds[i] == "global":
-                size = cap_tokens // h.tok_per[i + 1]
-                kv_pos = rows.positions(b, size)
-                mask = causal_mask(pos, kv_pos, block=h.block[i])
-                x, enc[i] = h.call(params, PhotonLM.encode, i, a_bmd, pos, mask, kv_zeros(cfg, layers, b, size),
-                                   jnp.zeros((b,), jnp.int32))
+                size = cap_tokens // h.tok_per[i + 1]  # the cache is filled from slot 0: a CausalMask prefill
+                x, enc[i] = h.call(params, PhotonLM.encode, i, a_bmd, pos, CausalMask(h.block[i]),
+                                   kv_zeros(cfg, layers, b, size), jnp.zeros((b,), jnp.int32))
             else:
                 x, _ = h.call(params, PhotonLM.encode, i, a_bmd, pos, CausalMask(h.block[i]))
                 if h.kinds[i] == "ring":
@@ -218,7 +216,7 @@ class PhotonRunner:
                     first = (counts[i + 1] // blk) * blk  # first unit of the current meta-context
                     pos_blk = rows.positions(b, blk, first)
                     _, enc[i] = h.call(params, PhotonLM.encode, i, rows.window(a_bmd, first, blk), pos_blk,
-                                       causal_mask(pos_blk, pos_blk), kv_zeros(cfg, layers, b, blk),
+                                       CausalMask(), kv_zeros(cfg, layers, b, blk),
                                        jnp.zeros((b,), jnp.int32))
             streams[i + 1] = x
             lower = x

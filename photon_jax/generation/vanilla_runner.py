@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from photon_jax.config import ModelConfig
 from photon_jax.generation import multiquery, rows
 from photon_jax.generation.caches import kv_zeros
-from photon_jax.model.attention import causal_mask
+from photon_jax.model.attention import CausalMask
 from photon_jax.model.vanilla import VanillaLM
 
 
@@ -33,9 +33,8 @@ class VanillaRunner:
     def prefill(self, params, tokens_bt, prompt_len_b, cap_tokens: int):
         b, t = tokens_bt.shape
         pos = rows.positions(b, t)
-        mask = causal_mask(pos, rows.positions(b, cap_tokens))
-        cache = kv_zeros(self.cfg, self.cfg.num_layers, b, cap_tokens)
-        hid, cache = self.call(params, _hidden, tokens_bt, pos, mask, cache, jnp.zeros((b,), jnp.int32))
+        cache = kv_zeros(self.cfg, self.cfg.num_layers, b, cap_tokens)  # filled from slot 0: a CausalMask prefill
+        hid, cache = self.call(params, _hidden, tokens_bt, pos, CausalMask(), cache, jnp.zeros((b,), jnp.int32))
         last = rows.take(hid, prompt_len_b - 1)
         return {"tokens": cache}, self.call(params, VanillaLM.logits, last)
 

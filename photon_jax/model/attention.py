@@ -2,7 +2,9 @@
 
 Four cases, chosen from what the caller passes:
 * causal self-attention without a cache (training and evaluation forwards: every encoder, every
-  local decoder window, the vanilla stack): the mask is a `CausalMask` description (causal, within
+  local decoder window, the vanilla stack), or the prefill of an empty cache from slot 0 (the prompt's
+  keys are all the keys there are; the layer writes the cache and attends over the new keys only):
+  the mask is a `CausalMask` description (causal, within
   blocks for block-local encoders), never a (T, T) array. With `impl` auto on GPU/TPU, or pallas,
   it runs fused: on TPU the splash attention kernel (causal or chunked-causal lazy mask, tiles of 128+,
   for T a multiple of 128); else jax.nn.dot_product_attention with is_causal (cuDNN flash attention on
@@ -63,10 +65,12 @@ class CausalMask:
 
     block: int = 0
 
-    def dense(self, length: int):
-        """The same mask as a (1, T, T) bool array (the reference path)."""
+    def dense(self, length: int, kv_length: int | None = None):
+        """The same mask as a (1, T, S) bool array (the reference path); S = kv_length (a cache being
+        prefilled from slot 0: its slots past T are masked), default T."""
         positions = jnp.arange(length, dtype=jnp.int32)[None, :]
-        return causal_mask(positions, positions, block=self.block)
+        kv_positions = jnp.arange(kv_length or length, dtype=jnp.int32)[None, :]
+        return causal_mask(positions, kv_positions, block=self.block)
 
 
 def uses_fused(impl: str) -> bool:
@@ -76,11 +80,12 @@ def uses_fused(impl: str) -> bool:
     return impl == "pallas" or jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
 
 
-def resolve_mask(mask, length: int, impl: str):
+def resolve_mask(mask, length: int, impl: str, kv_length: int | None = None):
     """Once per stack: a CausalMask stays a description when the fused path will take it, else it
-    becomes the dense array every layer reads; arrays pass through."""
+    becomes the dense array every layer reads (over kv_length cache slots when prefilling a cache);
+    arrays pass through."""
     if isinstance(mask, CausalMask) and not uses_fused(impl):
-        return mask.dense(length)
+        return mask.dense(length, kv_length)
     return mask
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
-from photon_jax.model.attention import attention, resolve_mask
+from photon_jax.model.attention import CausalMask, attention, resolve_mask
 
 Dtype = Any
 
@@ -128,7 +128,10 @@ class Attention(nn.Module):
             k_all = write_cache(cache["k"], k, write_index_b)
             v_all = write_cache(cache["v"], v, write_index_b)
             new_cache = {"k": k_all, "v": v_all}
-            k, v = k_all, v_all
+            if isinstance(mask_bts, CausalMask):  # prefill of an empty cache from slot 0: fused over the new keys
+                cache = None
+            else:
+                k, v = k_all, v_all
         out = attention(q, k, v, mask_bts, impl=s.attention_impl, cache=cache)
         y = Einsum((s.num_heads, s.head_dim, s.width), "bthk,hkd->btd", ("heads", "head_dim", "embed"),
                    (s.num_heads * s.head_dim) ** -0.5, s.dtype, s.param_dtype, name="out")(out)
@@ -184,7 +187,8 @@ class Stack(nn.Module):
             policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if s.remat == "dots" else None
             block_cls = nn.remat(Block, policy=policy, prevent_cse=not s.scan_layers)
         x_btd = x_btd.astype(dtype_of(s.dtype))
-        mask_bts = resolve_mask(mask_bts, x_btd.shape[1], s.attention_impl)  # once per stack, not per layer
+        kv_length = None if cache is None else cache["k"].shape[2]  # (layers, batch, slots, kv_heads, head_dim)
+        mask_bts = resolve_mask(mask_bts, x_btd.shape[1], s.attention_impl, kv_length)  # once per stack
         if s.scan_layers:
             scanned = nn.scan(
                 block_cls,
