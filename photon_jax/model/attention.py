@@ -34,9 +34,12 @@ attention with heads % kv_heads == 0; mask (batch, q_len, kv_len) bool.
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from pallas_kernels.common import on_platform
 from pallas_kernels.dispatch import decode_attention, resolve_impl
@@ -102,8 +105,9 @@ def fused_causal_attention(q_bthd, k_bthd, v_bthd, block: int = 0):
     it supports the shape, XLA otherwise), block-local blocks folded into the batch axis."""
     b, t, h, d = q_bthd.shape
     if flash_platform() == "tpu" and splash_takes(t, block):
+        kernel = lambda q, k, v: causal_attention_tpu(q, k, v, block, interpret=on_platform() != "tpu")  # noqa: E731
         with jax.named_scope(FUSED_SCOPE):
-            return causal_attention_tpu(q_bthd, k_bthd, v_bthd, block, interpret=on_platform() != "tpu")
+            return per_shard(kernel, q_bthd, k_bthd, v_bthd)
     if block and block < t:
         fold = lambda x: x.reshape(b * (t // block), block, *x.shape[2:])  # noqa: E731
         return fused_causal_attention(fold(q_bthd), fold(k_bthd), fold(v_bthd)).reshape(b, t, h, d)
@@ -117,6 +121,29 @@ def fused_causal_attention(q_bthd, k_bthd, v_bthd, block: int = 0):
         out = jax.nn.dot_product_attention(pad(q_bthd), pad(k_bthd), pad(v_bthd), is_causal=True,
                                            scale=d ** -0.5, implementation="cudnn")
         return out[..., :d]
+
+
+def per_shard(kernel, q_bthd, k_bskd, v_bskd):
+    """Run a kernel (a pallas_call XLA cannot partition) once per device on its own rows and heads: under
+    a multi-device mesh, shard_map with the specs the logical rules give (batch, heads / kv_heads); the
+    sequence and head_dim stay whole. Heads that do not split evenly stay replicated."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q_bthd, k_bskd, v_bskd)
+    batch_ax, heads_ax = nn.logical_to_mesh_axes(("batch", "heads"))
+    (kv_ax,) = nn.logical_to_mesh_axes(("kv_heads",))  # its own call: one spec cannot use a mesh axis twice
+
+    def size(axes):
+        names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+        return math.prod(mesh.shape[name] for name in names)
+
+    if q_bthd.shape[2] % size(heads_ax) or k_bskd.shape[2] % size(kv_ax) or size(heads_ax) != size(kv_ax):
+        heads_ax = kv_ax = None  # a group of query heads must sit with its kv head
+    if q_bthd.shape[0] % size(batch_ax):
+        batch_ax = None
+    q_spec, kv_spec = P(batch_ax, None, heads_ax, None), P(batch_ax, None, kv_ax, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                         check_vma=False)(q_bthd, k_bskd, v_bskd)
 
 
 def cudnn_takes(dtype, head_dim: int) -> bool:
