@@ -363,3 +363,45 @@ def test_compiled_tpu_kernel_matches_reference():
         out, lse = decode_attention_tpu(q, k, v, lengths)
         out_ref, lse_ref = decode_attention_reference(q, k, v, lengths)
         assert_close(out, lse, out_ref, lse_ref, lengths, dtype)
+
+
+def _fused_training_cases():
+    """Causal self-attention as training runs it (bf16, grouped-query, the 600M head dim 52 and 64),
+    plain and block-local: (T, block, head_dim)."""
+    return [(256, 0, 52), (256, 0, 64), (512, 64, 64)]
+
+
+def _check_fused_against_reference(fused):
+    from photon_jax.model.attention import CausalMask, attend
+
+    for t, block, d in _fused_training_cases():
+        rng = np.random.default_rng(t + d)
+        q, k, v = (jnp.asarray(rng.standard_normal((2, t, n, d)), jnp.bfloat16) for n in (8, 2, 2))
+        mask = CausalMask(block).dense(t)
+        loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v).astype(jnp.float32)))  # noqa: E731
+        reference = lambda q, k, v: attend(q, k, v, mask)  # noqa: E731
+        kernel = lambda q, k, v: fused(q, k, v, block)  # noqa: E731
+        np.testing.assert_allclose(np.asarray(jax.jit(kernel)(q, k, v), np.float32),
+                                   np.asarray(reference(q, k, v), np.float32), atol=3e-2, rtol=3e-2)
+        grads = jax.jit(jax.grad(loss(kernel), argnums=(0, 1, 2)))(q, k, v)
+        for a, b in zip(grads, jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)):
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=0.15, rtol=0.1)
+
+
+@pytest.mark.gpu
+def test_compiled_cudnn_training_attention_matches_reference():
+    if jax.default_backend() != "gpu":
+        pytest.skip(f"requires a GPU: default backend is {jax.default_backend()}")
+    from photon_jax.model.attention import cudnn_takes, fused_causal_attention
+
+    assert cudnn_takes(jnp.bfloat16, 52)  # the 600M shape goes to cuDNN (padded to 56)
+    _check_fused_against_reference(fused_causal_attention)
+
+
+@pytest.mark.tpu
+def test_compiled_splash_training_attention_matches_reference():
+    if jax.default_backend() != "tpu":
+        pytest.skip(f"requires a TPU: default backend is {jax.default_backend()}")
+    from pallas_kernels.flash_attention_tpu import causal_attention_tpu
+
+    _check_fused_against_reference(lambda q, k, v, block: causal_attention_tpu(q, k, v, block))
