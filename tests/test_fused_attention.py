@@ -39,6 +39,25 @@ def fused_ops(jaxpr) -> int:
     return count
 
 
+def model_inputs(cfg, t: int, batch: int, seed: int):
+    """Random parameters of cfg's model, (batch, t) random tokens and an all-ones mask."""
+    variables = random_variables(build_model(cfg), t)
+    tokens = jnp.asarray(np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, t)), jnp.int32)
+    return variables, tokens, jnp.ones((batch, t), jnp.float32)
+
+
+def model_loss(cfg, impl, tokens, mask):
+    """params -> (training loss, logits) of cfg's model with model.attention_impl = impl."""
+    impl_cfg = dataclasses.replace(cfg, attention_impl=impl)
+    model = build_model(impl_cfg)
+
+    def loss(params):
+        logits, aux = model.apply({"params": params}, tokens, mask)
+        return loss_fn(impl_cfg, logits, aux, tokens, mask)[0], logits
+
+    return loss
+
+
 def splash_launches(jaxpr) -> int:
     """splash attention pallas_calls (forward, dq, dkv) in a program and all its sub-programs."""
     count = 0
@@ -74,18 +93,10 @@ def test_every_family_trains_the_same_through_the_fused_path(name):
     cfg = tiny_config(family=family, chunks=chunks, alignment=alignment,
                       model__block_local_lower=str(block_local).lower()).model
     t = cfg.meta_context * 4
-    variables = random_variables(build_model(cfg), t)
-    tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, t)), jnp.int32)
-    mask = jnp.ones((2, t), jnp.float32)
+    variables, tokens, mask = model_inputs(cfg, t, 2, 1)
 
     def loss_and_grads(impl):
-        impl_cfg = dataclasses.replace(cfg, attention_impl=impl)
-        model = build_model(impl_cfg)
-
-        def loss(params):
-            logits, aux = model.apply({"params": params}, tokens, mask)
-            return loss_fn(impl_cfg, logits, aux, tokens, mask)[0], logits
-
+        loss = model_loss(cfg, impl, tokens, mask)
         (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
         return value, logits, grads, fused_ops(jax.make_jaxpr(loss)(variables["params"]).jaxpr)
 
@@ -132,20 +143,13 @@ def test_models_train_the_same_through_the_tpu_splash_kernel(monkeypatch, family
     cfg = tiny_config(family=family, chunks=chunks, seq_mult=128 // (chunks[0] if family == "vanilla" else 1),
                       model__block_local_lower=str(block_local).lower()).model
     t = 128 if family == "vanilla" else 512
-    variables = random_variables(build_model(cfg), t)
-    tokens = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab_size, (1, t)), jnp.int32)
-    mask = jnp.ones((1, t), jnp.float32)
+    variables, tokens, mask = model_inputs(cfg, t, 1, 2)
 
     def loss_and_grads(impl):
-        impl_cfg = dataclasses.replace(cfg, attention_impl=impl)
-        model = build_model(impl_cfg)
-
-        def loss(params):
-            logits, aux = model.apply({"params": params}, tokens, mask)
-            return loss_fn(impl_cfg, logits, aux, tokens, mask)[0]
-
-        value, grads = jax.value_and_grad(loss)(variables["params"])
-        return value, grads, splash_launches(jax.make_jaxpr(jax.grad(loss))(variables["params"]).jaxpr)
+        loss = model_loss(cfg, impl, tokens, mask)
+        (value, _), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        program = jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(variables["params"]).jaxpr
+        return value, grads, splash_launches(program)
 
     ref_loss, ref_grads, ref_launches = loss_and_grads("xla")
     monkeypatch.setattr(attention_module, "flash_platform", lambda: "tpu")
@@ -191,14 +195,11 @@ def test_splash_kernel_runs_per_shard_under_a_multi_device_mesh(monkeypatch):
     from photon_jax.sharding import logical_rules, make_mesh
 
     cfg = tiny_config(family="vanilla", chunks=(4,), seq_mult=32).model  # T = 128, 4 heads, 2 kv heads
-    variables = random_variables(build_model(cfg), 128)
-    tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (4, 128)), jnp.int32)
-    mask = jnp.ones((4, 128), jnp.float32)
+    variables, tokens, mask = model_inputs(cfg, 128, 4, 4)
 
     def loss_of(impl):
-        impl_cfg = dataclasses.replace(cfg, attention_impl=impl)
-        model = build_model(impl_cfg)
-        return lambda p: loss_fn(impl_cfg, *model.apply({"params": p}, tokens, mask), tokens, mask)[0]
+        loss = model_loss(cfg, impl, tokens, mask)
+        return lambda p: loss(p)[0]
 
     ref_loss, ref_grads = jax.value_and_grad(loss_of("xla"))(variables["params"])
     monkeypatch.setattr(attention_module, "flash_platform", lambda: "tpu")
