@@ -24,7 +24,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
 LANES = 128
-SPLASH_KERNEL_PREFIX = "splash_mha"  # kernel names of the forward/dq/dkv pallas_calls (kernel_sites counts them)
+SPLASH_KERNEL_PREFIX = "splash_mha"  # names of its forward / dq / dkv pallas_calls (tests count the launches)
 
 
 def splash_takes(length: int, block: int = 0) -> bool:
