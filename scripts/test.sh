@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The README's test command: set up the environment, then run the whole pytest suite.
+# Test files are spread over worker processes (pytest-xdist, a whole file per worker so module
+# fixtures are built once): one per core, at most 4; PHOTON_TEST_WORKERS=N overrides (0: one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+cores=$(nproc 2>/dev/null || echo 1)
+workers=${PHOTON_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
+parallel=()
+if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadfile); fi
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" "$@"
