@@ -119,3 +119,11 @@ def fast_compile():
 @pytest.fixture
 def tiny_photon():
     return tiny_config()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files holding a `slow` test run first (stable order otherwise): scripts/test.sh hands whole files
+    to parallel workers in collection order, so starting the minutes-long ones early keeps one worker
+    from finishing them alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

@@ -242,6 +242,7 @@ def _launch_eval(processes: int, devices: int, args: list[str], out_file: Path, 
     return json.loads(out_file.read_text())
 
 
+@pytest.mark.slow
 def test_scores_equal_on_every_mesh_and_with_two_processes(setup, trained_run, capsys, tmp_path):
     common = ["--workdir", str(trained_run), "--tasks", "tiny_choice,tiny_rolling", "--include-path",
               str(setup["tasks"]), "--batch-size", "8", "--limit", "6"]

@@ -72,6 +72,7 @@ def small_data(tmp_path_factory):
     return prepare_few_plays(tmp_path_factory.mktemp("interop_data"), VOCAB, plays=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["photon-tiny", "block-tiny", "vanilla-tiny"])
 def test_export_import_round_trips_every_family_bit_for_bit(small_data, preset, tmp_path):
     cfg = load_config(preset=preset, overrides=[

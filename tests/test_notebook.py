@@ -8,10 +8,12 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "experiments" / "notebooks" / "ablations.ipynb"
 
 
+@pytest.mark.slow
 def test_ablations_notebook_smoke_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("PHOTON_JAX_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("PHOTON_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "sweep"))

@@ -31,6 +31,7 @@ def _wandb_bytes(workdir: Path) -> bytes:
     return b"".join(p.read_bytes() for p in runs)
 
 
+@pytest.mark.slow
 def test_profiled_steps_and_wandb_offline(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     workdir = tmp_path / "run"

@@ -180,6 +180,7 @@ def _lines(path):
     return path.read_text().splitlines()
 
 
+@pytest.mark.slow
 def test_interrupted_grid_resumes_without_redoing_finished_runs(tmp_path, plays, monkeypatch, fast_compile):
     grid = _grid(plays)
     work = tmp_path / "sweep"
@@ -244,6 +245,7 @@ def test_a_finished_run_with_another_config_is_refused(tmp_path, plays, fast_com
         run_sweep(changed, work, plot=False, quiet=True)
 
 
+@pytest.mark.slow
 def test_three_seed_grid_summary_and_resume(tmp_path, plays, monkeypatch, fast_compile):
     """Three seeds of one run: different inits and orders, mean/std equal to the three results, and an
     interrupted seeded grid retrains nothing finished."""

@@ -61,6 +61,7 @@ def _final_params(workdir):
     return step, restored["state"]["params"]
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_exact(shakespeare_dir, tmp_path, monkeypatch):
     one_device(monkeypatch)
     cfg = small_cfg("photon-tiny", shakespeare_dir, "train.steps=12", "train.log_every=1")
@@ -80,6 +81,7 @@ def test_resume_is_bitwise_exact(shakespeare_dir, tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes(shakespeare_dir, tmp_path, monkeypatch):
     one_device(monkeypatch)
     import signal
