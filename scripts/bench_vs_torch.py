@@ -13,7 +13,9 @@ another environment's python.
         --jax 'default' --jax 'unrolled|model.scan_unroll=8' \
         --jax 'unrolled-no-ynn|model.scan_unroll=8|--xla_cpu_experimental_ynn_fusion_type=' --json-file r.json
 
-Each --jax is NAME[|OVERRIDES (space-separated)[|XLA_FLAGS]]: one photon-jax side. Torch runs in fp32 (its
+Each --jax is NAME[|OVERRIDES (space-separated)[|XLA_FLAGS[|CHECKOUT]]]: one photon-jax side; CHECKOUT
+times another photon-jax source tree instead of this one (a `git worktree add /tmp/before HEAD~1`), so a
+change is measured before and after in the same interleaved run. Torch runs in fp32 (its
 CPU default); photon-jax in the preset's model.dtype unless an override says (parameters and optimizer state
 are fp32 on both sides).
 """
@@ -32,10 +34,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def thread_env(threads: int, xla_flags: str = "") -> dict:
+def thread_env(threads: int, xla_flags: str = "", repo: str = REPO) -> dict:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+               PYTHONPATH=repo + os.pathsep + env.get("PYTHONPATH", ""))
     env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), xla_flags]).strip()
     return env
 
@@ -60,7 +62,9 @@ def run_jax(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
     from photon_jax.config import load_config
     cfg = load_config(preset=preset, overrides=overrides)
     run = bench_one(cfg, steps, warmup)
-    return {"step_time_s": run["step_time_s"], "step_times_s": run["step_times_s"], "final_loss": run["final_loss"]}
+    import photon_jax
+    return {"step_time_s": run["step_time_s"], "step_times_s": run["step_times_s"], "final_loss": run["final_loss"],
+            "source": os.path.dirname(os.path.dirname(os.path.abspath(photon_jax.__file__)))}
 
 
 def run_torch(shape: dict, threads: int, steps: int, warmup: int) -> dict:
@@ -101,15 +105,18 @@ def run_torch(shape: dict, threads: int, steps: int, warmup: int) -> dict:
 
 # ---- the driver ---------------------------------------------------------------------------------------------
 
-def parse_jax_side(spec: str) -> tuple[str, list[str], str]:
-    name, overrides, flags = (spec.split("|") + ["", ""])[:3]
-    if not name:
-        raise SystemExit(f"error: --jax {spec!r}: expected NAME[|OVERRIDES[|XLA_FLAGS]]")
-    return name, overrides.split(), flags
+def parse_jax_side(spec: str) -> tuple[str, list[str], str, str]:
+    name, overrides, flags, checkout = (spec.split("|") + ["", "", ""])[:4]
+    if not name or spec.count("|") > 3:
+        raise SystemExit(f"error: --jax {spec!r}: expected NAME[|OVERRIDES[|XLA_FLAGS[|CHECKOUT]]]")
+    checkout = os.path.abspath(checkout) if checkout else REPO
+    if not os.path.isfile(os.path.join(checkout, "photon_jax", "__init__.py")):
+        raise SystemExit(f"error: --jax {spec!r}: {checkout} is not a photon-jax checkout (no photon_jax/__init__.py)")
+    return name, overrides.split(), flags, checkout
 
 
-def side(python: str, args: list[str], threads: int, xla_flags: str = "") -> dict:
-    proc = subprocess.run([python, os.path.abspath(__file__), *args], env=thread_env(threads, xla_flags),
+def side(python: str, args: list[str], threads: int, xla_flags: str = "", checkout: str = REPO) -> dict:
+    proc = subprocess.run([python, os.path.abspath(__file__), *args], env=thread_env(threads, xla_flags, checkout),
                           capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"error: the {args[args.index('--side') + 1]} side failed: {proc.stderr.strip()[-800:]}")
@@ -143,18 +150,22 @@ def main(argv=None) -> int:
     jax_sides = [parse_jax_side(s) for s in a.jax or ["default"]]
     shape = shape_of(a.preset, a.overrides)
     common = ["--preset", a.preset, "--threads", str(a.threads), "--steps", str(a.steps), "--warmup", str(a.warmup)]
-    samples: dict[str, list[dict]] = {"torch": [], **{name: [] for name, _, _ in jax_sides}}
+    samples: dict[str, list[dict]] = {"torch": [], **{name: [] for name, _, _, _ in jax_sides}}
     for r in range(a.rounds):
         samples["torch"].append(side(a.torch_python, common + ["--side", "torch", json.dumps(shape)], a.threads))
-        for name, overrides, flags in jax_sides:
+        for name, overrides, flags, checkout in jax_sides:
             samples[name].append(side(sys.executable, common + ["--side", "jax", "--", *a.overrides, *overrides],
-                                      a.threads, flags))
+                                      a.threads, flags, checkout))
+            if os.path.realpath(samples[name][-1]["source"]) != os.path.realpath(checkout):
+                raise SystemExit(f"error: side {name} imported photon_jax from {samples[name][-1]['source']}, "
+                                 f"not {checkout}")
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1]['step_time_s'] * 1e3:.1f} ms"
                                                            for k, v in samples.items()), flush=True)
     tokens = shape["batch"] * shape["seq"]
     result = {"preset": a.preset, "shape": shape, "threads": a.threads, "rounds": a.rounds, "steps": a.steps,
               "warmup": a.warmup, "overrides": a.overrides,
-              "jax_sides": {n: {"overrides": o, "xla_flags": f} for n, o, f in jax_sides}, "sides": {}}
+              "jax_sides": {n: {"overrides": o, "xla_flags": f, "checkout": c} for n, o, f, c in jax_sides},
+              "sides": {}}
     for name, runs in samples.items():
         step = statistics.median(r["step_time_s"] for r in runs)
         result["sides"][name] = {"step_time_s": step, "tokens_per_s": tokens / step,

@@ -17,7 +17,8 @@ from conftest import random_variables, tiny_config
 from pallas_kernels.flash_attention_tpu import SPLASH_KERNEL_PREFIX, causal_attention_tpu, splash_takes
 from photon_jax.model import attention as attention_module
 from photon_jax.model import build_model
-from photon_jax.model.attention import FUSED_SCOPE, CausalMask, attend, fused_causal_attention, resolve_mask
+from photon_jax.model.attention import (FUSED_SCOPE, CausalMask, fused_causal_attention, reference_attention,
+                                       resolve_mask)
 from photon_jax.model.losses import loss_fn
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -75,7 +76,7 @@ def test_fused_causal_attention_equals_the_dense_reference(block, dtype, tol):
     q, k, v = (jnp.asarray(rng.standard_normal(shape), dtype) for shape in ((2, 16, 8, 52), (2, 16, 2, 52),
                                                                            (2, 16, 2, 52)))
     fused = fused_causal_attention(q, k, v, block)
-    reference = attend(q, k, v, CausalMask(block).dense(16))
+    reference = reference_attention(q, k, v, CausalMask(block).dense(16))
     np.testing.assert_allclose(np.asarray(fused, np.float32), np.asarray(reference, np.float32), atol=tol, rtol=tol)
 
 
@@ -124,7 +125,7 @@ def test_splash_attention_kernel_equals_the_dense_reference_forward_and_backward
         return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v).astype(jnp.float32)))
 
     kernel = lambda q, k, v: causal_attention_tpu(q, k, v, block, interpret=True)  # noqa: E731
-    reference = lambda q, k, v: attend(q, k, v, mask)  # noqa: E731
+    reference = lambda q, k, v: reference_attention(q, k, v, mask)  # noqa: E731
     np.testing.assert_allclose(np.asarray(kernel(q, k, v), np.float32), np.asarray(reference(q, k, v), np.float32),
                                atol=tol, rtol=tol)
     grads = jax.grad(loss(kernel), argnums=(0, 1, 2))(q, k, v)

@@ -372,14 +372,14 @@ def _fused_training_cases():
 
 
 def _check_fused_against_reference(fused):
-    from photon_jax.model.attention import CausalMask, attend
+    from photon_jax.model.attention import CausalMask, reference_attention
 
     for t, block, d in _fused_training_cases():
         rng = np.random.default_rng(t + d)
         q, k, v = (jnp.asarray(rng.standard_normal((2, t, n, d)), jnp.bfloat16) for n in (8, 2, 2))
         mask = CausalMask(block).dense(t)
         loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v).astype(jnp.float32)))  # noqa: E731
-        reference = lambda q, k, v: attend(q, k, v, mask)  # noqa: E731
+        reference = lambda q, k, v: reference_attention(q, k, v, mask)  # noqa: E731
         kernel = lambda q, k, v: fused(q, k, v, block)  # noqa: E731
         np.testing.assert_allclose(np.asarray(jax.jit(kernel)(q, k, v), np.float32),
                                    np.asarray(reference(q, k, v), np.float32), atol=3e-2, rtol=3e-2)

@@ -10,8 +10,9 @@ Four cases, chosen from what the caller passes:
   for T a multiple of 128); else jax.nn.dot_product_attention with is_causal (cuDNN flash attention on
   GPU in bf16/fp16 for head dims up to 128, padded to a multiple of 8; its XLA implementation
   elsewhere), block-local blocks folded into the batch. Otherwise (xla, or
-  auto on CPU) the stack builds the dense mask once (`resolve_mask`) and runs `attend`, the
-  reference;
+  auto on CPU) the stack builds the dense mask once (`resolve_mask`) and runs `attend`
+  (softmax_attention.py: plain XLA ops with a hand-written backward; `reference_attention` there is
+  the definition the tests hold every path to);
 * full attention over an explicit (batch, q, kv) mask (prefill into a cache, decoder windows in
   generation): `attend`, softmax in fp32;
 * one query per row over a KV cache (decode steps): the kernel package's decode attention
@@ -45,6 +46,7 @@ from pallas_kernels.common import on_platform
 from pallas_kernels.dispatch import decode_attention, resolve_impl
 from pallas_kernels.flash_attention_tpu import causal_attention_tpu, splash_takes
 from pallas_kernels.merge import merge_two
+from photon_jax.model.softmax_attention import attend, reference_attention  # noqa: F401 (re-exported)
 
 
 def causal_mask(q_pos_bt, kv_pos_bs, kv_valid_bs=None, block: int = 0):
@@ -150,21 +152,6 @@ def cudnn_takes(dtype, head_dim: int) -> bool:
     """cuDNN flash attention: on a GPU, bf16/fp16, head dim up to 128 (after padding to a multiple of 8)."""
     return (jax.default_backend() in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
             and head_dim <= 128)
-
-
-def attend(q_bthd, k_bskd, v_bskd, mask_bts):
-    """Grouped-query softmax attention in fp32; fully masked rows return zeros."""
-    b, t, h, d = q_bthd.shape
-    kv_heads = k_bskd.shape[2]
-    q_btkgd = q_bthd.reshape(b, t, kv_heads, h // kv_heads, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q_btkgd.astype(jnp.float32), k_bskd.astype(jnp.float32))
-    logits = logits * (d ** -0.5)
-    mask = mask_bts[:, None, None, :, :]
-    logits = jnp.where(mask, logits, -1e30)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = jnp.where(mask, probs, 0.0)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd.astype(jnp.float32))
-    return out.reshape(b, t, h, d).astype(q_bthd.dtype)
 
 
 def masked_partial(q_bthd, k_bskd, v_bskd, mask_bts):
