@@ -5,7 +5,9 @@ hardware-marked tests, e.g. scripts/gpu_checks.sh): JAX_PLATFORMS is set to that
 CPU as second backend ("auto": JAX_PLATFORMS left as it is) and no fake CPU devices are forced.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Hermetic: no network for Hugging Face datasets / hub (the harness tests use local task files), and
@@ -13,6 +15,17 @@ import tempfile
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="photon-test-hf-"))
+
+# One persistent XLA compilation cache for the run: the first process (pytest itself, or the xdist
+# controller) creates it; the workers and every subprocess a test starts inherit it through the
+# environment, so a program compiled once (the same tiny model in another test, another run of a
+# sweep, a CLI subprocess) is loaded instead of compiled again. Removed when that process exits; a
+# cache the caller set is used and kept. PHOTON_TEST_COMPILE_CACHE=0 compiles everything afresh.
+if os.environ.get("PHOTON_TEST_COMPILE_CACHE", "1") != "0" and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _compile_cache = tempfile.mkdtemp(prefix="photon-test-xla-cache-")
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_compile_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    atexit.register(shutil.rmtree, _compile_cache, ignore_errors=True)
 
 _PLATFORM = os.environ.get("PHOTON_TEST_PLATFORM", "cpu").strip().lower() or "cpu"
 if _PLATFORM == "cpu":
