@@ -12,6 +12,7 @@ attention itself (full, cached decode, shared-prompt cascade) is attention.py's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
 from photon_jax.model.attention import CausalMask, attention, resolve_mask
+from photon_jax.model.projection import Dense, elementwise_dtype, project
 
 Dtype = Any
 
@@ -88,23 +90,24 @@ def write_cache(cache_bskd, new_btkd, write_index_b):
     return jax.vmap(one)(cache_bskd, new_btkd, write_index_b)
 
 
-class Einsum(nn.Module):
-    """A bias-free projection with an explicit N-d kernel (DenseGeneral reshapes its kernel during
-    init, which breaks logical sharding constraints on multi-axis kernels)."""
+class Projection(nn.Module):
+    """A bias-free projection with an explicit N-d kernel whose first `contract` axes meet x's last
+    ones (DenseGeneral reshapes its kernel during init, which breaks logical sharding constraints on
+    multi-axis kernels)."""
 
     shape: tuple[int, ...]
-    equation: str
+    contract: int
     axes: tuple[str, ...]
     stddev: float
     dtype: str
     param_dtype: str
+    out_dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
         init = logical_init(nn.initializers.normal(stddev=self.stddev), self.axes)
         kernel = self.param("kernel", init, self.shape, dtype_of(self.param_dtype))
-        dtype = dtype_of(self.dtype)
-        return jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+        return project(x, kernel, self.contract, dtype_of(self.dtype), self.out_dtype)
 
 
 class Attention(nn.Module):
@@ -114,15 +117,17 @@ class Attention(nn.Module):
     def __call__(self, x_btd, positions_bt, mask_bts, cache=None, write_index_b=None):
         s = self.spec
 
-        def proj(name, heads, axes):
-            return Einsum((s.width, heads, s.head_dim), "btd,dhk->bthk", axes, s.width ** -0.5, s.dtype,
-                          s.param_dtype, name=name)(x_btd)
+        def proj(name, heads, axes, out_dtype=None):
+            return Projection((s.width, heads, s.head_dim), 1, axes, s.width ** -0.5, s.dtype, s.param_dtype,
+                              out_dtype, name=name)(x_btd)
 
-        q = proj("query", s.num_heads, ("embed", "heads", "head_dim"))
-        k = proj("key", s.kv_heads, ("embed", "kv_heads", "head_dim"))
+        # q and k leave the matmul in the dtype RoPE computes in (fp32 on CPU: no bf16 round trip).
+        dtype, rope_dtype = dtype_of(s.dtype), elementwise_dtype(s.dtype)
+        q = proj("query", s.num_heads, ("embed", "heads", "head_dim"), rope_dtype)
+        k = proj("key", s.kv_heads, ("embed", "kv_heads", "head_dim"), rope_dtype)
         v = proj("value", s.kv_heads, ("embed", "kv_heads", "head_dim"))
-        q = apply_rope(q, positions_bt, s.rope_theta)
-        k = apply_rope(k, positions_bt, s.rope_theta)
+        q = apply_rope(q, positions_bt, s.rope_theta).astype(dtype)
+        k = apply_rope(k, positions_bt, s.rope_theta).astype(dtype)
         new_cache = None
         if cache is not None:
             k_all = write_cache(cache["k"], k, write_index_b)
@@ -133,8 +138,8 @@ class Attention(nn.Module):
             else:
                 k, v = k_all, v_all
         out = attention(q, k, v, mask_bts, impl=s.attention_impl, cache=cache)
-        y = Einsum((s.num_heads, s.head_dim, s.width), "bthk,hkd->btd", ("heads", "head_dim", "embed"),
-                   (s.num_heads * s.head_dim) ** -0.5, s.dtype, s.param_dtype, name="out")(out)
+        y = Projection((s.num_heads, s.head_dim, s.width), 2, ("heads", "head_dim", "embed"),
+                       (s.num_heads * s.head_dim) ** -0.5, s.dtype, s.param_dtype, name="out")(out)
         return y, new_cache
 
 
@@ -147,10 +152,12 @@ class SwiGLU(nn.Module):
         dtype, pdtype = dtype_of(s.dtype), dtype_of(s.param_dtype)
         init_in = logical_init(nn.initializers.normal(stddev=s.width ** -0.5), ("embed", "mlp"))
         init_out = logical_init(nn.initializers.normal(stddev=s.ffn_width ** -0.5), ("mlp", "embed"))
-        gate = nn.Dense(s.ffn_width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_in, name="gate")(x_btd)
-        up = nn.Dense(s.ffn_width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_in, name="up")(x_btd)
+        # gate and up leave the matmul in the dtype SiLU computes in (fp32 on CPU).
+        dense_in = functools.partial(Dense, s.ffn_width, use_bias=False, dtype=dtype, param_dtype=pdtype,
+                                     out_dtype=elementwise_dtype(dtype), kernel_init=init_in)
+        gate, up = dense_in(name="gate")(x_btd), dense_in(name="up")(x_btd)
         hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return nn.Dense(s.width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_out, name="down")(hidden)
+        return Dense(s.width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_out, name="down")(hidden)
 
 
 class Block(nn.Module):

@@ -22,6 +22,7 @@ from photon_jax.config import ModelConfig
 from photon_jax.model.attention import CausalMask
 from photon_jax.model.hierarchy import Hierarchy, feed_own_outputs
 from photon_jax.model.layers import RMSNorm, Stack, StackSpec, dtype_of, logical_init
+from photon_jax.model.projection import Dense
 from photon_jax.model.vanilla import lm_head, positions_like, token_embedding
 
 
@@ -39,9 +40,9 @@ class Chunker(nn.Module):
             return a_bmk.astype(dtype_of(self.cfg.dtype))
         a_bmk = RMSNorm(self.cfg.norm_eps, self.cfg.dtype, self.cfg.param_dtype, name="norm")(a_bmk)
         init = logical_init(nn.initializers.normal(stddev=(c * d) ** -0.5), ("mlp", "embed"))
-        return nn.Dense(self.cfg.width, use_bias=True, dtype=dtype_of(self.cfg.dtype),
-                        param_dtype=dtype_of(self.cfg.param_dtype), kernel_init=init,
-                        bias_init=logical_init(nn.initializers.zeros, ("embed",)), name="linear")(a_bmk)
+        return Dense(self.cfg.width, use_bias=True, dtype=dtype_of(self.cfg.dtype),
+                     param_dtype=dtype_of(self.cfg.param_dtype), kernel_init=init,
+                     bias_init=logical_init(nn.initializers.zeros, ("embed",)), name="linear")(a_bmk)
 
 
 class Converter(nn.Module):
@@ -54,9 +55,9 @@ class Converter(nn.Module):
     def __call__(self, cond_bmd):
         m = self.cfg
         init = logical_init(nn.initializers.normal(stddev=m.width ** -0.5), ("embed", "mlp"))
-        rows = nn.Dense(self.fanout * m.width, use_bias=True, dtype=dtype_of(m.dtype),
-                        param_dtype=dtype_of(m.param_dtype), kernel_init=init,
-                        bias_init=logical_init(nn.initializers.zeros, ("mlp",)), name="linear")(cond_bmd)
+        rows = Dense(self.fanout * m.width, use_bias=True, dtype=dtype_of(m.dtype),
+                     param_dtype=dtype_of(m.param_dtype), kernel_init=init,
+                     bias_init=logical_init(nn.initializers.zeros, ("mlp",)), name="linear")(cond_bmd)
         return rows.reshape(*cond_bmd.shape[:-1], self.fanout, m.width)
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from photon_jax.config import ModelConfig
 from photon_jax.model.attention import CausalMask
 from photon_jax.model.layers import Stack, StackSpec, dtype_of, logical_init
+from photon_jax.model.projection import Dense, elementwise_dtype
 
 
 def token_embedding(m: ModelConfig, width: int, name: str) -> nn.Embed:
@@ -15,10 +16,11 @@ def token_embedding(m: ModelConfig, width: int, name: str) -> nn.Embed:
                     embedding_init=logical_init(nn.initializers.normal(stddev=1.0), ("vocab", "embed")), name=name)
 
 
-def lm_head(m: ModelConfig, name: str = "lm_head") -> nn.Dense:
+def lm_head(m: ModelConfig, name: str = "lm_head") -> Dense:
+    """The logits leave the matmul in the dtype the loss's softmax reads (fp32 on CPU)."""
     init = logical_init(nn.initializers.normal(stddev=m.width ** -0.5), ("embed", "vocab"))
-    return nn.Dense(m.vocab_size, use_bias=False, dtype=dtype_of(m.dtype), param_dtype=dtype_of(m.param_dtype),
-                    kernel_init=init, name=name)
+    return Dense(m.vocab_size, use_bias=False, dtype=dtype_of(m.dtype), param_dtype=dtype_of(m.param_dtype),
+                 out_dtype=elementwise_dtype(m.dtype), kernel_init=init, name=name)
 
 
 def positions_like(x_bt):
