@@ -13,18 +13,28 @@ import jax.numpy as jnp
 from photon_jax.config import ModelConfig
 
 
+def target_positions(cfg: ModelConfig) -> slice:
+    """The logits positions that predict targets tokens[:, 1:]."""
+    return slice(None, -1) if cfg.family == "vanilla" else slice(1, None)
+
+
 def target_logits(cfg: ModelConfig, logits_btv):
     """Logits aligned with targets tokens[:, 1:]."""
-    return logits_btv[:, :-1] if cfg.family == "vanilla" else logits_btv[:, 1:]
+    return logits_btv[:, target_positions(cfg)]
 
 
 def token_nll(cfg: ModelConfig, logits_btv, tokens_bt):
-    """Per-target negative log-likelihood, shape (B, T-1), in fp32."""
-    logits = target_logits(cfg, logits_btv).astype(jnp.float32)
-    targets = tokens_bt[:, 1:]
+    """Per-target negative log-likelihood, shape (B, T-1), in fp32.
+
+    Computed at every logits position (the one position without a target reads a stand-in token)
+    and the (B, T) result sliced: slicing the (B, T, V) logits instead copies them, and pads their
+    gradient back, every step."""
+    logits = logits_btv.astype(jnp.float32)
+    # The token each logits position predicts: the next one (vanilla) or its own (PHOTON).
+    targets_bt = jnp.roll(tokens_bt, -1, axis=1) if cfg.family == "vanilla" else tokens_bt
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return log_z - picked
+    picked = jnp.take_along_axis(logits, targets_bt[..., None], axis=-1)[..., 0]
+    return (log_z - picked)[:, target_positions(cfg)]
 
 
 def loss_fn(cfg: ModelConfig, logits_btv, aux: dict, tokens_bt, mask_bt):
