@@ -13,9 +13,11 @@ another environment's python.
         --jax 'default' --jax 'unrolled|model.scan_unroll=8' \
         --jax 'unrolled-no-ynn|model.scan_unroll=8|--xla_cpu_experimental_ynn_fusion_type=' --json-file r.json
 
-Each --jax is NAME[|OVERRIDES (space-separated)[|XLA_FLAGS[|CHECKOUT]]]: one photon-jax side; CHECKOUT
+Each --jax is NAME[|OVERRIDES (space-separated)[|XLA_FLAGS[|CHECKOUT[|ENV]]]]: one photon-jax side; CHECKOUT
 times another photon-jax source tree instead of this one (a `git worktree add /tmp/before HEAD~1`), so a
-change is measured before and after in the same interleaved run. Torch runs in fp32 (its
+change is measured before and after in the same interleaved run; ENV adds space-separated KEY=VALUE pairs to
+that side's environment (PHOTON_HOST_ALLOCATOR=system: glibc's malloc defaults, photon_jax/host_allocator.py).
+The photon-jax side applies the host allocator settings as the CLI does; torch runs as it comes. Torch runs in fp32 (its
 CPU default); photon-jax in the preset's model.dtype unless an override says (parameters and optimizer state
 are fp32 on both sides).
 """
@@ -58,13 +60,18 @@ def shape_of(preset: str, overrides: list[str]) -> dict:
 
 
 def run_jax(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    import photon_jax
+    package = os.path.dirname(os.path.abspath(photon_jax.__file__))
+    allocator = "glibc defaults (checkout predates host_allocator)"
+    if os.path.isfile(os.path.join(package, "host_allocator.py")):  # as the CLI does, before JAX starts
+        from photon_jax import host_allocator
+        allocator = host_allocator.configure()
     from photon_jax.bench.train_bench import bench_one
     from photon_jax.config import load_config
     cfg = load_config(preset=preset, overrides=overrides)
     run = bench_one(cfg, steps, warmup)
-    import photon_jax
     return {"step_time_s": run["step_time_s"], "step_times_s": run["step_times_s"], "final_loss": run["final_loss"],
-            "source": os.path.dirname(os.path.dirname(os.path.abspath(photon_jax.__file__)))}
+            "source": os.path.dirname(os.path.dirname(os.path.abspath(photon_jax.__file__))), "allocator": allocator}
 
 
 def run_torch(shape: dict, threads: int, steps: int, warmup: int) -> dict:
@@ -105,19 +112,22 @@ def run_torch(shape: dict, threads: int, steps: int, warmup: int) -> dict:
 
 # ---- the driver ---------------------------------------------------------------------------------------------
 
-def parse_jax_side(spec: str) -> tuple[str, list[str], str, str]:
-    name, overrides, flags, checkout = (spec.split("|") + ["", "", ""])[:4]
-    if not name or spec.count("|") > 3:
-        raise SystemExit(f"error: --jax {spec!r}: expected NAME[|OVERRIDES[|XLA_FLAGS[|CHECKOUT]]]")
+def parse_jax_side(spec: str) -> tuple[str, list[str], str, str, dict]:
+    name, overrides, flags, checkout, env = (spec.split("|") + ["", "", "", ""])[:5]
+    pairs = [kv.partition("=") for kv in env.split()]
+    if not name or spec.count("|") > 4 or any(not k or not sep for k, sep, _ in pairs):
+        raise SystemExit(f"error: --jax {spec!r}: expected NAME[|OVERRIDES[|XLA_FLAGS[|CHECKOUT[|ENV]]]], "
+                         "ENV as space-separated KEY=VALUE")
     checkout = os.path.abspath(checkout) if checkout else REPO
     if not os.path.isfile(os.path.join(checkout, "photon_jax", "__init__.py")):
         raise SystemExit(f"error: --jax {spec!r}: {checkout} is not a photon-jax checkout (no photon_jax/__init__.py)")
-    return name, overrides.split(), flags, checkout
+    return name, overrides.split(), flags, checkout, {k: v for k, _, v in pairs}
 
 
-def side(python: str, args: list[str], threads: int, xla_flags: str = "", checkout: str = REPO) -> dict:
-    proc = subprocess.run([python, os.path.abspath(__file__), *args], env=thread_env(threads, xla_flags, checkout),
-                          capture_output=True, text=True)
+def side(python: str, args: list[str], threads: int, xla_flags: str = "", checkout: str = REPO,
+         extra_env: dict | None = None) -> dict:
+    env = dict(thread_env(threads, xla_flags, checkout), **(extra_env or {}))
+    proc = subprocess.run([python, os.path.abspath(__file__), *args], env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"error: the {args[args.index('--side') + 1]} side failed: {proc.stderr.strip()[-800:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -127,7 +137,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="vanilla-tiny")
     p.add_argument("--torch-python", default=sys.executable, help="python with torch + transformers")
-    p.add_argument("--jax", action="append", default=[], metavar="NAME|OVERRIDES|XLA_FLAGS",
+    p.add_argument("--jax", action="append", default=[], metavar="NAME|OVERRIDES|XLA_FLAGS|CHECKOUT|ENV",
                    help="a photon-jax side (repeatable; default: one side with the preset as it is)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
@@ -150,12 +160,12 @@ def main(argv=None) -> int:
     jax_sides = [parse_jax_side(s) for s in a.jax or ["default"]]
     shape = shape_of(a.preset, a.overrides)
     common = ["--preset", a.preset, "--threads", str(a.threads), "--steps", str(a.steps), "--warmup", str(a.warmup)]
-    samples: dict[str, list[dict]] = {"torch": [], **{name: [] for name, _, _, _ in jax_sides}}
+    samples: dict[str, list[dict]] = {"torch": [], **{name: [] for name, *_ in jax_sides}}
     for r in range(a.rounds):
         samples["torch"].append(side(a.torch_python, common + ["--side", "torch", json.dumps(shape)], a.threads))
-        for name, overrides, flags, checkout in jax_sides:
+        for name, overrides, flags, checkout, env in jax_sides:
             samples[name].append(side(sys.executable, common + ["--side", "jax", "--", *a.overrides, *overrides],
-                                      a.threads, flags, checkout))
+                                      a.threads, flags, checkout, env))
             if os.path.realpath(samples[name][-1]["source"]) != os.path.realpath(checkout):
                 raise SystemExit(f"error: side {name} imported photon_jax from {samples[name][-1]['source']}, "
                                  f"not {checkout}")
@@ -164,13 +174,13 @@ def main(argv=None) -> int:
     tokens = shape["batch"] * shape["seq"]
     result = {"preset": a.preset, "shape": shape, "threads": a.threads, "rounds": a.rounds, "steps": a.steps,
               "warmup": a.warmup, "overrides": a.overrides,
-              "jax_sides": {n: {"overrides": o, "xla_flags": f, "checkout": c} for n, o, f, c in jax_sides},
+              "jax_sides": {n: {"overrides": o, "xla_flags": f, "checkout": c, "env": e} for n, o, f, c, e in jax_sides},
               "sides": {}}
     for name, runs in samples.items():
         step = statistics.median(r["step_time_s"] for r in runs)
         result["sides"][name] = {"step_time_s": step, "tokens_per_s": tokens / step,
                                  "round_step_times_s": [r["step_time_s"] for r in runs],
-                                 "final_loss": runs[-1]["final_loss"]}
+                                 "final_loss": runs[-1]["final_loss"], "allocator": runs[-1].get("allocator")}
     torch_tps = result["sides"]["torch"]["tokens_per_s"]
     for name, s in result["sides"].items():
         s["vs_torch"] = s["tokens_per_s"] / torch_tps

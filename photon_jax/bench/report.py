@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 
+from photon_jax import host_allocator
 from photon_jax.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -32,7 +33,8 @@ TRAIN_RESULT_KEYS = ("model", "family", "params", "seq_len", "batch_size", "toke
 def environment() -> dict:
     dev = jax.devices()[0]
     return {"backend": jax.default_backend(), "device_kind": dev.device_kind, "device_count": jax.device_count(),
-            "jax_version": jax.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count()}
+            "jax_version": jax.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "host_allocator": host_allocator.state()}
 
 
 def envelope(benchmark: str, settings: dict, reference: str | None, results: list[dict], notes: list[str]) -> dict:

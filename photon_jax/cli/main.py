@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import sys
 
+from photon_jax import host_allocator
 from photon_jax.cli.common import json_output
 from photon_jax.errors import UserError
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    host_allocator.configure()  # before JAX's CPU backend starts its threads (host_allocator.py)
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "json", None) is True:  # one JSON document on stdout (cli/common.py)
