@@ -112,16 +112,21 @@ def run_torch(shape: dict, threads: int, steps: int, warmup: int) -> dict:
 
 # ---- the driver ---------------------------------------------------------------------------------------------
 
+def parse_env(text: str, flag: str) -> dict:
+    pairs = [kv.partition("=") for kv in text.split()]
+    if any(not k or not sep for k, sep, _ in pairs):
+        raise SystemExit(f"error: {flag}: environment {text!r} is not space-separated KEY=VALUE pairs")
+    return {k: v for k, _, v in pairs}
+
+
 def parse_jax_side(spec: str) -> tuple[str, list[str], str, str, dict]:
     name, overrides, flags, checkout, env = (spec.split("|") + ["", "", "", ""])[:5]
-    pairs = [kv.partition("=") for kv in env.split()]
-    if not name or spec.count("|") > 4 or any(not k or not sep for k, sep, _ in pairs):
-        raise SystemExit(f"error: --jax {spec!r}: expected NAME[|OVERRIDES[|XLA_FLAGS[|CHECKOUT[|ENV]]]], "
-                         "ENV as space-separated KEY=VALUE")
+    if not name or spec.count("|") > 4:
+        raise SystemExit(f"error: --jax {spec!r}: expected NAME[|OVERRIDES[|XLA_FLAGS[|CHECKOUT[|ENV]]]]")
     checkout = os.path.abspath(checkout) if checkout else REPO
     if not os.path.isfile(os.path.join(checkout, "photon_jax", "__init__.py")):
         raise SystemExit(f"error: --jax {spec!r}: {checkout} is not a photon-jax checkout (no photon_jax/__init__.py)")
-    return name, overrides.split(), flags, checkout, {k: v for k, _, v in pairs}
+    return name, overrides.split(), flags, checkout, parse_env(env, f"--jax {spec!r}")
 
 
 def side(python: str, args: list[str], threads: int, xla_flags: str = "", checkout: str = REPO,
@@ -139,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--torch-python", default=sys.executable, help="python with torch + transformers")
     p.add_argument("--jax", action="append", default=[], metavar="NAME|OVERRIDES|XLA_FLAGS|CHECKOUT|ENV",
                    help="a photon-jax side (repeatable; default: one side with the preset as it is)")
+    p.add_argument("--torch-env", default="", metavar="'KEY=VALUE ...'",
+                   help="also time torch with these environment variables, as side torch+env")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
@@ -158,11 +165,16 @@ def main(argv=None) -> int:
         return 0
 
     jax_sides = [parse_jax_side(s) for s in a.jax or ["default"]]
+    torch_env = parse_env(a.torch_env, "--torch-env") if a.torch_env else None
     shape = shape_of(a.preset, a.overrides)
     common = ["--preset", a.preset, "--threads", str(a.threads), "--steps", str(a.steps), "--warmup", str(a.warmup)]
-    samples: dict[str, list[dict]] = {"torch": [], **{name: [] for name, *_ in jax_sides}}
+    samples: dict[str, list[dict]] = {"torch": [], **({"torch+env": []} if torch_env else {}),
+                                      **{name: [] for name, *_ in jax_sides}}
     for r in range(a.rounds):
         samples["torch"].append(side(a.torch_python, common + ["--side", "torch", json.dumps(shape)], a.threads))
+        if torch_env:
+            samples["torch+env"].append(side(a.torch_python, common + ["--side", "torch", json.dumps(shape)],
+                                             a.threads, extra_env=torch_env))
         for name, overrides, flags, checkout, env in jax_sides:
             samples[name].append(side(sys.executable, common + ["--side", "jax", "--", *a.overrides, *overrides],
                                       a.threads, flags, checkout, env))
@@ -173,7 +185,7 @@ def main(argv=None) -> int:
                                                            for k, v in samples.items()), flush=True)
     tokens = shape["batch"] * shape["seq"]
     result = {"preset": a.preset, "shape": shape, "threads": a.threads, "rounds": a.rounds, "steps": a.steps,
-              "warmup": a.warmup, "overrides": a.overrides,
+              "warmup": a.warmup, "overrides": a.overrides, "torch_env": torch_env,
               "jax_sides": {n: {"overrides": o, "xla_flags": f, "checkout": c, "env": e} for n, o, f, c, e in jax_sides},
               "sides": {}}
     for name, runs in samples.items():
