@@ -75,6 +75,7 @@ def test_project_equals_the_fp32_einsum_forward_and_backward(name, out_dtype, pa
         np.testing.assert_allclose(np.asarray(grad, np.float32) / scale, np.asarray(ref_grad) / scale, atol=1e-2)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU path's hand-written backward is what is tested")
 def test_the_cpu_weight_gradient_keeps_fp32_precision():
     """dW = x^T . g accumulated and returned in fp32: far closer to the fp32 reference than bf16's
     ~2^-9 relative rounding (JAX's own backward of a bf16 dot rounds dW to bf16)."""
