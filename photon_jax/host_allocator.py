@@ -4,8 +4,8 @@ XLA:CPU allocates the temporary buffer of every executable run (297 MB for the v
 step) with posix_memalign, from the malloc arena of the worker thread that launches the run. glibc
 serves a request that large with mmap (a thread arena cannot hold it; the main arena's mmap
 threshold tops out at 32 MB) and returns it with munmap, so each step touches ~72,600 fresh pages
-and the kernel faults in and zeroes every one of them: 280 -> 182 ms per vanilla-tiny step on the
-2-core benchmark machine once they stay mapped (docs/performance.md). One arena, no mmap and no
+and the kernel faults in and zeroes every one of them: 309 -> 200 ms per vanilla-tiny step on the
+2-core benchmark machine once they stay mapped (one interleaved run, docs/performance.md). One arena, no mmap and no
 trimming keep the heap's pages mapped from one step to the next; the cost is that the process keeps
 its peak heap instead of handing freed memory back to the OS.
 
