@@ -35,19 +35,20 @@ print(json.dumps({"applied": applied, "state": host_allocator.state(), "temp_pag
 
 
 CLI_PROBE = """
-import contextlib, io, json
+import contextlib, io, json, sys
 from photon_jax.cli.main import main
 with contextlib.redirect_stdout(io.StringIO()):
-    main(["params", "--preset", "vanilla-tiny", "--json"])
+    rc = main(sys.argv[1:])
 from photon_jax import host_allocator
-print(json.dumps({"state": host_allocator.state()}))
+print(json.dumps({"rc": rc, "state": host_allocator.state()}))
 """
 
 
-def probe(script=PROBE, **env) -> dict:
+def probe(script=PROBE, *argv, **env) -> dict:
     full_env = {k: v for k, v in os.environ.items() if k != "PHOTON_HOST_ALLOCATOR"}
     full_env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
-    out = subprocess.run([sys.executable, "-c", script], env=full_env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script, *argv], env=full_env, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -84,6 +85,16 @@ def test_configure_leaves_a_started_backend_alone():
 
 
 @pytest.mark.skipif(host_allocator._glibc() is None, reason="glibc's malloc is what is configured")
-def test_the_cli_applies_the_settings_before_anything_else():
-    ran = probe(CLI_PROBE)
-    assert ran == {"state": "one arena, no mmap, trim above 2 GiB"}
+def test_the_cli_applies_the_settings_to_train_step_loops_only(tmp_path):
+    """`train` (here its dry run: the step compiled for the mesh) runs with them; a command that does
+    not train, with glibc's defaults. Which commands opt in is each parser's `host_allocator` default."""
+    trained = probe(CLI_PROBE, "train", "--preset", "vanilla-tiny", "--dry-run", "model.num_layers=1")
+    listed = probe(CLI_PROBE, "params", "--preset", "vanilla-tiny", "--json")
+    assert trained == {"rc": 0, "state": "one arena, no mmap, trim above 2 GiB"}
+    assert listed == {"rc": 0, "state": "glibc defaults"}
+    from photon_jax.cli.main import build_parser
+    commands = (["train"], ["run"], ["bench", "train"], ["bench", "tpm"], ["generate", "--workdir", "w", "--prompt", "p"],
+                ["eval", "--workdir", "w"], ["sweep", "x"])
+    opted_in = {argv[0] if argv[0] != "bench" else " ".join(argv) for argv in commands
+                if getattr(build_parser().parse_args(argv), "host_allocator", False)}
+    assert opted_in == {"train", "run", "bench train"}

@@ -62,7 +62,7 @@ def register(subparsers) -> None:
     r.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
     _json_args(r)
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every model")
-    r.set_defaults(run=_profiled(run_train_command))
+    r.set_defaults(run=_profiled(run_train_command), host_allocator=True)  # photon_jax/host_allocator.py
 
 
     d = sub.add_parser("prepare", help="prepare's tokenization throughput, speed-up and peak memory per worker count")

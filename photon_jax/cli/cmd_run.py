@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     add_json_flag(p, "the train summary, evaluation and sample")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, host_allocator=True)  # a train-step loop (photon_jax/host_allocator.py)
 
 
 def run(args) -> int:

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="compile the train step for the mesh and print memory per device; no data, no state")
     distributed.add_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, host_allocator=True)  # a train-step loop (photon_jax/host_allocator.py)
 
 
 def run(args) -> int:

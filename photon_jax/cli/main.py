@@ -37,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    host_allocator.configure()  # before JAX's CPU backend starts its threads (host_allocator.py)
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "host_allocator", False):  # commands whose hot loop is train steps; before JAX starts
+            host_allocator.configure()
         if getattr(args, "json", None) is True:  # one JSON document on stdout (cli/common.py)
             with json_output():
                 return int(args.run(args) or 0)
