@@ -156,6 +156,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     nonfinite: str = "skip"  # "skip" the update or "halt" on a non-finite loss / gradient
+    max_consecutive_skips: int = 100  # skip mode halts (exit 2) after this many skipped steps in a row; 0 = never
     init_from: str = ""  # a run directory whose latest params start this run (fresh optimizer, step 0)
     profile_steps: str = ""  # "START:COUNT": jax.profiler trace of those steps into <workdir>/tensorboard
     wandb_project: str = ""  # log to Weights & Biases too (the [wandb] extra); "" = off
@@ -224,6 +225,8 @@ class Config:
         _require(t.batch_size % t.grad_accum == 0,
                  f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
         _require(t.nonfinite in ("skip", "halt"), f"train.nonfinite must be skip or halt, got {t.nonfinite!r}")
+        _require(t.max_consecutive_skips >= 0,
+                 f"train.max_consecutive_skips must be >= 0 (0 = never halt), got {t.max_consecutive_skips}")
         _require(not t.profile_steps or bool(re.fullmatch(r"0*[1-9]\d*:0*[1-9]\d*", t.profile_steps)),
                  f"train.profile_steps={t.profile_steps!r}: expected START:COUNT with START >= 1 and COUNT >= 1")
         _require(t.wandb_mode in ("", "online", "offline", "disabled"),

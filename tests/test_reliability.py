@@ -382,6 +382,27 @@ def test_nonfinite_halt_is_one_line_exit_2_and_keeps_the_last_good_checkpoint(en
     assert summary["step"] == 4 and ckpt.committed_steps(run) == [2, 4]
 
 
+def test_skip_mode_halts_after_max_consecutive_skips_keeping_the_last_good_checkpoint(
+        env, reference, tmp_path, monkeypatch, capsys):
+    """Every batch from the 3rd on is poisoned: steps 3, 4, 5 are skipped and the run halts (one line, exit 2)
+    instead of running on forever; the checkpoint of step 4 holds step 2's parameters, and a transient
+    NaN between good steps (test above) never counts towards the limit."""
+    poisoned = poison_batches(monkeypatch, *range(3, 1000))
+    run = tmp_path / "run"
+    extra = ["train.max_consecutive_skips=3", "train.log_every=10"]
+    code, err = cli(capsys, "train", "--quiet", "--workdir", run, *overrides(env.data, *extra))
+    assert code == 2 and len(err) == 1, err
+    assert "steps 3-5: 3 consecutive non-finite" in err[0] and "checkpoint of step 4 is kept" in err[0], err
+    assert ckpt.committed_steps(run) == [2, 4] and not ckpt.unfinished_saves(run)
+    s2, s4 = saved_state(run, 2), saved_state(run, 4)
+    assert all_finite(s4) and int(s4["skipped"]) == 2
+    assert_same_tree(s4["params"], s2["params"])
+    assert_same_tree(s2["params"], saved_state(reference, 2)["params"])
+    poisoned["on"] = False
+    summary = train(config(env.data, *extra), run, quiet=True, stop_after=2)
+    assert summary["step"] == 6 and ckpt.committed_steps(run) == [2, 4, 6]
+
+
 def test_a_nonfinite_state_is_never_saved(env, reference, tmp_path):
     """Whatever produced it (an overflowing update passes the loss/gradient check), a state with NaN/Inf
     is refused by the checkpoint writer itself."""

@@ -29,6 +29,7 @@ from photon_jax.runs import checkpoint as ckpt
 from photon_jax.runs.workdir import ensure_data, init_params_from, token_byte_lengths_for, tokenizer_for
 from photon_jax.sharding import batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules, make_mesh
 from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
+from photon_jax.train.nonfinite import SkipStreak
 from photon_jax.train.state import init_state, learning_rate_schedule, make_optimizer, state_layout
 from photon_jax.train.profiling import StepProfiler
 from photon_jax.train.task_eval import TaskEvaluator
@@ -259,6 +260,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
             "config": cfg.to_dict()})
         profiler = StepProfiler(t.profile_steps, workdir / "tensorboard")
         stop = _StopFlag().install()
+        streak = SkipStreak(t.max_consecutive_skips if t.nonfinite == "skip" else 0)
         step = int(jax.device_get(state["step"]))
         end = t.steps if stop_after is None else min(t.steps, step + stop_after)
         tokens_per_step = t.batch_size * cfg.data.seq_len
@@ -281,6 +283,8 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
                     kept = f"the checkpoint of step {last_saved} is kept" if last_saved else "nothing was saved"
                     raise UserError(f"non-finite loss or gradient at step {step}; halting (train.nonfinite=halt); "
                                     f"{kept}")
+                if streak.limit:
+                    streak.push(step, metrics["finite"], last_saved)
                 if step % t.log_every == 0 or step == end:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     elapsed = time.perf_counter() - window_start
@@ -314,6 +318,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
                 if step % t.checkpoint_every == 0 or step == end:
                     ckpt.save(manager, step, state, iterator.get_state(), cfg, meta)
                     last_saved = step
+            streak.flush(last_saved)
             if step != last_saved:  # stopped by a signal between checkpoints
                 ckpt.save(manager, step, state, iterator.get_state(), cfg, meta)
         finally:
