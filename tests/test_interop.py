@@ -67,6 +67,22 @@ def test_export_reproduces_the_checkpoint_tensors(imported, tmp_path):
     assert (out / "tokenizer.model").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
 
 
+def test_export_takes_the_same_overrides_as_eval(imported, tmp_path, capsys):
+    """key=value after the options, applied to the run's saved config: here the run's data dir moved
+    (its tokenizer is read from there) and the exported context is shorter."""
+    run = tmp_path / "run"
+    shutil.copytree(imported, run)
+    (run / "data").rename(tmp_path / "moved")
+    out = tmp_path / "hf"
+    assert _cli("export", "--workdir", str(run), "--out", str(out)) == 2
+    assert "has no manifest.json" in capsys.readouterr().err
+    assert _cli("export", "--workdir", str(run), "--out", str(out), f"data.data_dir={tmp_path / 'moved'}",
+                "data.seq_len=32") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["max_position_embeddings"] == 32 and config["photon_jax_config"]["data"]["seq_len"] == 32
+    assert (out / "tokenizer.model").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     return prepare_few_plays(tmp_path_factory.mktemp("interop_data"), VOCAB, plays=2)
@@ -105,7 +121,8 @@ def test_training_starts_from_an_imported_run(imported, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no config", "rope scaling", "missing shard", "bad shape", "not empty",
-                                  "export not empty", "init_from elsewhere"])
+                                  "export not empty", "init_from elsewhere", "export override changes params",
+                                  "export unknown key"])
 def test_bad_interop_inputs_are_one_line_exit_2(imported, case, tmp_path, capsys):
     hf = tmp_path / "hf"
     shutil.copytree(FIXTURE, hf)
@@ -132,6 +149,12 @@ def test_bad_interop_inputs_are_one_line_exit_2(imported, case, tmp_path, capsys
         (tmp_path / "out" / "keep.txt").write_text("mine")
         args = ["export", "--workdir", str(imported), "--out", str(tmp_path / "out")]
         expect = "already exists and is not empty"
+    elif case == "export override changes params":
+        args = ["export", "--workdir", str(imported), "--out", str(tmp_path / "out"), "model.width=64"]
+        expect = "an override changes the parameters of the checkpoint's model"
+    elif case == "export unknown key":
+        args = ["export", "--workdir", str(imported), "--out", str(tmp_path / "out"), "data.seq_lem=32"]
+        expect = "unknown key config.data.seq_lem (did you mean config.data.seq_len"
     else:
         args = ["train", "--preset", "vanilla-tiny", "--workdir", str(tmp_path / "run"),
                 f"data.data_dir={imported / 'data'}", f"model.vocab_size={VOCAB}", f"train.init_from={tmp_path / 'nowhere'}"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from photon_jax.cli.common import add_json_flag, print_json
+from photon_jax.cli.common import RUN_OVERRIDES_HELP, add_json_flag, add_overrides, print_json
 from photon_jax.errors import UserError
 
 
@@ -15,6 +15,7 @@ def register(subparsers) -> None:
                    help="hf: vanilla -> LlamaForCausalLM; PHOTON/Block -> safetensors with our names")
     p.add_argument("--max-shard-mb", type=float, default=2048.0,
                    help="split the weights into shards of at most this size, with model.safetensors.index.json")
+    add_overrides(p, RUN_OVERRIDES_HELP)
     add_json_flag(p, "what was written")
     p.set_defaults(run=run)
 
@@ -24,7 +25,8 @@ def run(args) -> int:
 
     if args.max_shard_mb <= 0:
         raise UserError("--max-shard-mb must be > 0")
-    out = export_run(args.workdir, args.out, step=args.step, max_shard_bytes=int(args.max_shard_mb * (1 << 20)))
+    out = export_run(args.workdir, args.out, step=args.step, overrides=args.overrides,
+                     max_shard_bytes=int(args.max_shard_mb * (1 << 20)))
     if args.json:
         print_json(out)
     else:

@@ -2,9 +2,9 @@
 
 * A command that builds a config (params, prepare, train, run, bench ...) takes --preset or --config
   and dotted `key=value` overrides.
-* A command that loads a trained run (eval, generate) takes --workdir and --step, the same
+* A command that loads a trained run (eval, generate, export) takes --workdir and --step, the same
   `key=value` overrides (applied to the run's saved config; ones that would change the parameters
-  are refused) and the same multi-process flags as train.
+  are refused) and, except export (one process), the same multi-process flags as train.
 * --json always means: stdout holds exactly one JSON document, the command's result, instead of
   its table; everything else the command prints (progress, logs) goes to stderr. Files are written
   only where a flag names them (bench --json-file / --plot).
@@ -49,12 +49,15 @@ def default_workdir(name: str) -> Path:
     return RUNS_DIR / name
 
 
+RUN_OVERRIDES_HELP = (" (applied to the run's saved config; mesh.*, train.*, data.*, model.dtype, model.remat, "
+                      "model.attention_impl, model.scan_unroll)")
+
+
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """--workdir, --step, overrides and the multi-process flags of a command that loads a trained run."""
     parser.add_argument("--workdir", required=True, help="the training run directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    add_overrides(parser, " (applied to the run's saved config; mesh.*, train.*, data.*, model.dtype, "
-                          "model.remat, model.attention_impl, model.scan_unroll)")
+    add_overrides(parser, RUN_OVERRIDES_HELP)
     distributed.add_arguments(parser)
 
 

@@ -79,11 +79,13 @@ def unflatten(names: list[str], get) -> dict:
     return tree
 
 
-def export_run(workdir, out, *, step: int | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict:
-    """Write a run's parameters (one process; gathered to the host) as a Hugging Face-style directory."""
+def export_run(workdir, out, *, step: int | None = None, overrides: list[str] = (),
+               max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict:
+    """Write a run's parameters (one process; gathered to the host) as a Hugging Face-style directory.
+    overrides: key=value, applied to the run's saved config as for eval / generate (load_run)."""
     if jax.process_count() > 1:
         raise UserError("export runs in one process (it gathers every parameter on the host)")
-    run = load_run(workdir, step=step)
+    run = load_run(workdir, step=step, overrides=overrides)
     cfg, tok = run.cfg, run.tokenizer
     params = jax.tree.map(np.asarray, jax.device_get(strip_boxes(run.params)))
     out = Path(out).expanduser().resolve()
