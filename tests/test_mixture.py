@@ -207,7 +207,7 @@ def test_bad_mixtures_are_one_line_exit_2(mix, tmp_path, capsys):
     assert str(d["web"]) in _cli(capsys, *base, f"data.mixture=[{d['web']}:1,{d['other']}:1]")[1][0]
 
 
-def test_training_on_a_mixture_logs_tokens_and_validation_per_source(mix, tmp_path, monkeypatch):
+def test_training_on_a_mixture_logs_tokens_and_validation_per_source(mix, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
     mixture = "[" + ",".join(entries(mix, web=0.75, code=0.25)) + "]"
     cfg = load_config(preset="vanilla-tiny", overrides=[  # the smallest model: the data path is what is tested
@@ -230,6 +230,12 @@ def test_training_on_a_mixture_logs_tokens_and_validation_per_source(mix, tmp_pa
     average = 0.75 * val["validation/web"]["token_loss"] + 0.25 * val["validation/code"]["token_loss"]
     assert val["validation"]["token_loss"] == pytest.approx(average)
     assert summary["validation"]["token_loss"] == pytest.approx(average)
+    # `photon-jax eval` reports the same per-source metrics and weighted mean (same params, same batches)
+    assert main(["eval", "--workdir", str(run), "--json", "--max-batches", "1", "--batch-size", "4"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    for split in ("validation", "validation/web", "validation/code"):
+        for key in ("token_loss", "perplexity", "bits_per_byte"):
+            assert evaluated[split][key] == pytest.approx(val[split][key], rel=1e-5), (split, key)
     # the checkpoint holds the mixture state (JSON through orbax); a resumed iterator continues from it
     manager = ckpt.make_manager(run, async_save=False)
     saved = manager.restore(4, args=ocp.args.Composite(data_iter=ocp.args.JsonRestore()))["data_iter"]

@@ -10,7 +10,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
-from photon_jax.data import pipeline
+from photon_jax.data import mixture, pipeline
 from photon_jax.data.prepare import load_manifest
 from photon_jax.data.tokenizer import check_vocab
 from photon_jax.errors import UserError
@@ -81,14 +81,16 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
                 batches = (b for i, b in zip(range(max_batches), batches))
             results["text"] = evaluate_batches(eval_fn, run.params, batches, byte_lengths, to_device)
         elif choices is None or data is not None:
-            data_dir = Path(data).expanduser().resolve() if data else run.data_dir
-            manifest = load_manifest(data_dir)
-            check_vocab(manifest, cfg.model.vocab_size, what="the checkpoint's model")
-            if manifest["tokenizer"]["sha256"] != tok.sha256:
-                raise UserError(f"data dir {data_dir} was tokenized with another tokenizer than the checkpoint's")
-            batches = pipeline.eval_batches(data_dir, split, seq_len, batch_size, max_batches,
-                                            jax.process_index(), jax.process_count())
-            results[split] = evaluate_batches(eval_fn, run.params, batches, byte_lengths, to_device)
+            score = lambda d: _score_dir(d, split, run, eval_fn, batch_size, max_batches, byte_lengths,  # noqa: E731
+                                         to_device)
+            if data is None and cfg.data.mixture:  # each source, and their mean with the mixture's weights
+                sources = mixture.load_sources(cfg.data.mixture)
+                for source in sources:
+                    results[f"{split}/{source.name}"] = score(source.data_dir)
+                results[split] = mixture.weighted_metrics([results[f"{split}/{s.name}"] for s in sources],
+                                                          [s.weight for s in sources])
+            else:
+                results[split] = score(Path(data).expanduser().resolve() if data else run.data_dir)
         if sums is not None and sums.targets_t is not None:
             periods = by_position or unit_periods(cfg.model)
             results["by_position"] = {"model": cfg.name, "family": cfg.model.family,
@@ -100,6 +102,18 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
             results["choices"] = score_choices(cfg.model, run.params, tok, rows, seq_len, batch_size, run.mesh,
                                                in_sharding)
     return results
+
+
+def _score_dir(data_dir: Path, split: str, run, eval_fn, batch_size: int, max_batches, byte_lengths,
+               to_device) -> dict:
+    """Loss, perplexity and bits per byte of one prepared dir's split (same tokenizer as the run's)."""
+    manifest = load_manifest(data_dir)
+    check_vocab(manifest, run.cfg.model.vocab_size, what="the checkpoint's model")
+    if manifest["tokenizer"]["sha256"] != run.tokenizer.sha256:
+        raise UserError(f"data dir {data_dir} was tokenized with another tokenizer than the checkpoint's")
+    batches = pipeline.eval_batches(data_dir, split, run.cfg.data.seq_len, batch_size, max_batches,
+                                    jax.process_index(), jax.process_count())
+    return evaluate_batches(eval_fn, run.params, batches, byte_lengths, to_device)
 
 
 class _PositionSums:
