@@ -39,7 +39,8 @@ def init_loop(tokens_bt, prompt_len_b, budget_b, stop_b, row_id_b, next_logits_b
 
 
 def run_loop(runner, params, loop, steps, seed, eos_id, kind: str, temperature, top_k, top_p):
-    """Up to `steps` decode steps (traced). eos_id < 0 disables EOS. kind: sampling.sampling_kind."""
+    """Up to `steps` decode steps (traced). eos_id < 0 disables EOS. kind: sampling.sampling_kind, or
+    "per_row" with (b,) seed, temperature, top_k and top_p (sampling.sample_tokens)."""
     b, t = loop["tokens"].shape
     row = jnp.arange(b)
 
@@ -53,8 +54,9 @@ def run_loop(runner, params, loop, steps, seed, eos_id, kind: str, temperature, 
         active = lp["active"]
         keys = position_keys(seed, lp["row_id"], pos)
         tok = sample_tokens(lp["next_logits"], keys, kind, temperature, top_k, top_p)
-        forced = lp["forced"][row, jnp.minimum(pos, t - 1)]
-        tok = jnp.where(forced >= 0, forced, tok)
+        if "forced" in lp:  # a server's pool has none
+            forced = lp["forced"][row, jnp.minimum(pos, t - 1)]
+            tok = jnp.where(forced >= 0, forced, tok)
         tok = jnp.where(active, tok, 0)
         where = jnp.where(active, pos, t)  # out of range -> dropped
         lp = dict(lp)

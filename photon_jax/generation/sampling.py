@@ -42,8 +42,10 @@ GREEDY = SamplingConfig(greedy=True)
 
 
 def position_keys(seed, row_ids_b, positions_b):
-    base = jax.random.key(seed)
-    return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(base, r), t))(row_ids_b, positions_b)
+    """seed: a scalar, or one per row (a server's requests each bring their own)."""
+    seed_b = jnp.broadcast_to(jnp.asarray(seed), row_ids_b.shape)
+    return jax.vmap(lambda s, r, t: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), r), t))(
+        seed_b, row_ids_b, positions_b)
 
 
 def sampling_kind(cfg: SamplingConfig) -> str:
@@ -54,7 +56,9 @@ def sampling_kind(cfg: SamplingConfig) -> str:
 
 
 def filter_logits(logits_bv, temperature, top_k, top_p):
-    """Temperature, then top-k (0 = off), then top-p (nucleus); dropped entries become -inf."""
+    """Temperature, then top-k (0 = off), then top-p (nucleus); dropped entries become -inf.
+    The three knobs are scalars or one value per row."""
+    temperature, top_k, top_p = (jnp.reshape(k, (-1, 1)) for k in (temperature, top_k, top_p))
     x = logits_bv.astype(jnp.float32) / temperature
     v = x.shape[-1]
     sorted_x = -jnp.sort(-x, axis=-1)
@@ -69,7 +73,15 @@ def filter_logits(logits_bv, temperature, top_k, top_p):
 
 
 def sample_tokens(logits_bv, keys_b, kind: str, temperature, top_k, top_p):
-    """(B, V) logits -> (B,) int32 tokens. kind from sampling_kind; the rest may be traced."""
+    """(B, V) logits -> (B,) int32 tokens. kind from sampling_kind, or "per_row": temperature, top_k and
+    top_p are (B,) and each row gets what its own values would select (a server's requests differ)."""
+    if kind == "per_row":
+        greedy = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        t = jnp.maximum(temperature, 1e-6)
+        plain = logits_bv.astype(jnp.float32) / t[:, None]
+        filtered = jnp.where(((top_k > 0) | (top_p < 1.0))[:, None], filter_logits(logits_bv, t, top_k, top_p), plain)
+        drawn = jax.vmap(jax.random.categorical)(keys_b, filtered).astype(jnp.int32)
+        return jnp.where(temperature <= 0.0, greedy, drawn)
     if kind == "greedy":
         return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     if kind == "filtered":

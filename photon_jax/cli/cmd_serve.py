@@ -1,0 +1,62 @@
+"""`photon-jax serve`: an OpenAI-compatible completions server over a trained run (photon_jax/serve/)."""
+
+from __future__ import annotations
+
+from photon_jax import distributed
+from photon_jax.cli.cmd_eval import parse_mesh
+from photon_jax.cli.common import add_run_args
+from photon_jax.errors import UserError
+from photon_jax.generation.api import ALL_MODES
+from photon_jax.serve.launch import DEFAULT_KV_BUDGET_GIB, ServeOptions
+
+DEFAULTS = ServeOptions()
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve a trained run over HTTP (OpenAI /v1/completions)")
+    add_run_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--mode", default=None, choices=ALL_MODES,
+                   help="generation mode (default: hiergen for PHOTON, which is exact; vanilla for vanilla models)")
+    p.add_argument("--max-context", type=int, default=DEFAULTS.max_context,
+                   help=f"token capacity of every slot, prompt + completion (default {DEFAULTS.max_context})")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--kv-budget-gib", type=float, default=None,
+                      help=f"memory for the slot pool; slots = budget / bytes of one slot in the mode "
+                           f"(default {DEFAULT_KV_BUDGET_GIB:g})")
+    size.add_argument("--slots", type=int, default=None, help="a fixed number of slots instead of a budget")
+    p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the run's name)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: none)")
+    p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
+                   help=f"requests waiting for a slot before 429 (default {DEFAULTS.max_queue})")
+    p.add_argument("--request-timeout", type=float, default=DEFAULTS.request_timeout_s,
+                   help=f"seconds a request may take before it is cut (default {DEFAULTS.request_timeout_s:g})")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 30)")
+    p.add_argument("--no-align", action="store_true",
+                   help="admit at any phase of the meta-context (default: aligned slots, docs/serving.md)")
+    p.add_argument("--mesh", default=None,
+                   help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh; same as mesh.* overrides)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from photon_jax.runs.workdir import load_run
+    from photon_jax.serve.launch import serve
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in [1, 65535], got {args.port}")
+    if args.kv_budget_gib is not None and args.kv_budget_gib <= 0:
+        raise UserError(f"--kv-budget-gib must be > 0, got {args.kv_budget_gib}")
+    if args.max_queue < 0 or (args.request_timeout is not None and args.request_timeout <= 0) or args.grace < 0:
+        raise UserError("--max-queue and --grace must be >= 0, --request-timeout > 0")
+    plan = distributed.initialize_from_args(args)
+    if (plan.num_processes or 1) > 1:
+        raise UserError("serve runs in one process (multi-process serving is not implemented)")
+    loaded = load_run(args.workdir, step=args.step, mesh_cfg=parse_mesh(args.mesh), overrides=args.overrides)
+    opts = ServeOptions(mode=args.mode, max_context=args.max_context, kv_budget_gib=args.kv_budget_gib,
+                        slots=args.slots, max_queue=args.max_queue, align=not args.no_align,
+                        request_timeout_s=args.request_timeout)
+    return serve(loaded, opts, args.host, args.port, args.served_model_name or loaded.cfg.name, args.api_key,
+                 grace_s=args.grace)

@@ -1,0 +1,269 @@
+"""The HTTP API (FastAPI): OpenAI-compatible /v1/completions and /v1/models, /health, /metrics.
+
+Handlers only check, tokenize and enqueue; the engine thread decodes and calls each request's sink,
+which hands events to the request's asyncio queue (call_soon_threadsafe), so no handler ever
+waits on a decode step. Errors are OpenAI-shaped JSON: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette.sse import EventSourceResponse
+
+from photon_jax.serve import protocol
+from photon_jax.serve.engine import Draining, QueueFull
+from photon_jax.serve.engine import Request as EngineRequest
+from photon_jax.serve.text import SampleText
+
+DISCONNECT_POLL_S = 0.25
+
+
+def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
+
+
+class Served:
+    """What the handlers need: the engine, the run's tokenizer and limits, the options."""
+
+    def __init__(self, engine, tokenizer, vocab_size: int, model_name: str, max_context: int, metrics,
+                 api_key: str | None = None, request_timeout_s: float | None = None):
+        self.engine, self.tok, self.vocab_size = engine, tokenizer, vocab_size
+        self.model_name, self.max_context, self.metrics = model_name, max_context, metrics
+        self.api_key, self.request_timeout_s = api_key, request_timeout_s
+
+
+def _tokens(served: Served, prompt) -> list[int]:
+    if isinstance(prompt, str):
+        ids = served.tok.encode(prompt)
+        if not ids:
+            raise protocol.BadRequest("prompt", "prompt encodes to no tokens")
+    else:
+        ids = list(prompt)
+        bad = [t for t in ids if not 0 <= t < served.vocab_size]
+        if bad:
+            raise protocol.BadRequest("prompt", f"token id {bad[0]} is outside the vocabulary [0, {served.vocab_size})")
+    if len(ids) >= served.max_context:
+        raise protocol.BadRequest("prompt", f"prompt has {len(ids)} tokens; the server's context is "
+                                            f"{served.max_context} (--max-context), which leaves no room to generate")
+    return ids
+
+
+def _check(served: Served, req: protocol.Completion) -> list[list[int]]:
+    if req.model != served.model_name:
+        raise protocol.BadRequest("model", f"unknown model {req.model!r} (this server has {served.model_name!r})")
+    if req.top_k > served.vocab_size:
+        raise protocol.BadRequest("top_k", f"top_k must be in [0, {served.vocab_size}], got {req.top_k}")
+    for t in req.stop_token_ids:
+        if not 0 <= t < served.vocab_size:
+            raise protocol.BadRequest("stop_token_ids", f"token id {t} is outside the vocabulary")
+    slots = served.engine.spec.slots
+    if req.n > slots:
+        raise protocol.BadRequest("n", f"n = {req.n} is more than the server's {slots} slots")
+    if req.echo and req.logprobs is not None:
+        raise protocol.BadRequest("echo", "echo with logprobs (prompt logprobs) is not supported by this server yet")
+    return [_tokens(served, p) for p in req.prompts]
+
+
+def _logprobs_json(tok, sample: SampleText) -> dict:
+    tokens, offsets, offset = [], [], 0
+    for e in sample.logprobs:
+        piece = tok.decode([e["token"]])
+        tokens.append(piece)
+        offsets.append(offset)
+        offset += len(piece)
+    return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in sample.logprobs],
+            "top_logprobs": [{tok.decode([t]): v for t, v in e.get("top", {}).items()} for e in sample.logprobs],
+            "text_offset": offsets}
+
+
+class Job:
+    """The engine requests of one HTTP request (one per prompt) and the text of every choice."""
+
+    def __init__(self, served: Served, req: protocol.Completion, prompts: list[list[int]]):
+        self.served, self.req, self.prompts = served, req, prompts
+        self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.choices = [SampleText(served.tok, req.stop) for _ in range(len(prompts) * req.n)]
+        self.engine_reqs = []
+        seed = req.seed if req.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little") >> 1
+        for i, ids in enumerate(prompts):
+            def sink(kind, sample, payload, base=i * req.n):
+                loop.call_soon_threadsafe(self.queue.put_nowait, (kind, base + sample, payload))
+            self.engine_reqs.append(EngineRequest(
+                prompt=ids, max_tokens=req.max_tokens, sink=sink, n=req.n, temperature=req.temperature,
+                top_k=req.top_k, top_p=req.top_p, seed=seed, stop_ids=frozenset(req.stop_token_ids),
+                logprobs=req.logprobs, timeout_s=served.request_timeout_s))
+
+    def submit(self):
+        done = []
+        try:
+            for r in self.engine_reqs:
+                done.append(self.served.engine.submit(r))
+        except (QueueFull, Draining):
+            for r in done:
+                self.served.engine.cancel(r)
+            raise
+
+    def cancel(self):
+        for r in self.engine_reqs:
+            self.served.engine.cancel(r)
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish is not None for c in self.choices)
+
+    def apply(self, event) -> int:
+        """Apply one engine event; returns the choice index it touched."""
+        kind, index, payload = event
+        choice = self.choices[index]
+        if choice.finish is not None:
+            return index  # already ended by a stop string; the engine's late events change nothing
+        if kind == "tokens":
+            ids, lps, count = payload
+            if choice.add(ids, lps, count):
+                req = self.engine_reqs[index // self.req.n]
+                self.served.engine.cancel(req, "stop", index % self.req.n)
+        else:
+            choice.finish = payload
+        return index
+
+    def usage(self) -> dict:
+        prompt = sum(len(p) for p in self.prompts)
+        completion = sum(c.counted for c in self.choices)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def prefix(self, index: int) -> str:
+        if not self.req.echo:
+            return ""
+        p = self.req.prompts[index // self.req.n]
+        return p if isinstance(p, str) else self.served.tok.decode(p)
+
+
+def create_app(served: Served) -> FastAPI:
+    app = FastAPI(title="photon-jax serve")
+    metrics = served.metrics
+
+    def unauthorized(request: Request):
+        if served.api_key is None:
+            return None
+        if request.headers.get("authorization", "") != f"Bearer {served.api_key}":
+            return error(401, "missing or wrong API key (Authorization: Bearer KEY)", None, "authentication_error")
+        return None
+
+    @app.get("/health")
+    async def health():
+        if served.engine.error is not None:
+            return error(500, f"engine failed: {served.engine.error}", None, "server_error")
+        if served.engine.draining:
+            return error(503, "shutting down", None, "server_error")
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        if (bad := unauthorized(request)) is not None:
+            return bad
+        return {"object": "list", "data": [{"id": served.model_name, "object": "model", "created": 0,
+                                            "owned_by": "photon-jax", "max_model_len": served.max_context}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        if (bad := unauthorized(request)) is not None:
+            metrics.requests.labels("401").inc()
+            return bad
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            metrics.requests.labels("400").inc()
+            return error(400, f"the body is not valid JSON: {e}", "body")
+        try:
+            req = protocol.parse(body)
+            prompts = _check(served, req)
+        except protocol.BadRequest as e:
+            metrics.requests.labels("400").inc()
+            return error(400, str(e), e.field)
+        job = Job(served, req, prompts)
+        try:
+            job.submit()
+        except QueueFull as e:
+            metrics.requests.labels("429").inc()
+            return error(429, str(e), None, "rate_limit_error")
+        except Draining as e:
+            metrics.requests.labels("503").inc()
+            return error(503, str(e), None, "server_error")
+        metrics.requests.labels("200").inc()
+        ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            return EventSourceResponse(_stream(job, request, ident, created), ping=15)
+        return await _whole(job, request, ident, created)
+
+    return app
+
+
+async def _next_event(job: Job, request: Request):
+    """The next engine event, or None when the client has gone (its slots are then freed)."""
+    while True:
+        try:
+            return await asyncio.wait_for(job.queue.get(), DISCONNECT_POLL_S)
+        except TimeoutError:
+            if await request.is_disconnected():
+                job.cancel()
+                return None
+
+
+async def _whole(job: Job, request: Request, ident: str, created: int):
+    while not job.finished:
+        event = await _next_event(job, request)
+        if event is None:
+            return error(499, "client disconnected")
+        job.apply(event)
+    choices = []
+    for i, c in enumerate(job.choices):
+        choices.append({"index": i, "text": job.prefix(i) + c.release(final=True), "finish_reason": c.finish,
+                        "logprobs": _logprobs_json(job.served.tok, c) if job.req.logprobs is not None else None})
+    return {"id": ident, "object": "text_completion", "created": created, "model": job.served.model_name,
+            "choices": choices, "usage": job.usage()}
+
+
+async def _stream(job: Job, request: Request, ident: str, created: int):
+    def chunk(choices, usage=None):
+        return json.dumps({"id": ident, "object": "text_completion", "created": created,
+                           "model": job.served.model_name, "choices": choices, "usage": usage})
+    try:
+        if job.req.echo:
+            yield chunk([{"index": i, "text": job.prefix(i), "finish_reason": None, "logprobs": None}
+                         for i in range(len(job.choices))])
+        while not job.finished:
+            event = await _next_event(job, request)
+            if event is None:
+                return
+            i = job.apply(event)
+            c = job.choices[i]
+            text = c.release(final=c.finish is not None)
+            if text or c.finish is not None:
+                lp = None
+                if job.req.logprobs is not None and event[0] == "tokens":
+                    lp = _logprobs_json(job.served.tok, _last(c, event[2][1]))
+                yield chunk([{"index": i, "text": text, "finish_reason": c.finish, "logprobs": lp}])
+        if job.req.include_usage:
+            yield chunk([], job.usage())
+        yield "[DONE]"
+    finally:
+        if not job.finished:  # the client went away mid-stream (sse-starlette cancels this generator)
+            job.cancel()
+
+
+def _last(choice: SampleText, lps) -> SampleText:
+    view = SampleText(choice.tok, [])
+    view.logprobs = list(lps or [])
+    return view

@@ -1,0 +1,114 @@
+"""Build a server from a loaded run and run it: pool size from the KV budget, engine thread, uvicorn.
+
+SIGTERM / SIGINT: the engine stops admitting (503), the requests in flight get `grace_s` to finish
+(the rest end with finish_reason "abort"), then uvicorn exits and the process returns 0. A second
+signal exits at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+
+from photon_jax.errors import UserError
+from photon_jax.generation.api import _as_params, check_mode
+from photon_jax.model.convert import unrolled
+from photon_jax.serve import pool as pool_lib
+from photon_jax.serve.engine import Engine
+from photon_jax.serve.metrics import Metrics
+from photon_jax.sharding import strip_boxes
+
+GIB = 1 << 30
+DEFAULT_KV_BUDGET_GIB = 1.0
+
+
+@dataclasses.dataclass
+class ServeOptions:
+    mode: str | None = None
+    max_context: int = 512
+    kv_budget_gib: float | None = None  # default DEFAULT_KV_BUDGET_GIB unless slots is given
+    slots: int | None = None
+    max_queue: int = 64
+    align: bool = True
+    request_timeout_s: float | None = 600.0
+    warm_up: bool = True
+
+
+def plan_slots(params, cfg, mode: str, max_context: int, budget_gib: float | None, slots: int | None):
+    """(slots, bytes per slot): --slots as given, else as many as the budget holds."""
+    per_slot = pool_lib.bytes_per_slot(params, cfg, mode, max_context)
+    if slots is not None:
+        if slots < 1:
+            raise UserError(f"--slots must be >= 1, got {slots}")
+        return slots, per_slot
+    budget = (DEFAULT_KV_BUDGET_GIB if budget_gib is None else budget_gib) * GIB
+    n = int(budget // per_slot)
+    if n < 1:
+        raise UserError(f"--kv-budget-gib {budget / GIB:g} holds no slot: one slot of {max_context} tokens in mode "
+                        f"{mode} needs {per_slot / GIB:.4f} GiB")
+    return n, per_slot
+
+
+def build_engine(model_cfg, params, eos_id, opts: ServeOptions, metrics=None) -> Engine:
+    mode = check_mode(model_cfg, opts.mode)
+    if opts.max_context < 2:
+        raise UserError(f"--max-context must be >= 2, got {opts.max_context}")
+    cfg, params = unrolled(model_cfg, strip_boxes(_as_params(params)))  # decoding runs unrolled (model/convert.py)
+    slots, _ = plan_slots(params, cfg, mode, opts.max_context, opts.kv_budget_gib, opts.slots)
+    spec = pool_lib.PoolSpec(cfg, mode, slots, pool_lib.capacity(cfg, opts.max_context))
+    engine = Engine(pool_lib.Programs(spec, params), eos_id, opts.max_queue, opts.align, metrics)
+    engine.max_context = opts.max_context
+    if metrics is not None:
+        metrics.bind(engine)
+    if opts.warm_up:
+        engine.warm_up()
+    return engine.start()
+
+
+def serve(loaded, opts: ServeOptions, host: str, port: int, model_name: str, api_key: str | None,
+          grace_s: float = 30.0, say=print) -> int:
+    import uvicorn
+
+    from photon_jax.serve.app import Served, create_app
+
+    metrics = Metrics()
+    t0 = time.perf_counter()
+    engine = build_engine(loaded.cfg.model, loaded.params, loaded.tokenizer.eos_id, opts, metrics)
+    say(f"photon-jax serve: {model_name} ({engine.spec.mode}), {engine.spec.slots} slots of {opts.max_context} "
+        f"tokens, {engine.slot_bytes:,} bytes per slot, {engine.compiled_programs()} programs compiled in "
+        f"{time.perf_counter() - t0:.1f}s")
+    served = Served(engine, loaded.tokenizer, loaded.cfg.model.vocab_size, model_name, opts.max_context, metrics,
+                    api_key, opts.request_timeout_s)
+    config = uvicorn.Config(create_app(served), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    server = _DrainingServer(config, engine, grace_s)
+    say(f"listening on http://{host}:{port}/v1", flush=True)
+    server.run()
+    engine.stop()
+    say("photon-jax serve: stopped", flush=True)
+    return 0
+
+
+class _DrainingServer:
+    """uvicorn.Server whose first SIGTERM / SIGINT drains the engine before the server exits."""
+
+    def __new__(cls, config, engine, grace_s):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            draining = False
+
+            def handle_exit(self, sig, frame):
+                if self.draining:
+                    return super().handle_exit(sig, frame)
+                self.draining = True
+                print(f"photon-jax serve: signal {sig}: draining (grace {grace_s:g}s)", file=sys.stderr, flush=True)
+                threading.Thread(target=self._drain, daemon=True).start()
+
+            def _drain(self):
+                engine.drain(grace_s)
+                time.sleep(0.5)  # the last events reach their responses
+                self.should_exit = True
+
+        return Server(config)

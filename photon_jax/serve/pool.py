@@ -1,0 +1,159 @@
+"""The slot pool: a fixed batch of N decode rows on the device, and the jitted programs that use it.
+
+The pool is the generation loop's state (generation/loop.py) for N rows of token capacity `cap`,
+plus each row's own sampling knobs (seed, temperature, top_k, top_p). Three programs:
+
+* insert (one per prompt bucket width): prefill ONE prompt with the family's runner and write the
+  result into every slot of a mask (n > 1 samples share the prefill); the pool is donated and only
+  the masked rows change, so requests in flight keep their caches.
+* decode: generation.loop.run_loop over the whole pool for up to `steps` steps (traced), every row
+  sampling with its own knobs (sampling.sample_tokens kind "per_row").
+* release: marks rows inactive (a cut, a stop string, a disconnect); their state is garbage until
+  the next insert overwrites it.
+
+Bytes per slot are read off the pool's own ShapeDtypeStructs at N = 1 (every leaf: caches, tokens,
+next-token logits, knobs), so the slot count at a budget counts everything a row holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from photon_jax.config import ModelConfig
+from photon_jax.generation.caches import tree_nbytes
+from photon_jax.generation.engine import make_runner
+from photon_jax.generation.loop import init_loop, run_loop
+from photon_jax.model.hierarchy import Hierarchy
+
+KNOBS = {"seed": jnp.int32, "temperature": jnp.float32, "top_k": jnp.int32, "top_p": jnp.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec:
+    cfg: ModelConfig  # unrolled (model/convert.py)
+    mode: str
+    slots: int
+    cap: int  # token capacity of every slot
+
+    @property
+    def unit(self) -> int:
+        """Prompt widths are multiples of this: a meta-context for PHOTON (runner prefill contract)."""
+        return 1 if self.cfg.family == "vanilla" else Hierarchy.of(self.cfg).meta_context
+
+
+def capacity(cfg: ModelConfig, max_context: int) -> int:
+    return max_context if cfg.family == "vanilla" else Hierarchy.of(cfg).capacity(max_context)
+
+
+def buckets(cfg: ModelConfig, max_context: int) -> tuple[int, ...]:
+    """Padded prompt widths: doubling from one meta-context (or 16 tokens) up to the slot capacity."""
+    cap = capacity(cfg, max_context)
+    unit = 1 if cfg.family == "vanilla" else Hierarchy.of(cfg).meta_context
+    width = max(unit, 16 if cfg.family == "vanilla" else unit)
+    out = []
+    while width < cap:
+        out.append(width)
+        width *= 2
+    return tuple(out) + (cap,)
+
+
+def prompt_width(cfg: ModelConfig, prompt_len: int) -> int:
+    """The prefill width a prompt needs: PHOTON's current meta-context must fit (Hierarchy.prompt_pad)."""
+    return prompt_len if cfg.family == "vanilla" else Hierarchy.of(cfg).prompt_pad(prompt_len)
+
+
+def _row(params, prompt_bt, prompt_len_b, budget_b, stop_b, spec: PoolSpec):
+    """Prefill one prompt into the loop state of one row of capacity cap."""
+    runner = make_runner(spec.cfg, spec.mode)
+    state, logits = runner.prefill(params, prompt_bt, prompt_len_b, spec.cap)
+    tokens = jnp.zeros((1, spec.cap), jnp.int32).at[:, : prompt_bt.shape[1]].set(prompt_bt)
+    loop = init_loop(tokens, prompt_len_b, budget_b, stop_b, jnp.zeros((1,), jnp.int32), logits, state, None, False)
+    loop.pop("forced")
+    loop.update({k: jnp.zeros((1,), t) for k, t in KNOBS.items()})
+    return loop
+
+
+def pool_shapes(params, spec: PoolSpec):
+    """ShapeDtypeStructs of the pool of spec.slots rows."""
+    one = jax.eval_shape(functools.partial(_row, spec=spec), params, jax.ShapeDtypeStruct((1, spec.unit), jnp.int32),
+                         *(jax.ShapeDtypeStruct((1,), jnp.int32),) * 3)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(_with_batch(x.shape, spec.slots, _batch_axis(x.shape)), x.dtype),
+                        one)
+
+
+def _batch_axis(shape) -> int:
+    """Caches are (layers, batch, ...); everything else is batch-first (generation/caches.py)."""
+    return 1 if len(shape) == 5 else 0
+
+
+def _with_batch(shape, n: int, axis: int):
+    return tuple(n if i == axis else s for i, s in enumerate(shape))
+
+
+def bytes_per_slot(params, cfg: ModelConfig, mode: str, max_context: int) -> int:
+    return tree_nbytes(pool_shapes(params, PoolSpec(cfg, mode, 1, capacity(cfg, max_context))))
+
+
+def empty_pool(params, spec: PoolSpec):
+    pool = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), pool_shapes(params, spec))
+    pool["finish"] = jnp.full((spec.slots,), 2, jnp.int32)  # not running (loop.FINISH_REASONS)
+    return pool
+
+
+def _insert(params, pool, prompt_bt, prompt_len, budget, stop, mask_n, row_id_n, knobs, spec: PoolSpec):
+    one = _row(params, prompt_bt, prompt_len[None], budget[None], stop[None], spec)
+    one["row_id"] = row_id_n  # sample index within its request: the PRNG row (sampling.position_keys)
+    one.update({k: jnp.broadcast_to(v, (spec.slots,)).astype(KNOBS[k]) for k, v in knobs.items()})
+
+    def put(new, old):
+        axis = _batch_axis(old.shape)
+        shape = [1] * old.ndim
+        shape[axis] = spec.slots
+        return jnp.where(mask_n.reshape(shape), new, old)  # new broadcasts from one row to all
+    return jax.tree.map(put, one, pool)
+
+
+def _decode(params, pool, steps, eos_id, spec: PoolSpec):
+    return run_loop(make_runner(spec.cfg, spec.mode), params, pool, steps, pool["seed"], eos_id, "per_row",
+                    pool["temperature"], pool["top_k"], pool["top_p"])
+
+
+def _release(pool, mask_n):
+    return {**pool, "active": pool["active"] & ~mask_n}
+
+
+class Programs:
+    """The compiled pool programs of one PoolSpec; counts what it compiled."""
+
+    def __init__(self, spec: PoolSpec, params):
+        self.spec = spec
+        self.params = params
+        self._insert = jax.jit(functools.partial(_insert, spec=spec), donate_argnums=(1,))
+        self._decode = jax.jit(functools.partial(_decode, spec=spec), donate_argnums=(1,))
+        self._release = jax.jit(_release, donate_argnums=(0,))
+        self.compiled: set = set()
+
+    def _track(self, name, key):
+        self.compiled.add((name, key))
+
+    def insert(self, pool, prompt: list[int], width: int, budget: int, stop: int, mask_n: np.ndarray,
+               row_id_n: np.ndarray, knobs: dict):
+        prompt_bt = np.zeros((1, width), np.int32)
+        prompt_bt[0, : len(prompt)] = prompt
+        self._track("insert", width)
+        knobs = {k: jnp.asarray(v, KNOBS[k]) for k, v in knobs.items()}
+        return self._insert(self.params, pool, prompt_bt, np.int32(len(prompt)), np.int32(budget), np.int32(stop),
+                            np.asarray(mask_n, bool), np.asarray(row_id_n, np.int32), knobs)
+
+    def decode(self, pool, steps: int, eos_id: int):
+        self._track("decode", None)
+        return self._decode(self.params, pool, np.int32(steps), np.int32(eos_id))
+
+    def release(self, pool, mask_n: np.ndarray):
+        self._track("release", None)
+        return self._release(pool, np.asarray(mask_n, bool))

@@ -1,0 +1,47 @@
+"""One sample's text as its tokens arrive: incremental detokenization and stop strings.
+
+Text is released only when it can no longer change: a trailing replacement character (an
+incomplete multi-byte sequence) and any tail that could still grow into a stop string are held
+back until the next token or the end.
+"""
+
+from __future__ import annotations
+
+
+class SampleText:
+    def __init__(self, tokenizer, stops: list[str]):
+        self.tok = tokenizer
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.tokens: list[int] = []
+        self.logprobs: list[dict] = []
+        self.counted = 0  # generated tokens, the stop / EOS token included (usage)
+        self.text = ""
+        self.sent = 0  # characters of self.text already released
+        self.finish: str | None = None
+
+    def add(self, ids: list[int], logprobs, count: int) -> bool:
+        """Append tokens; True when a stop string has ended the sample (the text is cut before it)."""
+        self.tokens += ids
+        self.counted += count
+        if logprobs:
+            self.logprobs += logprobs
+        self.text = self.tok.decode(self.tokens) if self.tokens else ""
+        for stop in self.stops:
+            at = self.text.find(stop)
+            if at >= 0:
+                self.text = self.text[:at]
+                self.finish = "stop"
+                return True
+        return False
+
+    def release(self, final: bool = False) -> str:
+        """The text that became certain since the last call."""
+        end = len(self.text)
+        if not final:
+            while end > self.sent and self.text[end - 1] == "\ufffd":
+                end -= 1
+            end = max(self.sent, end - self.hold)
+        out = self.text[self.sent: end]
+        self.sent = end
+        return out
