@@ -92,6 +92,7 @@ class Job:
         loop = asyncio.get_running_loop()
         self.choices = [SampleText(served.tok, req.stop) for _ in range(len(prompts) * req.n)]
         self.engine_reqs = []
+        timeout = min(t for t in (req.timeout, served.request_timeout_s, float("inf")) if t is not None)
         seed = req.seed if req.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little") >> 1
         for i, ids in enumerate(prompts):
             def sink(kind, sample, payload, base=i * req.n):
@@ -99,7 +100,7 @@ class Job:
             self.engine_reqs.append(EngineRequest(
                 prompt=ids, max_tokens=req.max_tokens, sink=sink, n=req.n, temperature=req.temperature,
                 top_k=req.top_k, top_p=req.top_p, seed=seed, stop_ids=frozenset(req.stop_token_ids),
-                logprobs=req.logprobs, timeout_s=served.request_timeout_s))
+                logprobs=req.logprobs, timeout_s=None if timeout == float("inf") else timeout))
 
     def submit(self):
         done = []

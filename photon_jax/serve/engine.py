@@ -155,6 +155,7 @@ class Engine:
             self.pool = self.programs.insert(self.pool, [0], min(width, self.spec.cap), 1, 1, mask,
                                              np.zeros(self.spec.slots, np.int32), _knobs(Request([0], 1, None)))
         self.pool = self.programs.decode(self.pool, 0, self.eos_id)
+        self.pool = self.programs.release(self.pool, np.zeros(self.spec.slots, bool))
         self.pool["active"].block_until_ready()
 
     # ------------------------------------------------------------------ engine thread

@@ -3,7 +3,8 @@
 Fields (OpenAI's, plus top_k and stop_token_ids as vLLM has them): model, prompt (a string, a list
 of strings, a list of token ids, or a list of such lists), max_tokens (default 16), temperature
 (default 1), top_p, top_k, n, stop (a string or up to 4), stop_token_ids, seed, stream,
-stream_options.include_usage, logprobs (0-5), echo. Unknown fields are ignored, as OpenAI does.
+stream_options.include_usage, logprobs (0-5), echo, and timeout (seconds; the server's
+--request-timeout caps it). Unknown fields are ignored, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Completion:
     include_usage: bool = False
     logprobs: int | None = None
     echo: bool = False
+    timeout: float | None = None
 
 
 def _int(body, field, default, low=None):
@@ -115,9 +117,11 @@ def parse(body) -> Completion:
                      top_k=_int(body, "top_k", 0, 0), n=_int(body, "n", 1, 1), stop=stop, stop_token_ids=stop_ids,
                      seed=_int(body, "seed", None), stream=_bool(body, "stream"),
                      include_usage=bool(options.get("include_usage", False)), logprobs=logprobs,
-                     echo=_bool(body, "echo"))
+                     echo=_bool(body, "echo"), timeout=_float(body, "timeout", None))
     if req.temperature < 0:
         raise BadRequest("temperature", f"temperature must be >= 0, got {req.temperature}")
+    if req.timeout is not None and req.timeout <= 0:
+        raise BadRequest("timeout", f"timeout must be > 0 seconds, got {req.timeout}")
     if not 0.0 < req.top_p <= 1.0:
         raise BadRequest("top_p", f"top_p must be in (0, 1], got {req.top_p}")
     return req
