@@ -79,8 +79,16 @@ def _logprobs_json(tok, sample: SampleText) -> dict:
         offsets.append(offset)
         offset += len(piece)
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in sample.logprobs],
-            "top_logprobs": [{tok.decode([t]): v for t, v in e.get("top", {}).items()} for e in sample.logprobs],
+            "top_logprobs": [_top(tok, e.get("top", {})) for e in sample.logprobs],
             "text_offset": offsets}
+
+
+def _top(tok, top: dict) -> dict:
+    """Alternatives keyed by their text (OpenAI's format); tokens that decode alike keep the likeliest."""
+    out = {}
+    for t, v in sorted(top.items(), key=lambda kv: -kv[1]):
+        out.setdefault(tok.decode([t]), v)
+    return out
 
 
 class Job:
