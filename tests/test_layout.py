@@ -1,4 +1,4 @@
-"""The package layout follows the pipeline: config -> model -> generation / runs -> eval -> train ->
+"""The package layout follows the pipeline: config -> model -> generation / runs -> eval -> serve -> train ->
 interop -> bench -> sweep -> cli. No module imports from a layer above its own, and no import hides inside a
 function (a lazy import would only dodge a cycle)."""
 
@@ -13,6 +13,7 @@ LAYERS = [  # lowest first; a module may import its own layer and the ones befor
     {"photon_jax.model"},
     {"photon_jax.generation", "photon_jax.runs"},
     {"photon_jax.eval"},
+    {"photon_jax.serve"},
     {"photon_jax.train"},
     {"photon_jax.interop"},
     {"photon_jax.bench"},

@@ -7,7 +7,7 @@ from photon_jax.cli.cmd_eval import parse_mesh
 from photon_jax.cli.common import add_run_args
 from photon_jax.errors import UserError
 from photon_jax.generation.api import ALL_MODES
-from photon_jax.serve.launch import DEFAULT_KV_BUDGET_GIB, ServeOptions
+from photon_jax.serve.options import DEFAULT_KV_BUDGET_GIB, ServeOptions
 
 DEFAULTS = ServeOptions()
 
@@ -43,7 +43,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from photon_jax.runs.workdir import load_run
-    from photon_jax.serve.launch import serve
+
+    try:
+        from photon_jax.serve.launch import serve
+    except ImportError as e:
+        raise UserError(f"photon-jax serve needs the [serve] extra ({e}): pip install 'photon-jax[serve]'") from e
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in [1, 65535], got {args.port}")

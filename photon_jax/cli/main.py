@@ -15,7 +15,7 @@ from photon_jax import host_allocator
 from photon_jax.cli.common import json_output
 from photon_jax.errors import UserError
 
-COMMAND_ORDER = ["params", "prepare", "train", "eval", "generate", "bench", "run", "sweep", "export", "import"]
+COMMAND_ORDER = ["params", "prepare", "train", "eval", "generate", "serve", "bench", "run", "sweep", "export", "import"]
 
 
 class _Parser(argparse.ArgumentParser):

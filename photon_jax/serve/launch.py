@@ -7,7 +7,6 @@ signal exits at once.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 import time
@@ -16,24 +15,11 @@ from photon_jax.errors import UserError
 from photon_jax.generation.api import _as_params, check_mode
 from photon_jax.model.convert import unrolled
 from photon_jax.serve import pool as pool_lib
+from photon_jax.serve.app import Served, create_app
 from photon_jax.serve.engine import Engine
 from photon_jax.serve.metrics import Metrics
+from photon_jax.serve.options import DEFAULT_KV_BUDGET_GIB, GIB, ServeOptions
 from photon_jax.sharding import strip_boxes
-
-GIB = 1 << 30
-DEFAULT_KV_BUDGET_GIB = 1.0
-
-
-@dataclasses.dataclass
-class ServeOptions:
-    mode: str | None = None
-    max_context: int = 512
-    kv_budget_gib: float | None = None  # default DEFAULT_KV_BUDGET_GIB unless slots is given
-    slots: int | None = None
-    max_queue: int = 64
-    align: bool = True
-    request_timeout_s: float | None = 600.0
-    warm_up: bool = True
 
 
 def plan_slots(params, cfg, mode: str, max_context: int, budget_gib: float | None, slots: int | None):
@@ -70,8 +56,6 @@ def build_engine(model_cfg, params, eos_id, opts: ServeOptions, metrics=None) ->
 def serve(loaded, opts: ServeOptions, host: str, port: int, model_name: str, api_key: str | None,
           grace_s: float = 30.0, say=print) -> int:
     import uvicorn
-
-    from photon_jax.serve.app import Served, create_app
 
     metrics = Metrics()
     t0 = time.perf_counter()
