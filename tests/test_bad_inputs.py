@@ -150,6 +150,8 @@ CASES = [
     case("override-into-scalar", lambda p: ["params", "model.width.foo=3"], "must be an integer"),
     case("override-section-scalar", lambda p: ["params", "model=5"], "config.model must be a mapping"),
     case("override-bad-choice", lambda p: ["params", "train.nonfinite=explode"], "must be skip or halt"),
+    case("override-negative-skip-limit", lambda p: ["params", "train.max_consecutive_skips=-1"],
+         "train.max_consecutive_skips must be >= 0"),
     case("seq-len-not-multiple", lambda p: ["params", "data.seq_len=63"], "not a multiple of the chunk product"),
     case("heads-not-dividing", lambda p: ["params", "model.num_heads=3"], "does not divide model.width"),
     case("int-dtype", lambda p: ["params", "model.dtype=int8"], "is not a float dtype"),
@@ -168,6 +170,10 @@ CASES = [
     case("corpus-binary", lambda p: ["prepare", "--corpus", p.binary_txt, "--out", p.root / "o6"],
          "is not valid UTF-8"),
     case("jsonl-invalid-line", lambda p: ["prepare", "--corpus", p.bad_jsonl, "--out", p.root / "o7"],
+         "line 2 is not valid JSON"),
+    case("jsonl-invalid-line-in-a-worker", lambda p: ["prepare", "--corpus", p.bad_jsonl, "--out", p.root / "o7w",
+                                                      "--tokenizer", p.data / "tokenizer.model", "--vocab-size", "0",
+                                                      "--workers", "2", "--unit-mb", "0.00001"],
          "line 2 is not valid JSON"),
     case("jsonl-no-text", lambda p: ["prepare", "--corpus", p.nokey_jsonl, "--out", p.root / "o8"],
          'has no "text" string field'),
@@ -229,7 +235,7 @@ def test_bad_input_is_one_line_exit_2(p, argv, expected, capsys, monkeypatch):
     assert expected in err[0], err[0]
 
 
-N_BAD_INPUT_CASES = 75  # update deliberately when a case is added or removed
+N_BAD_INPUT_CASES = 77  # update deliberately when a case is added or removed
 
 
 def test_bad_input_case_count_is_pinned():

@@ -5,6 +5,7 @@ the corpus."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +88,115 @@ def test_kill_during_prepare_then_resume(setup, tmp_path):
         assert moved.stat().st_mtime_ns == stamp, moved
     same_data(out, reference)
     assert [p.name for p in tmp_path.iterdir()] == ["data"]  # the partial dir became the data dir
+
+
+def children_of(pid: int) -> set[int]:
+    """Live processes whose parent is `pid` (from /proc: the workers of a prepare)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_and_wait_for_a_unit(cfg, out, tmp_path):
+    """The real CLI with 2 workers, its own process group; returns once a work unit is finished."""
+    child = subprocess.Popen(_cli(cfg, out, "--workers", "2"), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and child.poll() is None:
+        if list(tmp_path.glob(".data.partial-*/units/[!.]*/meta.json")) and len(children_of(child.pid)) == 2:
+            return child
+        time.sleep(0.02)
+    child.kill()
+    pytest.fail(f"no finished unit with 2 workers running: {child.stderr.read().decode()[-2000:]}")
+
+
+@pytest.mark.parametrize("sig, to_group, code", [(signal.SIGTERM, False, 0), (signal.SIGINT, True, 130)],
+                         ids=["sigterm", "ctrl-c"])
+def test_a_signal_stops_workers_keeps_units_and_the_rerun_is_identical(setup, tmp_path, sig, to_group, code):
+    """SIGTERM to the main process, or Ctrl-C (SIGINT to the whole process group, workers included): the
+    workers stop, the finished units stay, one line names them, exit 0 / 130; the rerun reuses them and
+    gives the uninterrupted run's bytes."""
+    root, cfg, reference = setup
+    out = tmp_path / "data"
+    child = start_and_wait_for_a_unit(cfg, out, tmp_path)
+    workers = children_of(child.pid)
+    os.killpg(child.pid, sig) if to_group else child.send_signal(sig)
+    assert child.wait(timeout=60) == code
+    err = child.stderr.read().decode().strip().splitlines()
+    said = re.fullmatch(rf"photon-jax: prepare stopped by {sig.name}: (\d+) of (\d+) work units finished, kept in "
+                        rf"(\S+); rerun the same command to resume", err[-1] if err else "")
+    assert len(err) == 1 and said, err
+    assert not any(alive(w) for w in workers)
+    done, total = int(said[1]), int(said[2])
+    units = sorted(p.parent for p in Path(said[3]).glob("units/[!.]*/meta.json"))
+    assert 1 <= done == len(units) < total
+    finished = {p: p.stat().st_mtime_ns for unit in units for p in unit.iterdir()}
+
+    rerun = subprocess.run(_cli(cfg, out, "--workers", "2"), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for path, stamp in finished.items():  # kept, not redone
+        assert (out / path.relative_to(path.parents[2])).stat().st_mtime_ns == stamp
+    same_data(out, reference)
+
+
+def test_no_worker_outlives_a_kill_9_of_the_main_process(setup, tmp_path):
+    """Two 6 MB units, one per worker (seconds of work each): kill -9 the main process once both workers have
+    started theirs; the workers die with it instead of working on (they used to finish their units and, with
+    large units, live on for many minutes)."""
+    root, cfg, reference = setup
+    child = subprocess.Popen(_cli(cfg, tmp_path / "data", "--workers", "2", "--unit-mb", "6"),  # the last one counts
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while len(list(tmp_path.glob(".data.partial-*/units/.tmp-*"))) < 2 and time.time() < deadline:
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    workers = children_of(child.pid)  # and multiprocessing's resource tracker, which it used to start
+    assert len(workers) >= 2
+    child.kill()  # the main process only
+    child.wait()
+    deadline = time.time() + 30
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers), [w for w in workers if alive(w)]
+    assert not list(tmp_path.glob(".data.partial-*/units/[!.]*/meta.json"))  # stopped mid-unit, not after it
+
+
+_NO_MAIN_GUARD = """
+import sys
+from photon_jax.config import DataConfig
+from photon_jax.data.prepare import prepare
+corpus, tokenizer, out = sys.argv[1:4]
+manifest = prepare(DataConfig(corpus=corpus, tokenizer=tokenizer, validation_fraction=0.01), out, 0, workers=2,
+                   unit_bytes=1 << 20)
+print("workers", manifest["prepared_with"]["workers"])
+"""
+
+
+def test_workers_from_a_script_without_a_main_guard(setup, tmp_path):
+    """Worker processes never re-import the calling script (which would prepare again in each worker)."""
+    root, cfg, reference = setup
+    script = tmp_path / "script.py"
+    script.write_text(_NO_MAIN_GUARD)
+    run = subprocess.run([sys.executable, str(script), cfg.corpus, cfg.tokenizer, str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0 and run.stdout.split() == ["workers", "2"], (run.stdout, run.stderr[-2000:])
+    ours, theirs = tree(tmp_path / "out"), tree(reference)  # other unit sizes: the same splits
+    for name in ("records.npy", "lengths.npy", "documents.txt"):
+        assert ours[f"train/{name}"] == theirs[f"train/{name}"] and ours[f"validation/{name}"] == theirs[
+            f"validation/{name}"]
 
 
 def test_two_processes_equal_one(setup, tmp_path):

@@ -64,6 +64,7 @@ def _progress():
 
 def run(args) -> int:
     from photon_jax.data.prepare import MANIFEST_FILE, prepare
+    from photon_jax.data.stop import Stopped
     from photon_jax.errors import UserError
     from photon_jax.runs.workdir import data_dir_for
 
@@ -87,9 +88,13 @@ def run(args) -> int:
         raise UserError(f"--process-index {args.process_index} is not in [0, --process-count {args.process_count})")
     out = args.out or data_dir_for(cfg, Path(args.workdir or default_workdir(cfg.name)))
     say = (lambda message: None) if args.json else _progress()
-    manifest = prepare(data, out, vocab, overwrite=args.force, workers=args.workers,
-                       unit_bytes=max(1, int(unit_mb * (1 << 20))), process_index=args.process_index,
-                       process_count=args.process_count, say=say)
+    try:
+        manifest = prepare(data, out, vocab, overwrite=args.force, workers=args.workers,
+                           unit_bytes=max(1, int(unit_mb * (1 << 20))), process_index=args.process_index,
+                           process_count=args.process_count, say=say)
+    except Stopped as stopped:  # SIGTERM: exit 0 (an orderly stop); Ctrl-C: 130
+        print(f"photon-jax: {stopped.line()}", file=sys.stderr)
+        return stopped.exit_code
     if not manifest.get("merged", True):
         print(f"process {args.process_index}: tokenized {manifest['units']} work units in "
               f"{manifest['seconds']:.1f} s; process 0 merges")

@@ -48,7 +48,9 @@ from photon_jax.data.merge import SPLITS, merge_units, split_documents
 from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
 from photon_jax.data.unit_writer import (META_FILE, UnitsDirGone, is_done, peak_rss_mib, read_meta, tokenize_unit,
                                         unit_documents, write_documents)
+from photon_jax.data.stop import Stopped, stop_on_signals
 from photon_jax.data.units import Unit, plan_digest, plan_units
+from photon_jax.data.worker_pool import run_tasks
 from photon_jax.errors import CorpusError, UserError
 
 __all__ = ["prepare", "load_manifest", "split_documents", "MANIFEST_FILE", "SPLITS", "FORMAT_VERSION"]
@@ -130,8 +132,17 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
     tokenizer must have (0 = accept any). workers: tokenizing processes (None: data_cfg.prepare_workers,
     0 = one per core). unit_bytes: input per work unit (None: data_cfg.prepare_unit_mb). A process other
     than 0 returns {"merged": False, "units": ...} once its units are done; the caller waits for process 0
-    (e.g. at a barrier) before reading the data.
+    (e.g. at a barrier) before reading the data. SIGTERM / Ctrl-C raise stop.Stopped / stop.Interrupted
+    (the finished units stay; .line() says where) after the workers are stopped.
     """
+    with stop_on_signals():
+        return _prepare(data_cfg, out_dir, vocab_size, overwrite=overwrite, workers=workers, unit_bytes=unit_bytes,
+                        process_index=process_index, process_count=process_count, say=say)
+
+
+def _prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overwrite: bool, workers: int | None,
+             unit_bytes: int | None, process_index: int, process_count: int,
+             say: Callable[[str], None] | None) -> dict:
     start = time.time()
     say = say or (lambda message: None)
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -204,6 +215,9 @@ def prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, overw
             return {**existing, "reused": True, "seconds": time.time() - start}
         raise UserError(f"the partial data dir {partial} vanished while preparing ({e}); rerun") from None
     except BaseException as e:
+        if isinstance(e, Stopped):
+            done = sum(is_done(units_root, u) for u in units)
+            e.kept = f"{done} of {len(units)} work units finished, kept in {partial}"
         if process_count > 1:  # tell the processes waiting on this partial dir, whatever the failure
             _write_error(partial, str(e).splitlines()[0] if str(e) else type(e).__name__)
         elif isinstance(e, CorpusError) or (isinstance(e, UserError) and not _finished_any(units_root)):
@@ -316,22 +330,15 @@ def _run_units(units: list[Unit], units_root: Path, tokenizer_path: str, dtype: 
             tokenize_unit(unit, str(units_root), tokenizer_path, dtype, text_field)
             say(f"work units {done}/{len(pending)}")
         return None  # in this process
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    peaks = []
 
-    # spawn, not fork: the caller may hold JAX / threads that a forked child must not inherit
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(tokenize_unit, u, str(units_root), tokenizer_path, dtype, text_field)
-                   for u in pending]
-        peaks = []
-        try:
-            for done, future in enumerate(as_completed(futures), start=1):
-                peaks.append(future.result()[2])
-                say(f"work units {done}/{len(pending)} on {workers} workers")
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    def finished(result) -> None:
+        peaks.append(result[2])
+        say(f"work units {len(peaks)}/{len(pending)} on {workers} workers")
+
+    # fresh worker processes (not fork: the caller may hold JAX / threads; not multiprocessing: worker_pool.py)
+    run_tasks("tokenize_unit", [(u, str(units_root), tokenizer_path, dtype, text_field) for u in pending],
+              workers, finished)
     return max((p for p in peaks if p is not None), default=None)
 
 
