@@ -14,6 +14,7 @@ from conftest import prepare_few_plays
 
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
+from photon_jax.data.corpus import shakespeare_files
 from photon_jax.interop.safetensors_io import INDEX, TensorReader
 from photon_jax.model import build_model
 from photon_jax.runs.workdir import load_run
@@ -81,6 +82,36 @@ def test_export_takes_the_same_overrides_as_eval(imported, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["max_position_embeddings"] == 32 and config["photon_jax_config"]["data"]["seq_len"] == 32
     assert (out / "tokenizer.model").read_bytes() == (FIXTURE / "tokenizer.model").read_bytes()
+
+
+EDGE_CASES = ["  two leading spaces", "runs    of     spaces", "trailing spaces   ", "\tTab\t\tand tabs\t",
+              "\n\nleading newlines", "\n", " ", "   ", "a\r\nb", "mixed \t \n \t whitespace",
+              "Ünïcödé — naïve café", "日本語のテキスト", "emoji 🙂🚀 and ZWJ 👩‍💻", "digits 1234567890 3.14",
+              "<s> </s> <pad> <unk> look like specials", "\x00 control \x07 bytes \x7f"]
+
+
+def test_export_writes_a_tokenizer_json_that_gives_the_runs_ids(imported, tmp_path):
+    """Readers of tokenizer.json alone (`tokenizers`, transformers' AutoTokenizer; vLLM reads the same file)
+    get the run's SentencePiece ids and text back, on the run's held-out split and on edge cases."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "hf"
+    assert _cli("export", "--workdir", str(imported), "--out", str(out)) == 0
+    run = load_run(imported)
+    names = (run.data_dir / "validation" / "documents.txt").read_text().split("\n")[:-1]
+    plays = {p.name: p for p in shakespeare_files()}
+    held_out = [plays[name].read_text(encoding="utf-8").replace("\r\n", "\n").lstrip("\ufeff") for name in names]
+    assert held_out and sum(map(len, held_out)) > 100_000
+    fast, auto = Tokenizer.from_file(str(out / "tokenizer.json")), AutoTokenizer.from_pretrained(str(out))
+    assert (auto.eos_token_id, auto.pad_token_id, auto.bos_token_id) == (
+        run.tokenizer.eos_id, run.tokenizer.pad_id, run.tokenizer.bos_id)
+    for text in held_out + EDGE_CASES:
+        ids = run.tokenizer.encode(text)
+        assert fast.encode(text, add_special_tokens=False).ids == ids, text[:80]
+        assert auto(text)["input_ids"] == ids, text[:80]
+        assert fast.decode(ids, skip_special_tokens=False) == auto.decode(ids) == run.tokenizer.decode(ids), text[:80]
+    assert all(run.tokenizer.decode(run.tokenizer.encode(t)) == t for t in EDGE_CASES)  # lossless, so exact text
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from photon_jax.cli.common import RUN_OVERRIDES_HELP, add_json_flag, add_overrides, print_json
 from photon_jax.errors import UserError
 
@@ -32,4 +34,8 @@ def run(args) -> int:
     else:
         print(f"exported {out['family']} step {out['step']}: {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB "
               f"in {', '.join(out['files'])} -> {out['out']}")
+        print(f"tokenizer: {', '.join(out['tokenizer_files'])}")
+        if out["tokenizer_files"] == ["tokenizer.model"]:
+            print("  (no tokenizer.json: converting the SentencePiece model needs transformers and protobuf)",
+                  file=sys.stderr)
     return 0

@@ -30,6 +30,7 @@ from photon_jax.data import pipeline
 from photon_jax.errors import UserError
 from photon_jax.interop.llama import ARCHITECTURE, llama_config, model_config_from_llama, from_llama_tensors, \
     to_llama_tensors
+from photon_jax.interop.tokenizer_json import converter_available, write_tokenizer_json
 from photon_jax.interop.safetensors_io import DEFAULT_SHARD_BYTES, TensorReader, write_safetensors
 from photon_jax.model.accounting import abstract_params
 from photon_jax.model.convert import roll_layers, unroll_layers
@@ -101,12 +102,15 @@ def export_run(workdir, out, *, step: int | None = None, overrides: list[str] = 
         files = write_safetensors(tensors, tmp, max_shard_bytes, {"photon_jax_step": str(run.step)})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tok.save(tmp)  # the run's tokenizer file as is, under its own name (tokenizer.model / tokenizer.json)
+        if tok.kind == "sentencepiece" and converter_available():  # for readers of tokenizer.json only
+            write_tokenizer_json(tok, tmp, cfg.data.seq_len)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"out": str(out), "family": cfg.model.family, "step": run.step, "tensors": len(tensors),
-            "files": [f.name for f in files], "bytes": int(sum(a.nbytes for a in tensors.values()))}
+            "files": [f.name for f in files], "bytes": int(sum(a.nbytes for a in tensors.values())),
+            "tokenizer_files": sorted(p.name for p in out.glob("tokenizer*"))}
 
 
 def _read_config(hf_dir: Path) -> dict:
