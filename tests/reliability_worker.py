@@ -17,6 +17,8 @@ Options:
                           of its JSON items raises, with --fail-in mkdir creating its temporary directory
                           (synchronous, in manager.save) raises; the error is --fail-errno (default: ENOSPC,
                           disk full, for commit; EROFS, read-only disk, for mkdir)
+  --compile-delay S       the train step's compile takes S seconds longer (time to signal it mid-compile):
+                          DIR/compiling is written when it starts
   --kill-at-batch N       SIGKILL this process when it fetches batch N (with --kill-process I: only
                           in the process whose PHOTON_PROCESS_ID is I), after writing the time to
                           DIR/killed-<PHOTON_PROCESS_ID or 0>
@@ -46,6 +48,7 @@ def _parse(argv):
     p.add_argument("--fail-save-step", type=int, default=None)
     p.add_argument("--fail-in", choices=["commit", "mkdir"], default="commit")
     p.add_argument("--fail-errno", choices=["ENOSPC", "EROFS"], default=None)
+    p.add_argument("--compile-delay", type=float, default=0.0)
     p.add_argument("--kill-at-batch", type=int, default=None)
     p.add_argument("--kill-process", type=int, default=None)
     split = argv.index("--")
@@ -81,6 +84,24 @@ def _wrap_iterator(delay: float, kill_at: int | None, kill_marker: Path):
         return Iterator()
 
     pipeline.train_iterator = wrapped
+
+
+def _slow_compile(delay: float, marker: Path) -> None:
+    """The train step's compile, then a wait with SIGTERM blocked, as inside XLA's compile (where no Python
+    handler runs): the signal is delivered when it returns."""
+    from photon_jax.train import loop
+
+    real = loop._compile
+
+    def compile_(*args, **kwargs):
+        out = real(*args, **kwargs)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+        marker.write_text("compiling")
+        time.sleep(delay)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+        return out
+
+    loop._compile = compile_
 
 
 def _break_save(step: int, hang_marker: Path | None, code: int = errno.ENOSPC) -> None:
@@ -151,6 +172,8 @@ def main(argv=None) -> int:
     if opts.step_delay or kill_at is not None:
         marker = _workdir(cli_args) / f"killed-{os.environ.get('PHOTON_PROCESS_ID', '0')}"
         _wrap_iterator(opts.step_delay, kill_at, marker)
+    if opts.compile_delay:
+        _slow_compile(opts.compile_delay, _workdir(cli_args) / "compiling")
     if opts.hang_save_step is not None:
         _break_save(opts.hang_save_step, _workdir(cli_args) / f"saving-{opts.hang_save_step}")
     if opts.fail_save_step is not None:

@@ -28,6 +28,7 @@ import pytest
 from conftest import tiny_overrides
 from reliability_worker import compile_cache
 
+from photon_jax.bench.prepare_bench import write_generated_corpus
 from photon_jax.cli.main import main
 from photon_jax.config import DataConfig, load_config
 from photon_jax.data import pipeline
@@ -345,6 +346,48 @@ def test_sigterm_checkpoints_exits_0_and_the_next_start_resumes(env, reference, 
     assert summary["step"] == FINAL and logged_steps(run) == list(range(1, FINAL + 1))
     assert_losses_match_reference(run, reference)
     assert_same_tree(saved_state(run, FINAL)["params"], saved_state(reference, FINAL)["params"])
+
+
+def test_sigterm_during_the_compile_ends_at_its_return_with_one_line_and_nothing_saved(env, reference, tmp_path):
+    """A handler cannot run inside an XLA compile (the worker holds SIGTERM blocked for 5 s after it, as the
+    compile would): the process ends when it returns, exit 0, one line, no checkpoint; the next start works."""
+    run = tmp_path / "run"
+    proc = start_worker(env, tmp_path, "train", "--workdir", run, *overrides(env.data), flags=["--compile-delay", "5"])
+    wait_for(lambda: (run / "compiling").exists(), proc, "the compile")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.logs[1].read_text()[-3000:]
+    assert proc.logs[0].read_text().strip().splitlines() == [
+        "received SIGTERM while compiling the train step: no checkpoint written; rerun the same command to resume"]
+    assert "Traceback" not in proc.logs[1].read_text()
+    assert not ckpt.committed_steps(run) and not ckpt.unfinished_saves(run)
+    summary = train(config(env.data), run, quiet=True, stop_after=2)
+    assert summary["step"] == 2
+    assert_losses_match_reference(run, reference)
+
+
+def test_sigterm_while_train_prepares_its_data_keeps_the_units_and_the_next_start_works(env, tmp_path):
+    """`train` on an unprepared corpus, 2 prepare workers: SIGTERM once a work unit is finished stops the
+    workers, prints one line naming the kept units, exits 0 without a checkpoint; the next start resumes the
+    preparation (reusing them) and trains."""
+    corpus = write_generated_corpus(tmp_path / "corpus.jsonl", 12 << 20)
+    data = tmp_path / "data"
+    extra = [f"data.corpus={corpus}", f"data.tokenizer={env.data / 'tokenizer.model'}", "data.prepare_workers=2",
+             "data.prepare_unit_mb=0.5"]
+    run = tmp_path / "run"
+    proc = start_worker(env, tmp_path, "train", "--workdir", run, *overrides(data, *extra))
+    wait_for(lambda: any(tmp_path.glob(".data.partial-*/units/[!.]*/meta.json")), proc, "a finished work unit")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.logs[1].read_text()[-3000:]
+    lines = proc.logs[0].read_text().strip().splitlines()
+    said = re.fullmatch(r"received SIGTERM while preparing data: (\d+) of (\d+) work units finished, kept in (\S+); "
+                        r"rerun the same command to resume", lines[-1] if lines else "")
+    assert said and int(said[1]) >= 1 and all(line.startswith("preparing ") for line in lines[:-1]), lines
+    assert "Traceback" not in proc.logs[1].read_text() and not ckpt.committed_steps(run)
+    kept = {p: p.stat().st_mtime_ns for p in Path(said[3]).glob("units/[!.]*/meta.json")}
+    assert len(kept) == int(said[1]) < int(said[2]) and not data.exists()
+    summary = train(config(data, *extra), run, quiet=True, stop_after=1)
+    assert summary["step"] == 1
+    assert all((data / p.relative_to(p.parents[2])).stat().st_mtime_ns == t for p, t in kept.items())
 
 
 # ----------------------------------------------------------------------------- NaN / Inf

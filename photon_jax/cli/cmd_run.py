@@ -28,6 +28,8 @@ def run(args) -> int:
     cfg = config_from_args(args)
     workdir = args.workdir or default_workdir(cfg.name)
     summary = train(cfg, workdir)
+    if summary["stopped_by"]:  # SIGTERM: train said what it kept; evaluating is for the rerun
+        return 0
     results = evaluate_run(workdir)
     loaded = load_run(workdir)
     sample = generate_text(loaded, args.prompt, max_new_tokens=args.max_new_tokens)

@@ -22,11 +22,15 @@ from tqdm import tqdm
 
 from photon_jax.config import Config, window_order_seed
 from photon_jax.data import mixture, pipeline
+from photon_jax.data.stop import Stopped
 from photon_jax.errors import UserError
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.runs import checkpoint as ckpt
+from photon_jax.model.projection import compiling_for
 from photon_jax.runs.workdir import ensure_data, init_params_from, token_byte_lengths_for, tokenizer_for
+from photon_jax.scaleout.remat_log import compile_audited
+from photon_jax.scaleout.report import TARGET_NOTES, communication, describe_communication
 from photon_jax.sharding import batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules, make_mesh
 from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
 from photon_jax.train.nonfinite import SkipStreak
@@ -115,21 +119,24 @@ def train_step_program(cfg: Config, tx, schedule, layout, in_sharding):
     return step_fn, (abstract_state, abstract_batch)
 
 
-def dry_run(cfg: Config, *, compiler_options=None) -> dict:
+def dry_run(cfg: Config, *, compiler_options=None, target: str | None = None) -> dict:
     """Lower and compile the train step for the current mesh without allocating state or reading data;
-    report parameter, optimizer-state and activation (XLA temporaries) bytes per device."""
+    report parameter, optimizer-state and activation (XLA temporaries) bytes per device, the collectives
+    the compiled step runs against the analytic floor, and XLA's involuntary rematerializations.
+    `target` ("gpu" / "tpu") compiles that platform's code path on the devices at hand (docs/scale-out.md)."""
     mesh = make_mesh(cfg.mesh)
     rules = logical_rules(cfg.mesh)
     check_batch(mesh, rules, cfg.train.batch_size, jax.process_count())
     tx, schedule = make_optimizer(cfg), learning_rate_schedule(cfg)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    in_sharding = batch_sharding(mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), compiling_for(target):
         start = time.perf_counter()
         layout = state_layout(cfg, tx, mesh, rules)
-        step_fn, abstract = train_step_program(cfg, tx, schedule, layout, batch_sharding(mesh, rules))
+        step_fn, abstract = train_step_program(cfg, tx, schedule, layout, in_sharding)
         lowered = step_fn.lower(*abstract)
         lower_s = time.perf_counter() - start
         start = time.perf_counter()
-        compiled = lowered.compile(compiler_options=compiler_options)
+        compiled, remats = compile_audited(lowered, compiler_options)
         compile_s = time.perf_counter() - start
     try:
         memory = compiled.memory_analysis()
@@ -149,6 +156,9 @@ def dry_run(cfg: Config, *, compiler_options=None) -> dict:
             "code": mem("generated_code_size_in_bytes"),
         },
         "lower_seconds": round(lower_s, 2), "compile_seconds": round(compile_s, 2),
+        "target": target or jax.devices()[0].platform, "target_note": TARGET_NOTES.get(target or ""),
+        "communication": communication(cfg, compiled, layout, mesh, in_sharding),
+        "rematerializations": [r.describe() for r in remats],
     }
 
 
@@ -165,7 +175,11 @@ def describe_dry_run(report: dict) -> str:
              f"activations (temporaries) {gib(b['activations'])}",
              f"  XLA: arguments {gib(b['arguments'])}, outputs {gib(b['outputs'])} "
              f"(aliased with arguments {gib(b['aliased'])}), code {gib(b['code'])}",
-             f"  lowered in {report['lower_seconds']:.1f} s, compiled in {report['compile_seconds']:.1f} s"]
+             f"  lowered in {report['lower_seconds']:.1f} s, compiled in {report['compile_seconds']:.1f} s"
+             f" (code path: {report['target']})"]
+    if report["target_note"]:
+        lines.append(f"  note: {report['target_note']}")
+    lines += describe_communication(report["communication"], len(report["rematerializations"]))
     return "\n".join(lines)
 
 
@@ -188,9 +202,40 @@ def _validation_sets(data_dir: Path, sources) -> list[tuple[str, Path]]:
     return [(f"validation/{s.name}", s.data_dir) for s in sources]
 
 
+class _StoppedBeforeTraining(Exception):
+    def __init__(self, reason: str, what: str):
+        super().__init__(f"received {reason} {what}: no checkpoint written; rerun the same command to resume")
+        self.reason = reason
+
+
 def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: int | None = None) -> dict:
-    """Train to cfg.train.steps (or stop_after more steps); returns a summary dict."""
-    workdir = Path(workdir).resolve()
+    """Train to cfg.train.steps (or stop_after more steps); returns a summary dict.
+
+    SIGTERM is honoured from the start: while data is prepared (prepare stops its workers, keeping the
+    finished units), restored or compiled (a handler cannot run inside an XLA compile: at its return),
+    the run ends with one line and nothing saved; during training, with a checkpoint at the next step."""
+    stop = _StopFlag().install()
+    try:
+        return _train(cfg, Path(workdir).resolve(), stop, quiet, stop_after)
+    except (Stopped, _StoppedBeforeTraining) as e:
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C during prepare: exit 130 like any other Ctrl-C
+            raise
+        reason = e.signal_name if isinstance(e, Stopped) else e.reason
+        line = f"received {reason} while preparing data: {e.kept}; rerun the same command to resume" \
+            if isinstance(e, Stopped) else str(e)
+        print(line) if not quiet and jax.process_index() == 0 else None
+        return {"step": None, "stopped_by": reason, "train": None, "validation": None, "workdir": str(workdir)}
+    finally:
+        stop.restore()
+
+
+def _stop_before_training(stop: _StopFlag, processes: int, what: str) -> None:
+    """Between the phases before the first step (every process calls it: agreeing is collective)."""
+    if stop.agreed(processes):
+        raise _StoppedBeforeTraining(stop.reason, what)
+
+
+def _train(cfg: Config, workdir: Path, stop: _StopFlag, quiet: bool, stop_after: int | None) -> dict:
     _check_workdir(workdir)
     is_main = jax.process_index() == 0
     say = (lambda *a: None) if (quiet or not is_main) else print  # noqa: E731
@@ -199,6 +244,7 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
     rules = logical_rules(cfg.mesh)
     check_batch(mesh, rules, cfg.train.batch_size, jax.process_count())
     manifest, data_dir = _ensure_data_once(cfg, workdir, say)
+    _stop_before_training(stop, jax.process_count(), "while preparing data")
     task_eval = TaskEvaluator(cfg, tokenizer_for(data_dir, manifest), mesh, rules)  # task names checked now
     tx, schedule = make_optimizer(cfg), learning_rate_schedule(cfg)
     layout = state_layout(cfg, tx, mesh, rules)
@@ -241,10 +287,12 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
                                                        layout.shardings["params"], meta["tokenizer_sha256"])
                 state = dict(state, params=params)
                 say(f"initialised from {t.init_from} (step {source_step}); optimizer and step start fresh")
+        _stop_before_training(stop, processes, "while loading the state")
         (workdir / "config.json").write_text(cfg.to_json()) if is_main else None
 
         step_fn, abstract = train_step_program(cfg, tx, schedule, layout, in_sharding)
         compiled, memory = _compile(step_fn, *abstract)
+        _stop_before_training(stop, processes, "while compiling the train step")
         say(_describe_memory(memory))
         eval_fn = jax.jit(make_eval_step(cfg), in_shardings=(layout.shardings["params"], in_sharding))
         byte_lengths = token_byte_lengths_for(data_dir, manifest)
@@ -259,7 +307,6 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
             "project": t.wandb_project, "mode": t.wandb_mode, "name": f"{cfg.name}-{workdir.name}",
             "config": cfg.to_dict()})
         profiler = StepProfiler(t.profile_steps, workdir / "tensorboard")
-        stop = _StopFlag().install()
         streak = SkipStreak(t.max_consecutive_skips if t.nonfinite == "skip" else 0)
         step = int(jax.device_get(state["step"]))
         end = t.steps if stop_after is None else min(t.steps, step + stop_after)
@@ -328,7 +375,6 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
                 ckpt.finish(manager)  # waits for the last save; a failed write becomes one line (UserError)
             finally:
                 writer.close()
-                stop.restore()
     if stop.reason:
         say(f"received {stop.reason}: checkpoint saved at step {step}; rerun the same command to resume")
     summary = {"step": step, "stopped_by": stop.reason, "train": history[-1] if history else None,
