@@ -23,7 +23,7 @@ from photon_jax.serve.launch import ServeOptions, build_engine
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 MAX_CONTEXT = 48
-SLOTS = 6
+SLOTS = 12  # decode widths 8 and 12: both programs run
 NEW = 12
 # the first four share a phase of the meta-context (8 tokens) and are submitted together: all four
 # are admitted at once; the other four join while they decode
@@ -82,7 +82,8 @@ def test_engine_greedy_equals_generate_under_staggered_load(family, mode):
                                                                       slots=SLOTS))
     try:
         warm = engine.compiled_programs()
-        assert warm == len(pool_lib.buckets(engine.spec.cfg, MAX_CONTEXT)) + 2  # inserts + decode + release
+        # an insert per prompt bucket, a decode per width, one release
+        assert warm == len(pool_lib.buckets(engine.spec.cfg, MAX_CONTEXT)) + len(engine.widths) + 1
         prompts = _prompts()
         sinks = _run_staggered(engine, prompts, temperature=0.0)
         assert engine.peak_busy >= 4
@@ -99,21 +100,24 @@ def test_engine_greedy_equals_generate_under_staggered_load(family, mode):
 def test_engine_seeded_sampling_is_independent_of_slot_and_load():
     cfg, params = _model("photon")
     engine = build_engine(cfg, params, eos_id=None, opts=ServeOptions(max_context=MAX_CONTEXT, slots=SLOTS))
-    knobs = dict(temperature=0.8, top_k=40, seed=7)
+    knobs = {"temperature": 0.8, "top_k": 40, "seed": 7}
     prompt = _prompts(1)[5]
     try:
         alone = Collect(2)
         engine.submit(Request(prompt=prompt, max_tokens=NEW, sink=alone, n=2, **knobs))
         assert alone.done.wait(120)
         # under load: other requests first, so the seeded one lands in other slots at another time
-        others = [Collect() for _ in range(4)]
+        # under load: eight others of one phase first (admitted together), so the seeded one waits for its
+        # phase and lands in slots 8 and 9 (the 12-row decode program) while they run
+        others = [Collect() for _ in range(8)]
         with engine.lock:
             for s, p in zip(others, _prompts(2)):
-                engine.submit(Request(prompt=p, max_tokens=NEW, sink=s, temperature=1.0, seed=3))
+                engine.submit(Request(prompt=p[:1] * (1 + 8 * (len(p) % 3)), max_tokens=3 * NEW, sink=s,
+                                      temperature=1.0, seed=3))
         loaded = Collect(2)
         engine.submit(Request(prompt=prompt, max_tokens=NEW, sink=loaded, n=2, **knobs))
         assert loaded.done.wait(120) and all(s.done.wait(120) for s in others)
-        assert engine.peak_busy >= 5
+        assert engine.peak_busy == 10
     finally:
         engine.stop()
     assert loaded.tokens == alone.tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from photon_jax.cli.bench_serve_args import add_serve_parser
 from photon_jax.cli.common import add_json_flag, print_json
 from photon_jax.errors import UserError
 
@@ -21,7 +22,7 @@ ACCEL_BUDGET_FRACTION = 0.5
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="efficiency benchmarks: tpm, context, train, prepare")
+    p = subparsers.add_parser("bench", help="efficiency benchmarks: tpm, context, train, prepare, serve")
     sub = p.add_subparsers(dest="bench_command", metavar="BENCH", parser_class=type(p))
     sub.required = True
 
@@ -77,6 +78,8 @@ def register(subparsers) -> None:
     d.add_argument("--json-file", default=None, metavar="FILE", help="also write the result as JSON to FILE")
     d.add_argument("--plot", default=None, metavar="FILE.png")
     d.set_defaults(run=run_prepare_command)
+
+    add_serve_parser(sub)  # bench serve (cli/bench_serve_args.py)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

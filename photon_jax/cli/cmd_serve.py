@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from photon_jax import distributed
 from photon_jax.cli.cmd_eval import parse_mesh
-from photon_jax.cli.common import add_run_args
+from photon_jax.cli.common import add_overrides
 from photon_jax.errors import UserError
 from photon_jax.generation.api import ALL_MODES
 from photon_jax.serve.options import DEFAULT_KV_BUDGET_GIB, ServeOptions
@@ -14,7 +16,13 @@ DEFAULTS = ServeOptions()
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve a trained run over HTTP (OpenAI /v1/completions)")
-    add_run_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="the training run directory")
+    src.add_argument("--preset", help="serve a preset's random weights instead (benchmarks: prompts as token ids, "
+                                      "text is the ids, no EOS)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    add_overrides(p, " (applied to the run's saved config, as for eval / generate; or to the preset)")
+    distributed.add_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--mode", default=None, choices=ALL_MODES,
@@ -58,9 +66,21 @@ def run(args) -> int:
     plan = distributed.initialize_from_args(args)
     if (plan.num_processes or 1) > 1:
         raise UserError("serve runs in one process (multi-process serving is not implemented)")
-    loaded = load_run(args.workdir, step=args.step, mesh_cfg=parse_mesh(args.mesh), overrides=args.overrides)
+    if args.preset:
+        loaded = _random_weights(args.preset, args.overrides)
+    else:
+        loaded = load_run(args.workdir, step=args.step, mesh_cfg=parse_mesh(args.mesh), overrides=args.overrides)
     opts = ServeOptions(mode=args.mode, max_context=args.max_context, kv_budget_gib=args.kv_budget_gib,
                         slots=args.slots, max_queue=args.max_queue, align=not args.no_align,
                         request_timeout_s=args.request_timeout)
     return serve(loaded, opts, args.host, args.port, args.served_model_name or loaded.cfg.name, args.api_key,
                  grace_s=args.grace)
+
+
+def _random_weights(preset: str, overrides):
+    from photon_jax.bench.models import random_params
+    from photon_jax.config import load_config
+    from photon_jax.serve.text import TokenIdText
+
+    cfg = load_config(preset=preset, overrides=overrides)
+    return SimpleNamespace(cfg=cfg, params=random_params(cfg.model), tokenizer=TokenIdText())

@@ -20,7 +20,7 @@ from sse_starlette.sse import EventSourceResponse
 from photon_jax.serve import protocol
 from photon_jax.serve.engine import Draining, QueueFull
 from photon_jax.serve.engine import Request as EngineRequest
-from photon_jax.serve.text import SampleText
+from photon_jax.serve.text import SampleText, TokenIdText
 
 DISCONNECT_POLL_S = 0.25
 
@@ -41,6 +41,8 @@ class Served:
 
 def _tokens(served: Served, prompt) -> list[int]:
     if isinstance(prompt, str):
+        if isinstance(served.tok, TokenIdText):
+            raise protocol.BadRequest("prompt", "this server has no tokenizer (a preset's random weights): send token ids")
         ids = served.tok.encode(prompt)
         if not ids:
             raise protocol.BadRequest("prompt", "prompt encodes to no tokens")

@@ -1,8 +1,8 @@
 """The serving engine: one thread owns the slot pool; requests come in through a bounded queue.
 
-Each iteration: drop cancelled / timed-out rows, admit waiting requests into free slots (one insert
-program per request: the prompt is prefilled once for its n samples), run one decode step over the
-pool, hand every new token to its request's sink, free finished slots at once.
+Each iteration: drop cancelled / timed-out rows, admit waiting requests into the lowest free slots (one
+insert program per request: the prompt is prefilled once for its n samples), run one decode step over
+the rows up to the highest busy slot (pool.decode_widths), hand every new token to its request's sink, free finished slots at once.
 
 Slot schedule over the hierarchy (docs/serving.md): a PHOTON decode step runs the levels above
 the tokens only when some row crosses a unit boundary (photon_runner.py, lax.cond). Rows whose
@@ -72,7 +72,8 @@ class Engine:
         self.slot_bytes = pool_lib.tree_nbytes(pool_lib.pool_shapes(programs.params, dataclasses.replace(
             self.spec, slots=1)))
         self.pool = pool_lib.empty_pool(programs.params, self.spec)
-        self.owner: list = [None] * self.spec.slots  # slot -> (request, sample)
+        self.owner: list = [None] * self.spec.slots  # slot -> (request, sample); the lowest free slots fill first
+        self.widths = pool_lib.decode_widths(self.spec.slots)
         self.seen = np.zeros(self.spec.slots, np.int64)  # tokens already handed out per slot
         self.length = np.zeros(self.spec.slots, np.int64)
         self.last_t = np.zeros(self.spec.slots)  # when each slot last handed out a token
@@ -154,7 +155,8 @@ class Engine:
             mask = np.zeros(self.spec.slots, bool)
             self.pool = self.programs.insert(self.pool, [0], min(width, self.spec.cap), 1, 1, mask,
                                              np.zeros(self.spec.slots, np.int32), _knobs(Request([0], 1, None)))
-        self.pool = self.programs.decode(self.pool, 0, self.eos_id)
+        for width in self.widths:
+            self.pool = self.programs.decode(self.pool, 0, self.eos_id, width)
         self.pool = self.programs.release(self.pool, np.zeros(self.spec.slots, bool))
         self.pool["active"].block_until_ready()
 
@@ -261,7 +263,9 @@ class Engine:
             logits = np.array(self.pool["next_logits"])
             logp_nv = logits - logits.max(-1, keepdims=True)
             logp_nv -= np.log(np.exp(logp_nv).sum(-1, keepdims=True))
-        self.pool = self.programs.decode(self.pool, 1, self.eos_id)
+        top = max(slot for slot, o in enumerate(self.owner) if o is not None)
+        width = next(w for w in self.widths if w > top)
+        self.pool = self.programs.decode(self.pool, 1, self.eos_id, width)
         tokens = np.array(self.pool["tokens"])
         length = np.array(self.pool["length"])
         finish = np.array(self.pool["finish"])

@@ -6,8 +6,8 @@ plus each row's own sampling knobs (seed, temperature, top_k, top_p). Three prog
 * insert (one per prompt bucket width): prefill ONE prompt with the family's runner and write the
   result into every slot of a mask (n > 1 samples share the prefill); the pool is donated and only
   the masked rows change, so requests in flight keep their caches.
-* decode: generation.loop.run_loop over the whole pool for up to `steps` steps (traced), every row
-  sampling with its own knobs (sampling.sample_tokens kind "per_row").
+* decode (one per width in decode_widths): generation.loop.run_loop over the first `width` rows for up
+  to `steps` steps (traced), every row sampling with its own knobs (sampling.sample_tokens "per_row").
 * release: marks rows inactive (a cut, a stop string, a disconnect); their state is garbage until
   the next insert overwrites it.
 
@@ -118,9 +118,27 @@ def _insert(params, pool, prompt_bt, prompt_len, budget, stop, mask_n, row_id_n,
     return jax.tree.map(put, one, pool)
 
 
-def _decode(params, pool, steps, eos_id, spec: PoolSpec):
-    return run_loop(make_runner(spec.cfg, spec.mode), params, pool, steps, pool["seed"], eos_id, "per_row",
-                    pool["temperature"], pool["top_k"], pool["top_p"])
+def decode_widths(slots: int, smallest: int = 8) -> tuple[int, ...]:
+    """Row counts the decode program is compiled for: doubling from `smallest`, then the whole pool."""
+    out, width = [], smallest
+    while width < slots:
+        out.append(width)
+        width *= 2
+    return tuple(out) + (slots,)
+
+
+def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int):
+    """Decode the first `width` rows only (the engine fills the lowest free slots first): a step costs
+    what the busy rows need, not what the whole pool holds."""
+    def rows(x):
+        return jax.lax.slice_in_dim(x, 0, width, axis=_batch_axis(x.shape))
+    part = pool if width == spec.slots else jax.tree.map(rows, pool)
+    part = run_loop(make_runner(spec.cfg, spec.mode), params, part, steps, part["seed"], eos_id, "per_row",
+                    part["temperature"], part["top_k"], part["top_p"])
+    if width == spec.slots:
+        return part
+    return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, 0, axis=_batch_axis(x.shape)), pool,
+                        part)
 
 
 def _release(pool, mask_n):
@@ -134,7 +152,7 @@ class Programs:
         self.spec = spec
         self.params = params
         self._insert = jax.jit(functools.partial(_insert, spec=spec), donate_argnums=(1,))
-        self._decode = jax.jit(functools.partial(_decode, spec=spec), donate_argnums=(1,))
+        self._decode = jax.jit(functools.partial(_decode, spec=spec), donate_argnums=(1,), static_argnames=("width",))
         self._release = jax.jit(_release, donate_argnums=(0,))
         self.compiled: set = set()
 
@@ -150,9 +168,10 @@ class Programs:
         return self._insert(self.params, pool, prompt_bt, np.int32(len(prompt)), np.int32(budget), np.int32(stop),
                             np.asarray(mask_n, bool), np.asarray(row_id_n, np.int32), knobs)
 
-    def decode(self, pool, steps: int, eos_id: int):
-        self._track("decode", None)
-        return self._decode(self.params, pool, np.int32(steps), np.int32(eos_id))
+    def decode(self, pool, steps: int, eos_id: int, width: int | None = None):
+        width = width or self.spec.slots
+        self._track("decode", width)
+        return self._decode(self.params, pool, np.int32(steps), np.int32(eos_id), width=width)
 
     def release(self, pool, mask_n: np.ndarray):
         self._track("release", None)

@@ -45,3 +45,13 @@ class SampleText:
         out = self.text[self.sent: end]
         self.sent = end
         return out
+
+
+class TokenIdText:
+    """The "tokenizer" of a server without one (a preset's random weights, for benchmarks): prompts must be
+    token ids, a completion's text is its ids (" 17 4 99"), and there is no EOS."""
+
+    eos_id = None
+
+    def decode(self, ids) -> str:
+        return "".join(f" {int(i)}" for i in ids)

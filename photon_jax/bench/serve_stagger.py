@@ -1,0 +1,71 @@
+"""What staggered slots cost: decode-step time of a full slot pool whose rows sit at the same phase of
+the meta-context (what the engine's aligned admission keeps) vs rows spread over every phase.
+
+A PHOTON step runs the levels above the tokens only when some row crosses a unit boundary
+(generation/photon_runner.py); with rows at all phases some row crosses one at nearly every step,
+so every step pays the upper levels. Both runs hold the same number of busy rows, the same
+prompt lengths up to the phase offset, and time the engine's own program (one decode step per
+call, as serve/engine.py runs it).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from photon_jax.model.convert import unrolled
+from photon_jax.model.hierarchy import Hierarchy
+from photon_jax.serve import pool as pool_lib
+
+
+def _fill(programs, prompt_lens, budget):
+    spec = programs.spec
+    pool = pool_lib.empty_pool(programs.params, spec)
+    rng = np.random.default_rng(0)
+    knobs = {"seed": 0, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
+    for slot, p in enumerate(prompt_lens):
+        mask = np.zeros(spec.slots, bool)
+        mask[slot] = True
+        width = next(w for w in pool_lib.buckets(spec.cfg, spec.cap) if w >= pool_lib.prompt_width(spec.cfg, p))
+        prompt = [int(x) for x in rng.integers(1, spec.cfg.vocab_size, size=p)]
+        pool = programs.insert(pool, prompt, width, p + budget, min(p + budget, spec.cap), mask,
+                               np.zeros(spec.slots, np.int32), knobs)
+    return pool
+
+
+def _time_steps(programs, pool, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        pool = programs.decode(pool, 1, -1)
+        pool["length"].block_until_ready()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure_stagger(model_cfg, params, mode: str, slots: int, max_context: int, steps: int = 64,
+                    repeats: int = 3) -> dict:
+    """Median decode-step ms with aligned rows and with rows at every phase; their ratio."""
+    cfg, params = unrolled(model_cfg, params)
+    unit = Hierarchy.of(cfg).meta_context
+    spec = pool_lib.PoolSpec(cfg, mode, slots, pool_lib.capacity(cfg, max_context))
+    programs = pool_lib.Programs(spec, params)
+    base = unit + 1  # a short prompt; the staggered rows add 0 .. B-1 tokens to it
+    layouts = {"aligned": [base + unit * (i % 2) for i in range(slots)],
+               "staggered": [base + (i % unit) for i in range(slots)]}
+    budget = steps + 1
+    assert max(max(v) for v in layouts.values()) + budget <= spec.cap, "context too short for the measurement"
+    result = {"mode": mode, "slots": slots, "meta_context": unit, "steps": steps}
+    samples = {k: [] for k in layouts}
+    for name, lens in layouts.items():  # warm-up: compiles, first touches
+        _time_steps(programs, _fill(programs, lens, budget), 2)
+    for _ in range(repeats):  # interleaved, so drifting machine load hits both alike
+        for name, lens in layouts.items():
+            samples[name] += _time_steps(programs, _fill(programs, lens, budget), steps)
+    for name in layouts:
+        result[f"{name}_ms_per_step"] = 1e3 * statistics.median(samples[name])
+        result[f"{name}_ms_mean"] = 1e3 * statistics.fmean(samples[name])
+    result["staggered_over_aligned"] = result["staggered_ms_mean"] / result["aligned_ms_mean"]
+    return result
