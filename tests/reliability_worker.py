@@ -19,6 +19,7 @@ Options:
                           disk full, for commit; EROFS, read-only disk, for mkdir)
   --compile-delay S       the train step's compile takes S seconds longer (time to signal it mid-compile):
                           DIR/compiling is written when it starts
+  --write-pid             write this process's pid to DIR/pid-<PHOTON_PROCESS_ID or 0> (to signal one of several)
   --kill-at-batch N       SIGKILL this process when it fetches batch N (with --kill-process I: only
                           in the process whose PHOTON_PROCESS_ID is I), after writing the time to
                           DIR/killed-<PHOTON_PROCESS_ID or 0>
@@ -49,6 +50,7 @@ def _parse(argv):
     p.add_argument("--fail-in", choices=["commit", "mkdir"], default="commit")
     p.add_argument("--fail-errno", choices=["ENOSPC", "EROFS"], default=None)
     p.add_argument("--compile-delay", type=float, default=0.0)
+    p.add_argument("--write-pid", action="store_true")
     p.add_argument("--kill-at-batch", type=int, default=None)
     p.add_argument("--kill-process", type=int, default=None)
     split = argv.index("--")
@@ -172,6 +174,9 @@ def main(argv=None) -> int:
     if opts.step_delay or kill_at is not None:
         marker = _workdir(cli_args) / f"killed-{os.environ.get('PHOTON_PROCESS_ID', '0')}"
         _wrap_iterator(opts.step_delay, kill_at, marker)
+    if opts.write_pid:
+        _workdir(cli_args).mkdir(parents=True, exist_ok=True)
+        (_workdir(cli_args) / f"pid-{os.environ.get('PHOTON_PROCESS_ID', '0')}").write_text(str(os.getpid()))
     if opts.compile_delay:
         _slow_compile(opts.compile_delay, _workdir(cli_args) / "compiling")
     if opts.hang_save_step is not None:

@@ -565,6 +565,37 @@ def test_late_callbacks_into_a_closed_event_loop_are_dropped_and_nothing_else(ca
 
 # ----------------------------------------------------------------------------- several processes
 
+@pytest.mark.parametrize("to", ["process 1", "both"])
+def test_sigterm_to_one_or_both_processes_stops_both_at_the_same_step(env, tmp_path, to):
+    """launch/local.py, 2 processes x 1 device: SIGTERM to process 1 alone, or to both (the launcher forwards
+    its SIGTERM to each): every process stops at the same step boundary and they save that step together
+    (a collective save: it commits only when both write the same step), exit 0; checkpoint_every=1000, so
+    that save is the only checkpoint."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launch.local", "-n", "2", "-k", "1", "--grace", "60", "--timeout", "400", "--",
+           "python", str(WORKER), "--cache", str(env.cache), "--fast-compile", "--step-delay", "0.15", "--write-pid",
+           "--", "train", "--workdir", str(run), *overrides(env.data, "mesh.data=2", "train.checkpoint_every=1000")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(logged_steps(run)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None and len(logged_steps(run)) >= 3, proc.communicate(timeout=60)
+    if to == "both":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.kill(int((run / "pid-1").read_text()), signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    # the launcher itself reports a SIGTERM it received as 128 + 15, after its processes ended
+    assert proc.returncode == (143 if to == "both" else 0), out[-3000:] + err[-3000:]
+    assert "exited with status" not in err, err[-2000:]
+    reason = "SIGTERM" if to == "both" else r"SIGTERM \(on another process\)"
+    said = re.findall(rf"\[0\] received {reason}: checkpoint saved at step (\d+)", out)
+    assert len(said) == 1, out[-3000:]
+    stopped = int(said[0])
+    assert ckpt.committed_steps(run) == [stopped] == [logged_steps(run)[-1]] and not ckpt.unfinished_saves(run)
+    assert json.loads((run / "summary.json").read_text())["step"] == stopped
+
+
 def test_a_process_dying_in_a_multiprocess_run_stops_the_others(env, tmp_path):
     """launch/local.py, 2 processes x 1 device training together; process 1 is SIGKILLed at its 6th
     batch (the checkpoint of step 2 is committed by then: the save of step 4 waited for it). The
