@@ -1,7 +1,9 @@
 """`photon-jax train`: train a model (default: photon-tiny on the bundled Shakespeare corpus).
 
 `--dry-run` lowers and compiles the train step for the configured mesh without allocating
-state or preparing data, and prints parameter, optimizer and activation memory per device.
+state or preparing data, and prints parameter, optimizer and activation memory per device, the
+collectives of the compiled step against the analytic floor, and XLA's involuntary rematerializations;
+`--target gpu|tpu` compiles that platform's code path instead (docs/scale-out.md).
 Multi-process runs: see photon_jax/distributed.py and launch/README.md.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from photon_jax import distributed
 from photon_jax.cli.common import add_config_args, add_json_flag, config_from_args, default_workdir, print_json
+from photon_jax.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -18,7 +21,11 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     add_json_flag(p, "the final summary (or the --dry-run report)")
     p.add_argument("--dry-run", action="store_true",
-                   help="compile the train step for the mesh and print memory per device; no data, no state")
+                   help="compile the train step for the mesh and print memory and collectives per device; no data, "
+                        "no state")
+    p.add_argument("--target", choices=("cpu", "gpu", "tpu"), default=None,
+                   help="with --dry-run: compile the code path of this platform on the devices at hand (default: "
+                        "theirs), so a CPU box plans an accelerator run's memory and communication")
     distributed.add_arguments(p)
     p.set_defaults(run=run, host_allocator=True)  # a train-step loop (photon_jax/host_allocator.py)
 
@@ -26,10 +33,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     cfg = config_from_args(args)  # bad config fails before any process joins a run
     distributed.initialize_from_args(args)
+    if args.target and not args.dry_run:
+        raise UserError("--target needs --dry-run (a real run trains on the devices it has)")
     if args.dry_run:
         from photon_jax.train.loop import describe_dry_run, dry_run
 
-        report = dry_run(cfg)
+        report = dry_run(cfg, target=args.target)
         if distributed.is_main_process():
             print_json(report) if args.json else print(describe_dry_run(report))
         return 0

@@ -19,6 +19,8 @@ and parameter trees do not change) computed through `project`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Any, Callable
@@ -26,6 +28,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 Dtype = Any
 
@@ -45,9 +48,27 @@ def project(x, kernel, contract: int, dtype: Dtype, out_dtype: Dtype | None = No
     return y.astype(out_dtype)
 
 
+_TARGET = contextvars.ContextVar("photon_jax_target_platform", default="")
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str | None):
+    """Trace projections for `platform` ("gpu", "tpu", "cpu"; None or "" = the backend in use): lets a CPU
+    box lower the code path an accelerator would run, to plan its memory and communication."""
+    token = _TARGET.set(platform or "")
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def target_platform() -> str:
+    return _TARGET.get() or jax.default_backend()
+
+
 def on_cpu_bf16(dtype: Dtype) -> bool:
     """Whether projections take the CPU path: XLA:CPU with bf16 compute."""
-    return jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.bfloat16
+    return target_platform() == "cpu" and jnp.dtype(dtype) == jnp.bfloat16
 
 
 def elementwise_dtype(dtype: Dtype) -> Dtype:
@@ -65,6 +86,28 @@ def materialised_transpose(a_mn):
     flattening behind the barrier forces the copy."""
     m, n = a_mn.shape
     return jax.lax.optimization_barrier(a_mn.T.reshape(m * n)).reshape(n, m)
+
+
+def _one_device() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or mesh.size == 1
+
+
+def pin_batch_axis(a, axis: int):
+    """Pin one axis of `a` to the batch's mesh axes and leave the others to the partitioner. On a sharded
+    mesh the flattened (batch * positions) rows of the backward's operands stay split as the batch is;
+    without it XLA lets the transposes below take the weight's layout and cannot reshard them back, so it
+    replicates them (an all-gather of every activation per projection)."""
+    if _one_device() or not nn.get_logical_axis_rules():
+        return a
+    (batch_axes,) = nn.logical_to_mesh_axes(("batch",))
+    spec = [PartitionSpec.UNCONSTRAINED] * a.ndim
+    spec[axis] = batch_axes
+    return jax.lax.with_sharding_constraint(a, PartitionSpec(*spec))
+
+
+def rows_as_batch(a_mn):
+    return pin_batch_axis(a_mn, 0)
 
 
 def _project_cpu(x, kernel, contract, dtype, out_dtype):
@@ -89,9 +132,14 @@ def _matmul_fwd(x_mk, w_kn, static):
 def _matmul_bwd(static, residuals, g_mn):
     dtype, _, x_dtype, w_dtype = static
     x_mk, w_kn = residuals
-    g_mn = g_mn.astype(dtype)
-    dx_mk = jnp.dot(g_mn, materialised_transpose(w_kn), preferred_element_type=jnp.float32)
-    dw_kn = jnp.dot(materialised_transpose(x_mk), g_mn, preferred_element_type=jnp.float32)
+    # Under a sharded mesh the copies cannot be flattened shard by shard (a flattened transpose of an array
+    # split along its rows is split along no axis, and XLA gathers it whole): plain transposes there, and
+    # the batch's layout pinned on the rows, so dW is a local product and one reduction.
+    transpose = materialised_transpose if _one_device() else jnp.transpose
+    g_mn = rows_as_batch(g_mn.astype(dtype))
+    dx_mk = jnp.dot(g_mn, transpose(w_kn), preferred_element_type=jnp.float32)
+    x_km = pin_batch_axis(transpose(rows_as_batch(x_mk)), 1)
+    dw_kn = jnp.dot(x_km, g_mn, preferred_element_type=jnp.float32)
     return dx_mk.astype(x_dtype), dw_kn.astype(w_dtype)
 
 

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 
 from photon_jax.config import ModelConfig
 from photon_jax.model.attention import CausalMask
+from photon_jax.model.embedding import TokenEmbed
 from photon_jax.model.layers import Stack, StackSpec, dtype_of, logical_init
 from photon_jax.model.projection import Dense, elementwise_dtype
 
 
-def token_embedding(m: ModelConfig, width: int, name: str) -> nn.Embed:
-    return nn.Embed(m.vocab_size, width, dtype=dtype_of(m.dtype), param_dtype=dtype_of(m.param_dtype),
-                    embedding_init=logical_init(nn.initializers.normal(stddev=1.0), ("vocab", "embed")), name=name)
+def token_embedding(m: ModelConfig, width: int, name: str) -> TokenEmbed:
+    return TokenEmbed(m.vocab_size, width, dtype=dtype_of(m.dtype), param_dtype=dtype_of(m.param_dtype), name=name)
 
 
 def lm_head(m: ModelConfig, name: str = "lm_head") -> Dense:

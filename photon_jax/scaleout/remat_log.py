@@ -1,0 +1,90 @@
+"""Catch XLA's "[SPMD] Involuntary full rematerialization" warnings while a program compiles.
+
+The SPMD partitioner writes them (C++ logging, straight to file descriptor 2) when it cannot reshard a
+tensor from one layout to another and instead replicates it on every device and partitions it again: an
+all-gather of the whole tensor that the program did not ask for. Nothing in the compiled program's API
+reports them, so the compile runs with fd 2 pointed at a temporary file and the lines are read back.
+A program loaded from the persistent compilation cache is not partitioned again and logs nothing: the
+callers that audit compile with the cache off (`fresh_compile`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import sys
+import tempfile
+
+import jax
+
+MARKER = "Involuntary full rematerialization"
+_OP = re.compile(r"HLO operation %(\S+) = (\S+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_FROM_TO = re.compile(r"cannot go from sharding (\{.*?\}) to (\{.*?\}) efficiently")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rematerialization:
+    """One warning: the HLO value, its shape, the sharding it had and the one it needed, and the JAX
+    op that produced it (from the HLO metadata; empty for the partitioner's own parameters)."""
+
+    hlo: str
+    shape: str
+    from_sharding: str
+    to_sharding: str
+    op_name: str
+
+    @classmethod
+    def parse(cls, line: str) -> "Rematerialization":
+        op, name, moved = _OP.search(line), _OP_NAME.search(line), _FROM_TO.search(line)
+        return cls(op.group(1) if op else "", op.group(2) if op else "", moved.group(1) if moved else "",
+                   moved.group(2) if moved else "", name.group(1) if name else "")
+
+    def describe(self) -> str:
+        where = self.op_name or self.hlo
+        return f"{self.shape} {self.from_sharding} -> {self.to_sharding} at {where}"
+
+
+@contextlib.contextmanager
+def captured_fd2():
+    """Yields a list that holds everything written to fd 2 inside the block once the block exits."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    out: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.extend(tmp.read().decode("utf-8", "replace").splitlines())
+
+
+def rematerializations(lines) -> list[Rematerialization]:
+    return [Rematerialization.parse(line) for line in lines if MARKER in line]
+
+
+@contextlib.contextmanager
+def fresh_compile():
+    """Compile afresh inside the block: the persistent compilation cache off, so the partitioner runs."""
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
+
+
+def compile_audited(lowered, compiler_options=None):
+    """(compiled executable, [Rematerialization]) for a jax `Lowered`; other stderr lines pass through."""
+    with fresh_compile(), captured_fd2() as lines:
+        compiled = lowered.compile(compiler_options=compiler_options)
+    others = [line for line in lines if MARKER not in line]
+    if others:
+        print("\n".join(others), file=sys.stderr)
+    return compiled, rematerializations(lines)
