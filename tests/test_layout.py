@@ -1,5 +1,5 @@
-"""The package layout follows the pipeline: config -> model -> generation / runs -> eval -> serve -> train ->
-interop -> bench -> sweep -> cli. No module imports from a layer above its own, and no import hides inside a
+"""The package layout follows the pipeline: config -> model -> generation / runs -> eval -> serve ->
+train / scaleout -> interop -> bench -> sweep -> cli. No module imports from a layer above its own, and no import hides inside a
 function (a lazy import would only dodge a cycle)."""
 
 import ast
@@ -14,7 +14,7 @@ LAYERS = [  # lowest first; a module may import its own layer and the ones befor
     {"photon_jax.generation", "photon_jax.runs"},
     {"photon_jax.eval"},
     {"photon_jax.serve"},
-    {"photon_jax.train"},
+    {"photon_jax.train", "photon_jax.scaleout"},
     {"photon_jax.interop"},
     {"photon_jax.bench"},
     {"photon_jax.sweep"},
