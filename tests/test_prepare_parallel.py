@@ -14,10 +14,16 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from photon_jax.bench.prepare_bench import write_generated_corpus
 from photon_jax.config import DataConfig
-from photon_jax.data.prepare import prepare
+from photon_jax.data import pipeline
+from photon_jax.data.corpus import shakespeare_files
+from photon_jax.data.prepare import FORMAT_VERSION, _fingerprint, load_manifest, prepare, split_documents
+from photon_jax.data.split import DocumentSplit
 from photon_jax.data.tokenizer import train_tokenizer
+from photon_jax.data.units import TEXT_PART_BYTES
 
 UNIT_MB = 0.5
 
@@ -239,6 +245,93 @@ def test_peak_memory_does_not_grow_with_the_corpus(setup, tmp_path):
         small, large = peaks[100][who], peaks[200][who]
         assert large < 1.15 * small + 32, (who, peaks)  # doubling the corpus: +15% + 32 MiB at most
         assert large < 1024, (who, peaks)
+
+
+_PEAKS = """
+import json, sys
+from photon_jax.config import DataConfig
+from photon_jax.data.prepare import prepare
+corpus, tokenizer, out = sys.argv[1:4]
+manifest = prepare(DataConfig(corpus=corpus, tokenizer=tokenizer), out, 0, workers=2, unit_bytes=1 << 20)
+print(json.dumps({**manifest["prepared_with"]["peak_rss_mib"], "documents": manifest["documents"]}))
+"""
+
+
+def peaks(corpus: Path, tokenizer: str, out: Path) -> dict:
+    """Peak RSS (MiB) of the main process (merge included) and of the largest worker, in a fresh process."""
+    run = subprocess.run([sys.executable, "-c", _PEAKS, str(corpus), tokenizer, str(out)], capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_peak_memory_is_flat_when_one_text_file_grows_4x(setup, tmp_path):
+    """One .txt file of 4 MB, then 16 MB: read as documents of about 1 MiB (units.TEXT_PART_BYTES), never
+    whole. Measured at 8 and 32 MB before: one document, main process 630 -> 1694 MiB (text, bytes and
+    token list in memory); after: main 189 -> 189 MiB, workers 106 -> 107 MiB."""
+    root, cfg, reference = setup
+    plays = "".join(p.read_text(encoding="utf-8") for p in shakespeare_files())
+    got = {}
+    for mb in (4, 16):
+        corpus = tmp_path / f"book{mb}.txt"
+        corpus.write_text(plays * (mb * (1 << 20) // len(plays.encode()) + 1), encoding="utf-8")
+        got[mb] = peaks(corpus, cfg.tokenizer, tmp_path / f"d{mb}")
+        assert got[mb]["documents"] == -(-corpus.stat().st_size // TEXT_PART_BYTES), got  # parts of ~1 MiB
+        corpus.unlink()
+    for who in ("main", "workers"):
+        assert got[16][who] < got[4][who] + 24, (who, got)
+
+
+@pytest.mark.slow
+def test_peak_memory_is_flat_when_the_document_count_grows_4x(tmp_path):
+    """20 MB of JSONL as 250K and as 1M documents: the merge keeps no per-document state of the corpus (it
+    held 5 bytes per document, and the index files' memory-mapped pages), nor a worker more than one
+    batch of documents. Measured before: main +23 MiB, workers +15 MiB; after: +4 MiB and +1.5 MiB."""
+    words = "the of and to in that is was he for it with as his on be at by had are but from or have".split()
+    text = " ".join(np.random.default_rng(0).choice(words, 4000))
+    tok = train_tokenizer([text], tmp_path / "tok.model", 300)
+    got = {}
+    for docs in (250_000, 1_000_000):
+        per_doc = (20 << 20) // docs - 14  # bytes of text; the JSON around it is 14
+        corpus = tmp_path / f"c{docs}.jsonl"
+        with open(corpus, "w") as f:
+            f.writelines(f'{{"text": "{text[i % 1000:i % 1000 + per_doc - 7]} {i:06d}"}}\n' for i in range(docs))
+        got[docs] = peaks(corpus, str(tok.path), tmp_path / f"d{docs}")
+        assert got[docs]["documents"] == docs
+        corpus.unlink()
+    for who in ("main", "workers"):
+        assert got[1_000_000][who] < got[250_000][who] + 10, (who, got)
+
+
+def test_a_format_2_dir_still_loads_and_is_reused_with_its_split(small, tmp_path):
+    """Data prepared before the per-document split (format version 2: the same inputs hashed with version 2)
+    loads as it is and is reused by prepare, its index files untouched."""
+    root, cfg = small
+    out = tmp_path / "data"
+    manifest = prepare(cfg, out, 0)
+    assert manifest["format_version"] == FORMAT_VERSION == 3
+    old = dict(manifest, format_version=2, fingerprint=_fingerprint(manifest["inputs"], 2))
+    old["inputs"] = dict(old["inputs"], format_version=2)
+    old.pop("reused"), old.pop("seconds")
+    (out / "manifest.json").write_text(json.dumps(old))
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = prepare(cfg, out, 0)
+    assert again["reused"] and again["format_version"] == 2
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+    assert load_manifest(out)["format_version"] == 2
+    assert sum(1 for _ in pipeline.eval_batches(out, "validation", 8, 2, None, 0, 1)) > 0
+
+
+def test_the_split_is_exact_seeded_and_computed_per_document():
+    for n, fraction in ((2, 0.5), (3, 0.01), (1000, 0.05), (12345, 0.2)):
+        split = DocumentSplit(n, fraction, 7)
+        assert sorted(split.permute(np.arange(n, dtype=np.uint64)).tolist()) == list(range(n))  # a bijection
+        whole = split.is_validation(0, n)
+        assert whole.sum() == split.n_val == min(n - 1, max(1, round(n * fraction)))
+        assert np.array_equal(np.concatenate([split.is_validation(a, min(n, a + 97) - a)
+                                              for a in range(0, n, 97)]), whole)  # unit by unit = at once
+    assert not np.array_equal(split_documents(1000, 0.2, 3), split_documents(1000, 0.2, 4))
 
 
 # ----------------------------------------------------------------------------- races and reruns (small corpora)

@@ -38,14 +38,17 @@ def _decode(data: bytes, where: str) -> str:
 
 
 def _text_document(piece: Piece) -> Iterator[Document]:
+    """A text file is one document; a part of a large one (units.TEXT_PART_BYTES) is "<name>@<byte offset>"."""
     try:
         with open(piece.file.path, "rb") as handle:
-            data = handle.read()
+            handle.seek(piece.start)
+            data = handle.read() if piece.stop < 0 else handle.read(piece.stop - piece.start)
     except OSError as e:
         raise UserError(f"cannot read {piece.file.path}: {e.strerror or e}") from None
-    text = _decode(data, piece.file.path)
+    where = piece.file.path if piece.stop < 0 else f"{piece.file.path} (bytes {piece.start}-{piece.stop})"
+    text = _decode(data, where)
     if text.strip():
-        yield Document(piece.file.rel, text)
+        yield Document(piece.file.rel if piece.stop < 0 else f"{piece.file.rel}@{piece.start}", text)
 
 
 def count_newlines(path: str, start: int, stop: int) -> int:

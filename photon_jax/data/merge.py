@@ -10,9 +10,10 @@ index over them:
 
 The split is by document: a seeded permutation of the document indices picks
 round(validation_fraction * n) validation documents (at least one in each split when
-n >= 2 and the fraction is > 0). Memory: 5 bytes per document for the permutation and
-the split flags (uint32 + bool; 0.9 GB for the Pile's ~177M documents), plus one unit's
-metadata at a time; the index files are written through memory maps.
+n >= 2 and the fraction is > 0), computed one unit's documents at a time (split.py).
+Memory: one unit's metadata at a time, nothing per document of the corpus: the index
+files are appended to with plain writes (a memory map's dirty pages would count in the
+process's resident memory).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from photon_jax.data.split import DocumentSplit
 from photon_jax.data.unit_writer import read_meta, unit_dir
 from photon_jax.data.units import Unit
 
@@ -28,66 +30,70 @@ SPLITS = ("train", "validation")
 
 
 def split_documents(n: int, fraction: float, seed: int) -> np.ndarray:
-    """bool[n], True for validation documents: a seeded choice by document index.
-
-    The permutation is the one `Generator.permutation(n)` gives, shuffled in place on
-    uint32 ids to halve its memory (numpy shuffles any 1-d integer array identically).
-    """
-    n_val = 0
-    if n >= 2 and fraction > 0:
-        n_val = min(n - 1, max(1, int(round(n * fraction))))
-    is_val = np.zeros(n, bool)
-    if n_val:
-        order = np.arange(n, dtype=np.uint32 if n < (1 << 32) else np.int64)
-        np.random.default_rng([seed % (1 << 64), 0x5EED]).shuffle(order)
-        is_val[order[:n_val]] = True
-        del order
-    return is_val
+    """bool[n], True for validation documents (the whole corpus at once: for tests and small n)."""
+    return DocumentSplit(n, fraction, seed).is_validation(0, n)
 
 
-def _renamed(names: list[str], offset: int) -> list[str]:
-    """Names "file.jsonl:LOCAL" of a later part of a cut file -> absolute line numbers."""
-    out = []
-    for name in names:
-        rel, line = name.rsplit(":", 1)
-        out.append(f"{rel}:{int(line) + offset}")
-    return out
+def _renamed(name: str, offset: int) -> str:
+    """The name "file.jsonl:LOCAL" of a document in a later part of a cut file -> its absolute line number."""
+    rel, line = name.rsplit(":", 1)
+    return f"{rel}:{int(line) + offset}"
+
+
+def _route_names(path: Path, flags: np.ndarray, offset: int, indexes: dict) -> int:
+    """Copy a unit's names (one per line; only "\n" ends a line) to the split indexes' name files, one line
+    at a time (not the unit's list of names); returns how many there were."""
+    count = 0
+    with open(path, encoding="utf-8", newline="\n") as names:
+        for count, (flag, line) in enumerate(zip(flags, names), start=1):
+            name = line[:-1]
+            indexes["validation" if flag else "train"].names.write((_renamed(name, offset) if offset else name) + "\n")
+    return count
+
+
+def _npy_appender(path: Path, count: int):
+    """An int64 .npy file of `count` values, opened to append them in order (header written now)."""
+    handle = open(path, "wb")
+    np.lib.format.write_array_header_1_0(handle, {"descr": np.dtype("<i8").str, "fortran_order": False,
+                                                  "shape": (count,)})
+    return handle
 
 
 class _SplitIndex:
     def __init__(self, root: Path, name: str, count: int):
         self.name, self.count, self.filled = name, count, 0
         (root / name).mkdir(exist_ok=True)
-        self.records = np.lib.format.open_memmap(root / name / "records.npy", "w+", np.int64, (count,))
-        self.lengths = np.lib.format.open_memmap(root / name / "lengths.npy", "w+", np.int64, (count,))
+        self.records = _npy_appender(root / name / "records.npy", count)
+        self.lengths = _npy_appender(root / name / "lengths.npy", count)
         self.names = open(root / name / "documents.txt", "w", encoding="utf-8")
         self.tokens = self.utf8_bytes = 0
 
-    def add(self, records: np.ndarray, lengths: np.ndarray, utf8: np.ndarray, names: list[str]) -> None:
-        end = self.filled + len(records)
-        self.records[self.filled:end] = records
-        self.lengths[self.filled:end] = lengths
-        self.filled = end
+    def add(self, records: np.ndarray, lengths: np.ndarray, utf8: np.ndarray) -> None:
+        self.filled += len(records)
+        self.records.write(np.asarray(records, "<i8").tobytes())
+        self.lengths.write(np.asarray(lengths, "<i8").tobytes())
         self.tokens += int(lengths.sum())
         self.utf8_bytes += int(utf8.sum())
-        self.names.writelines(n + "\n" for n in names)
 
     def finish(self) -> dict:
         assert self.filled == self.count, (self.name, self.filled, self.count)
-        self.records.flush()
-        self.lengths.flush()
-        del self.records, self.lengths
-        self.names.close()
+        for handle in (self.records, self.lengths, self.names):
+            handle.close()
         return {"documents": self.count, "tokens": self.tokens, "utf8_bytes": self.utf8_bytes,
                 "records": f"{self.name}/records.npy", "lengths": f"{self.name}/lengths.npy",
                 "names": f"{self.name}/documents.txt"}
 
 
-def merge_units(root: Path, units_root: Path, units: list[Unit], is_val: np.ndarray) -> dict:
-    """Write the split indexes under `root` from the finished units; returns shards and split stats."""
+def merge_units(root: Path, units_root: Path, units: list[Unit], split: DocumentSplit | np.ndarray) -> dict:
+    """Write the split indexes under `root` from the finished units; returns shards and split stats.
+    split: which documents are held out (a bool array: given flags, e.g. a lone document's cut parts)."""
     rel_units = units_root.relative_to(root)
-    indexes = {"validation": _SplitIndex(root, "validation", int(is_val.sum())),
-               "train": _SplitIndex(root, "train", int(len(is_val) - is_val.sum()))}
+    if isinstance(split, np.ndarray):
+        flags, split = split, None
+        n_val, n = int(flags.sum()), len(flags)
+    else:
+        n_val, n = split.n_val, split.n
+    indexes = {"validation": _SplitIndex(root, "validation", n_val), "train": _SplitIndex(root, "train", n - n_val)}
     shards, start, mismatched, lines_before = [], 0, 0, 0
     for unit in units:
         meta = read_meta(units_root, unit)
@@ -102,15 +108,13 @@ def merge_units(root: Path, units_root: Path, units: list[Unit], is_val: np.ndar
         shards.append(f"{rel_units.as_posix()}/{unit.name}/{meta['shard']}")
         lengths = np.load(where / "lengths.npy")
         utf8 = np.load(where / "utf8_bytes.npy")
-        names = (where / "names.txt").read_text(encoding="utf-8").split("\n")[:-1]  # not splitlines: \x0c etc.
-        assert len(names) == count == len(lengths), (unit.name, len(names), count, len(lengths))
-        if meta.get("continues"):
-            names = _renamed(names, offset)
         records = np.arange(start, start + count, dtype=np.int64)
-        flags = is_val[start:start + count]
-        for split, select in (("validation", flags), ("train", ~flags)):
+        flags_here = split.is_validation(start, count) if split is not None else flags[start:start + count]
+        for name, select in (("validation", flags_here), ("train", ~flags_here)):
             chosen = np.flatnonzero(select)
-            indexes[split].add(records[chosen], lengths[chosen], utf8[chosen], [names[i] for i in chosen])
+            indexes[name].add(records[chosen], lengths[chosen], utf8[chosen])
+        named = _route_names(where / "names.txt", flags_here, offset if meta.get("continues") else 0, indexes)
+        assert named == count == len(lengths), (unit.name, named, count, len(lengths))
         start += count
     splits = {name: indexes[name].finish() for name in SPLITS}
     return {"shards": shards, "splits": splits, "byte_mismatch_documents": mismatched}

@@ -44,7 +44,8 @@ import numpy as np
 
 from photon_jax.config import DataConfig
 from photon_jax.data.corpus import Document, InputFile, corpus_fingerprint, corpus_inputs
-from photon_jax.data.merge import SPLITS, merge_units, split_documents
+from photon_jax.data.merge import SPLITS, merge_units, split_documents  # noqa: F401 (split_documents: API)
+from photon_jax.data.split import DocumentSplit
 from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
 from photon_jax.data.unit_writer import (META_FILE, UnitsDirGone, is_done, peak_rss_mib, read_meta, tokenize_unit,
                                         unit_documents, write_documents)
@@ -56,7 +57,8 @@ from photon_jax.errors import CorpusError, UserError
 __all__ = ["prepare", "load_manifest", "split_documents", "MANIFEST_FILE", "SPLITS", "FORMAT_VERSION"]
 
 FORMAT = "photon-jax-prepared-data"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the split computed per document (data/split.py); 2: a shuffle in memory
+READABLE_VERSIONS = (2, 3)  # a version-2 dir's split is stored in its index files: it loads as it is
 MANIFEST_FILE = "manifest.json"
 TRAINED_TOKENIZER_FILE = "tokenizer.model"
 _ERROR_FILE = "error.txt"
@@ -76,9 +78,9 @@ def load_manifest(data_dir: str | Path) -> dict:
         raise UserError(f"{path} is unreadable or corrupt ({type(e).__name__}); run photon-jax prepare --force") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{path} is not a photon-jax data manifest; run photon-jax prepare --force")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise UserError(f"{path} has format version {manifest.get('format_version')}, this code reads "
-                        f"{FORMAT_VERSION}; run photon-jax prepare --force")
+                        f"{' and '.join(map(str, READABLE_VERSIONS))}; run photon-jax prepare --force")
     return manifest
 
 
@@ -105,13 +107,18 @@ def _complete(out: Path, manifest: dict) -> bool:
     return all(f and (out / f).is_file() for f in files)
 
 
-def _reusable(out: Path, fingerprint: str) -> dict | None:
-    """The complete manifest already in `out` for the same inputs, else None."""
+def _fingerprint(inputs: dict, version: int = FORMAT_VERSION) -> str:
+    return hashlib.sha256(json.dumps(dict(inputs, format_version=version), sort_keys=True).encode()).hexdigest()
+
+
+def _reusable(out: Path, inputs: dict) -> dict | None:
+    """The complete manifest already in `out` for the same inputs (prepared by any readable version), else None."""
     try:
         existing = load_manifest(out)
     except UserError:
         return None
-    if existing.get("fingerprint") == fingerprint and _complete(out, existing):
+    if existing.get("fingerprint") == _fingerprint(inputs, existing.get("format_version")) and \
+            _complete(out, existing):
         return existing
     return None
 
@@ -150,9 +157,9 @@ def _prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, over
     out = Path(out_dir).expanduser().absolute()
     files = corpus_inputs(data_cfg.corpus)
     inputs = _inputs(data_cfg, vocab_size, files)
-    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    fingerprint = _fingerprint(inputs)
     if (out / MANIFEST_FILE).exists():
-        existing = _reusable(out, fingerprint)
+        existing = _reusable(out, inputs)
         if existing and not overwrite:
             return {**existing, "reused": True, "seconds": time.time() - start}
         if not existing and not overwrite:
@@ -176,7 +183,7 @@ def _prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, over
             shutil.rmtree(stale, ignore_errors=True)
     units_root = partial / "units"
     units_root.mkdir(parents=True, exist_ok=True)
-    build = _Build(out, fingerprint, partial, start, replacing=overwrite)
+    build = _Build(out, inputs, partial, start, replacing=overwrite)
     if process_index == 0:
         (partial / _ERROR_FILE).unlink(missing_ok=True)  # a previous run's failure
     workers = data_cfg.prepare_workers if workers is None else workers
@@ -210,7 +217,7 @@ def _prepare(data_cfg: DataConfig, out_dir: str | Path, vocab_size: int, *, over
     except _Installed as done:  # another prepare of the same inputs installed `out` first
         return {**done.manifest, "reused": True, "seconds": time.time() - start}
     except (UnitsDirGone, FileNotFoundError) as e:
-        existing = _reusable(out, fingerprint)
+        existing = _reusable(out, inputs)
         if existing:
             return {**existing, "reused": True, "seconds": time.time() - start}
         raise UserError(f"the partial data dir {partial} vanished while preparing ({e}); rerun") from None
@@ -238,13 +245,13 @@ class _Installed(Exception):
 class _Build:
     """One prepare's view of its partial dir, for the loops that wait on other processes."""
 
-    def __init__(self, out: Path, fingerprint: str, partial: Path, start: float, replacing: bool):
-        self.out, self.fingerprint, self.partial, self.start = out, fingerprint, partial, start
+    def __init__(self, out: Path, inputs: dict, partial: Path, start: float, replacing: bool):
+        self.out, self.inputs, self.partial, self.start = out, inputs, partial, start
         self.replacing = replacing  # --force: the `out` there now is what this build replaces, whatever it holds
 
     def check_installed(self, partial_present: bool = True) -> None:
         """_Installed when `out` holds these inputs' data; UserError when the partial dir is gone otherwise."""
-        existing = None if self.replacing else _reusable(self.out, self.fingerprint)
+        existing = None if self.replacing else _reusable(self.out, self.inputs)
         if existing:
             raise _Installed(existing)
         if not partial_present or not self.partial.is_dir():
@@ -416,7 +423,7 @@ def _merge(partial: Path, units_root: Path, units: list[Unit], tokenizer, data_c
             merged = merge_units(partial, cut_root, [cut_unit], np.array([False, True]))
             shutil.rmtree(units_root, ignore_errors=True)
             return _manifest_core(data_cfg, tokenizer, dtype, 2, 1, merged)
-    merged = merge_units(partial, units_root, units, split_documents(n, fraction, data_cfg.seed))
+    merged = merge_units(partial, units_root, units, DocumentSplit(n, fraction, data_cfg.seed))
     return _manifest_core(data_cfg, tokenizer, dtype, n, len(units), merged)
 
 

@@ -39,6 +39,7 @@ class UnitsDirGone(Exception):
     """The units dir is gone: another prepare of the same inputs installed the partial dir as the data."""
 SHARD_FILE = "tokens.array_record"
 _ENCODE_BATCH_CHARS = 4 << 20
+_ENCODE_BATCH_DOCUMENTS = 8192  # with tiny documents, their objects would outweigh their characters
 _TOKENIZERS: dict[str, object] = {}
 
 
@@ -67,7 +68,7 @@ def _batches(docs: Iterable[Document]) -> Iterator[list[Document]]:
     for doc in docs:
         batch.append(doc)
         chars += len(doc.text)
-        if chars >= _ENCODE_BATCH_CHARS:
+        if chars >= _ENCODE_BATCH_CHARS or len(batch) >= _ENCODE_BATCH_DOCUMENTS:
             yield batch
             batch, chars = [], 0
     if batch:

@@ -2,7 +2,9 @@
 
 A piece is a whole file or a contiguous part of one: a byte range of an uncompressed
 JSONL file (cut just after a newline), a run of row groups of a parquet file, a
-row range of a datasets split. Compressed JSONL and text files are never cut.
+row range of a datasets split, a part of a text file over TEXT_PART_BYTES (cut just
+after a newline; each part is a document of its own, so no document is held whole
+beyond that size). Compressed JSONL files are never cut.
 Consecutive small pieces are packed into one unit up to `unit_bytes`; a piece that
 continues a cut JSONL file is always alone in its unit (its line numbers are only
 known relative to its start; the merge makes them absolute). The plan depends only
@@ -18,8 +20,15 @@ import json
 from typing import Iterable
 
 from photon_jax.data.columnar import open_dataset, open_parquet
-from photon_jax.data.corpus import HF_DATASET, JSONL, PARQUET, InputFile
+from photon_jax.data.corpus import HF_DATASET, JSONL, PARQUET, TEXT, InputFile
 from photon_jax.errors import UserError
+
+# A text file larger than this is read as consecutive documents of about this size, cut after a newline
+# (where a line is longer than _LONGEST_LINE, at a UTF-8 character boundary): independent of the unit size,
+# so the documents, and the split, depend only on the file.
+TEXT_PART_BYTES = 1 << 20
+_LONGEST_LINE = 1 << 20
+
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
@@ -77,6 +86,30 @@ def _jsonl_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
     return [Piece(f, a, b, size=b - a) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _text_cuts(f: InputFile) -> list[Piece]:
+    """Byte ranges of about TEXT_PART_BYTES, each ending after a newline (or a whole character)."""
+    bounds = [0]
+    try:
+        with open(f.path, "rb") as handle:
+            while bounds[-1] + TEXT_PART_BYTES < f.size:
+                handle.seek(bounds[-1] + TEXT_PART_BYTES)
+                line = handle.readline(_LONGEST_LINE)
+                cut = handle.tell()
+                if not line.endswith(b"\n"):  # a very long line: back to the start of a UTF-8 character
+                    handle.seek(cut - len(line))
+                    head = handle.read(4)
+                    cut = cut - len(line) + next((i for i, b in enumerate(head) if b & 0xC0 != 0x80), 0)
+                if cut >= f.size:
+                    break
+                bounds.append(cut)
+    except OSError as e:
+        raise UserError(f"cannot read {f.path}: {e.strerror or e}") from None
+    bounds.append(f.size)
+    if len(bounds) == 2:
+        return [Piece(f, size=f.size)]
+    return [Piece(f, a, b, size=b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _parquet_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
     meta = open_parquet(f.path).metadata
     pieces, start, first_row, size, row = [], 0, 0, 0, 0
@@ -106,6 +139,8 @@ def _pieces(f: InputFile, unit_bytes: int) -> list[Piece]:
         return _parquet_cuts(f, unit_bytes)
     if f.fmt == HF_DATASET:
         return _dataset_cuts(f, unit_bytes)
+    if f.fmt == TEXT and f.size > TEXT_PART_BYTES:
+        return _text_cuts(f)
     return [Piece(f, size=f.size)]
 
 
@@ -136,5 +171,7 @@ def plan_units(inputs: Iterable[InputFile], unit_bytes: int) -> list[Unit]:
 
 
 def whole_file_pieces(inputs: Iterable[InputFile]) -> list[Piece]:
-    """One piece per input, for reading a corpus start to end in one process."""
-    return [Piece(f, size=f.size) for f in inputs]
+    """One piece per input (a large text file: per part, as prepare reads it), for reading a corpus start to end
+    in one process."""
+    return [p for f in inputs for p in (_text_cuts(f) if f.fmt == TEXT and f.size > TEXT_PART_BYTES
+                                        else [Piece(f, size=f.size)])]
