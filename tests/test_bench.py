@@ -220,6 +220,8 @@ def test_train_json_schema(tmp_path, capsys):
         assert set(report.TRAIN_RESULT_KEYS) <= set(r)
         assert r["tokens_per_step"] == 2 * 32 and len(r["step_times_s"]) == 2 and r["devices"] == 1
         assert math.isfinite(r["final_loss"])
+        # one device: nothing to communicate, nothing the partitioner could replicate (docs/scale-out.md)
+        assert r["communication"]["compiled"]["total"]["count"] == 0 and r["rematerializations"] == []
         assert set(r["vs_reference"]) >= {"flops_per_token_ratio", "time_per_token_ratio",
                                           "flops_per_token_per_param_ratio"}
     photon = data["results"][0]["vs_reference"]

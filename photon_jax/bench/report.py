@@ -126,7 +126,8 @@ def context_table(data: dict) -> str:
 
 def train_table(data: dict) -> str:
     headers = ["model", "params", "seq x batch", "attn", "remat", "step ms", "temp MiB", "peak MiB", "tokens/s",
-               "FLOPs/token", "MFU %", "FLOPs/tok x", "time/tok x", "FLOPs/tok/param x"]
+               "FLOPs/token", "MFU %", "FLOPs/tok x", "time/tok x", "FLOPs/tok/param x", "comm MiB",
+               "comm / floor", "remats"]
     rows = []
     for r in data["results"]:
         vs = r["vs_reference"] or {}
@@ -137,5 +138,15 @@ def train_table(data: dict) -> str:
                      fmt(None if peak is None else peak / 2 ** 20, ".1f"),
                      fmt(r["tokens_per_s"], ".4g"), fmt(r["train_flops_per_token"], ".3e"), fmt(100 * r["mfu"], ".2f"),
                      fmt(vs.get("flops_per_token_ratio"), ".3f"), fmt(vs.get("time_per_token_ratio"), ".3f"),
-                     fmt(vs.get("flops_per_token_per_param_ratio"), ".3f")])
+                     fmt(vs.get("flops_per_token_per_param_ratio"), ".3f"), *_communication_cells(r)])
     return table(headers, rows)
+
+
+def _communication_cells(r: dict) -> list[str]:
+    """Wire MiB per device per step of the compiled step, its ratio to the analytic floor (n/a on one
+    device: nothing to send), XLA's involuntary rematerializations (docs/scale-out.md)."""
+    comm = r.get("communication")
+    if not comm:
+        return ["n/a", "n/a", "n/a"]
+    wire = comm["compiled"]["total"]["wire_bytes"] / 2 ** 20
+    return [fmt(wire, ".1f"), fmt(comm["compiled_over_analytic"], ".2f"), str(len(r.get("rematerializations", [])))]

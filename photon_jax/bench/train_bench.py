@@ -29,6 +29,9 @@ from photon_jax.config import Config
 from photon_jax.errors import UserError
 from photon_jax.model.attention import uses_fused
 from photon_jax.model.accounting import count_params, train_flops_per_token
+from photon_jax.model.projection import compiling_for
+from photon_jax.scaleout.remat_log import compile_audited
+from photon_jax.scaleout.report import TARGET_NOTES, communication
 from photon_jax.sharding import batch_sharding, logical_rules, make_mesh
 from photon_jax.train.metrics import peak_flops_per_device
 from photon_jax.train.state import learning_rate_schedule, make_optimizer, state_layout
@@ -49,7 +52,8 @@ def _random_state(cfg: Config, tx, layout):
     return jax.device_put(state, layout.shardings)
 
 
-def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, seed: int = 0) -> dict:
+def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, seed: int = 0,
+              target: str | None = None) -> dict:
     t = cfg.train
     mesh = make_mesh(cfg.mesh, jax.devices()[:devices] if devices else None)
     rules = logical_rules(cfg.mesh)
@@ -68,9 +72,12 @@ def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, 
         step_fn = jax.jit(make_train_step(cfg, tx, schedule), in_shardings=(layout.shardings, in_sharding),
                           out_shardings=(layout.shardings, None), donate_argnums=0)
         start = time.perf_counter()
-        compiled = step_fn.lower(state, batch).compile()
+        with compiling_for(target):  # the accelerator's code path, timed on these devices (docs/scale-out.md)
+            lowered = step_fn.lower(state, batch)
+        compiled, remats = compile_audited(lowered)
         compile_s = time.perf_counter() - start
         step_memory = compiled_memory_bytes(compiled)
+        comm = communication(cfg, compiled, layout, mesh, in_sharding)
         for _ in range(warmup):
             (state, _), _ = timed(compiled, state, batch)
         times = []
@@ -83,7 +90,8 @@ def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, 
     gc.collect()
     return {"compile_s": compile_s, "step_times_s": times, "step_time_s": median(times), "final_loss": loss,
             "devices": int(np.prod(list(mesh.shape.values()))), "memory": step_memory,
-            "peak_device_bytes": device_peak_bytes()}
+            "peak_device_bytes": device_peak_bytes(), "communication": comm,
+            "rematerializations": [r.describe() for r in remats]}
 
 
 def compiled_memory_bytes(compiled) -> dict | None:
@@ -109,7 +117,8 @@ def device_peak_bytes() -> int | None:
 
 
 def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int | None, seq_len: int | None,
-              devices: int | None = None, overrides: list[str] = (), log: Callable[[str], None] = print) -> dict:
+              devices: int | None = None, overrides: list[str] = (), log: Callable[[str], None] = print,
+              target: str | None = None) -> dict:
     if devices is not None and not 1 <= devices <= jax.device_count():
         raise UserError(f"--devices must be in [1, {jax.device_count()}], got {devices}")
     configs = [(m, bench_config(m.cfg, batch_size, seq_len)) for m in models]  # validate all first
@@ -117,7 +126,7 @@ def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int
     results = []
     for m, cfg in configs:
         log(f"[train] {m.name}: batch {cfg.train.batch_size} x seq {cfg.data.seq_len}, {steps} timed steps")
-        run = bench_one(cfg, steps, warmup, devices)
+        run = bench_one(cfg, steps, warmup, devices, target=target)
         tokens = cfg.train.batch_size * cfg.data.seq_len
         tps = tokens / run["step_time_s"]
         flops = train_flops_per_token(cfg.model, cfg.data.seq_len)
@@ -129,6 +138,7 @@ def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int
             "compile_s": run["compile_s"], "devices": run["devices"], "final_loss": run["final_loss"],
             "remat": cfg.model.remat, "attention": "fused" if uses_fused(cfg.model.attention_impl) else "reference",
             "step_memory_bytes": run["memory"], "peak_device_bytes": run["peak_device_bytes"],
+            "communication": run["communication"], "rematerializations": run["rematerializations"],
             "vs_reference": None})
     reference = reference_model(models)
     notes = []
@@ -147,6 +157,7 @@ def run_train(models: list[BenchModel], steps: int, warmup: int, batch_size: int
                 "tokens_per_s_ratio": r["tokens_per_s"] / ref["tokens_per_s"],
             }
     settings = {"steps": steps, "warmup": warmup, "batch_size": batch_size, "seq_len": seq_len,
+                "target": target or jax.devices()[0].platform, "target_note": TARGET_NOTES.get(target or ""),
                 "devices": devices or jax.device_count(),
                 "models": [m.name for m in models], "overrides": list(overrides), "peak_flops_per_device": peak,
                 "peak_source": peak_source, "flops": "analytic model FLOPs (fwd + bwd = 3x fwd, no remat), "

@@ -61,6 +61,8 @@ def register(subparsers) -> None:
     r.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
     r.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's)")
     r.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
+    r.add_argument("--target", choices=("cpu", "gpu", "tpu"), default=None,
+                   help="compile and time this platform's code path on the devices at hand (default: theirs)")
     _json_args(r)
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every model")
     r.set_defaults(run=_profiled(run_train_command), host_allocator=True)  # photon_jax/host_allocator.py
@@ -196,7 +198,7 @@ def run_train_command(args) -> int:
     report.check_writable(args.json_file, "--json-file")
     models = load_models(parse_list(args.models, "--models"), args.overrides)
     data = train_bench.run_train(models, args.steps, args.warmup, args.batch_size, args.seq_len,
-                                 devices=args.devices, overrides=args.overrides, log=_log)
+                                 devices=args.devices, overrides=args.overrides, log=_log, target=args.target)
     print_json(data) if args.json else print(report.train_table(data))
     s = data["settings"]
     _log(f"peak {s['peak_flops_per_device']:.3e} FLOP/s per device ({s['peak_source']}); "

@@ -126,3 +126,17 @@ class Session:
     def done(self) -> bool:
         return not bool(jnp.any(self.loop["active"]))
 
+
+
+def lower_start(spec: RunSpec, *args):
+    """The prefill program lowered for abstract arguments (ShapeDtypeStructs that may carry shardings)."""
+    return _start_jit.lower(*args, spec=dataclasses.replace(spec, sampling=""))
+
+
+def lower_decode(spec: RunSpec, *args):
+    return _decode_jit.lower(*args, spec=spec)
+
+
+def abstract_loop(spec: RunSpec, *start_args):
+    """The loop state prefill returns, as ShapeDtypeStructs (nothing is computed)."""
+    return jax.eval_shape(functools.partial(_start, spec=spec), *start_args)

@@ -73,12 +73,12 @@ def lower_generation(cfg: Config, mesh, rules, mode: str | None = None, prompt_l
     rows = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=replicated)  # noqa: E731
     start_args = (params, rows(spec.groups, spec.prompt_pad), rows(spec.groups), rows(spec.rows), rows(spec.rows),
                   rows(spec.rows), rows(spec.rows, spec.cap))
-    prefill = engine._start_jit.lower(*start_args, spec=dataclasses.replace(spec, sampling=""))
-    loop = jax.eval_shape(lambda *a: engine._start(*a, spec=spec), *start_args)
+    prefill = engine.lower_start(spec, *start_args)
+    loop = engine.abstract_loop(spec, *start_args)
     loop = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), loop)
     scalar = lambda dt: jax.ShapeDtypeStruct((), dt, sharding=replicated)  # noqa: E731
-    decode = engine._decode_jit.lower(params, loop, scalar(jnp.int32), scalar(jnp.int32), scalar(jnp.int32),
-                                      scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32), spec=spec)
+    decode = engine.lower_decode(spec, params, loop, scalar(jnp.int32), scalar(jnp.int32), scalar(jnp.int32),
+                                 scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32))
     return prefill, decode
 
 
