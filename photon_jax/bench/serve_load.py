@@ -41,12 +41,13 @@ class ServerProcess:
     """`photon-jax serve --preset NAME ...` on a free loopback port; stopped with SIGTERM."""
 
     def __init__(self, preset: str, mode: str | None, budget_gib: float, max_context: int, max_queue: int,
-                 overrides=(), log=print, start_timeout_s: float = 900):
+                 overrides=(), log=print, start_timeout_s: float = 900, align: bool = True):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "photon_jax.cli.main", "serve", "--preset", preset, "--port", str(self.port),
                 "--kv-budget-gib", str(budget_gib), "--max-context", str(max_context), "--max-queue", str(max_queue),
-                "--served-model-name", preset, *(["--mode", mode] if mode else []), *overrides]
+                "--served-model-name", preset, *(["--mode", mode] if mode else []), *([] if align else ["--no-align"]),
+                *overrides]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=dict(os.environ))
         self.banner = ""
@@ -148,28 +149,31 @@ def summarize(records, peak, elapsed, max_tokens) -> dict:
 
 def bench_serve(models: list[tuple[str, str | None]], budget_gib: float, max_context: int, rates: list[float],
                 requests: int, prompt_len: int, max_tokens: int, duration_s: float, overrides=(), seed: int = 0,
-                log=print) -> dict:
+                log=print, align: bool = True) -> dict:
     """models: (preset, mode or None) pairs. Returns the report dict (JSON-ready)."""
     if prompt_len + max_tokens > max_context:
         raise UserError(f"--prompt-len {prompt_len} + --max-tokens {max_tokens} exceed --max-context {max_context}")
     runs = []
     for preset, mode in models:
-        server = ServerProcess(preset, mode, budget_gib, max_context, max_queue=requests, overrides=overrides, log=log)
+        server = ServerProcess(preset, mode, budget_gib, max_context, max_queue=requests, overrides=overrides, log=log,
+                               align=align)
         try:
             warm = {"model": preset, "prompt": [1] * prompt_len, "max_tokens": 2}
             httpx.post(f"{server.url}/v1/completions", json=warm, timeout=600).raise_for_status()
             for rate in rates:
+                load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
                 records, peak, elapsed = asyncio.run(_load(server, preset, rate, requests, prompt_len, max_tokens,
                                                            duration_s, seed))
                 row = {"model": preset, "mode": mode or ("vanilla" if "vanilla" in preset else "hiergen"),
                        "offered_rate": rate, "slots": server.slots, "bytes_per_slot": server.slot_bytes,
-                       **summarize(records, peak, elapsed, max_tokens)}
+                       **summarize(records, peak, elapsed, max_tokens),
+                       "load_avg_1m": [load_before, os.getloadavg()[0]]}
                 log(f"{preset} {row['mode']} rate {rate:g}: {row['completed']}/{requests} done, "
                     f"{row['output_tok_per_s']:.0f} tok/s, peak {row['peak_concurrent']}")
                 runs.append(row)
         finally:
             server.stop()
-    return {"benchmark": "serve", "kv_budget_gib": budget_gib, "max_context": max_context, "requests": requests,
+    return {"benchmark": "serve", "aligned_admission": align, "kv_budget_gib": budget_gib, "max_context": max_context, "requests": requests,
             "prompt_len": prompt_len, "max_tokens": max_tokens, "duration_limit_s": duration_s, "runs": runs,
             "ratios": ratios(runs)}
 
@@ -218,13 +222,13 @@ def plot(data: dict, path: str) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     keys = sorted({(r["model"], r["mode"]) for r in data["runs"]})
-    for key in keys:
+    for i, key in enumerate(keys):
         rows = sorted((r for r in data["runs"] if (r["model"], r["mode"]) == key), key=lambda r: r["offered_rate"])
         x = [r["offered_rate"] for r in rows]
-        label = f"{key[0]} {key[1]} ({rows[0]['slots']} slots)"
-        a.plot(x, [r["output_tok_per_s"] for r in rows], marker="o", label=label)
-        b.plot(x, [r["ttft_p50_s"] for r in rows], marker="o", label=f"{label} TTFT p50")
-        b.plot(x, [r["itl_p50_s"] for r in rows], marker="x", linestyle="--", label=f"{label} ITL p50")
+        label, color = f"{key[0]} {key[1]} ({rows[0]['slots']} slots)", f"C{i}"
+        a.plot(x, [r["output_tok_per_s"] for r in rows], marker="o", color=color, label=label)
+        b.plot(x, [r["ttft_p50_s"] for r in rows], marker="o", color=color, label=f"{label} TTFT p50")
+        b.plot(x, [r["itl_p50_s"] for r in rows], marker="x", linestyle="--", color=color, label=f"{label} ITL p50")
     a.set(xlabel="offered load (requests/s)", ylabel="output tokens/s", title="throughput")
     b.set(xlabel="offered load (requests/s)", ylabel="seconds", yscale="log", title="latency")
     a.legend(fontsize=7)

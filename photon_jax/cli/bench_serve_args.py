@@ -23,6 +23,10 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--max-tokens", type=int, default=64, help="tokens every request is forced to (default 64)")
     s.add_argument("--duration", type=float, default=600, help="seconds one rate may run at most (default 600)")
     s.add_argument("--seed", type=int, default=0, help="arrival times and prompts (default 0)")
+    s.add_argument("--no-align", action="store_true", help="servers admit at any phase (serve --no-align)")
+    s.add_argument("--stagger-slots", default=None, metavar="N,N",
+                   help="instead of the load: decode-step time of N busy slots at one phase of the meta-context vs "
+                        "spread over all phases, per PHOTON mode (what aligned admission saves)")
     add_json_flag(s, "the whole result")
     s.add_argument("--json-file", default=None, metavar="FILE", help="also write the result as JSON to FILE")
     s.add_argument("--plot", default=None, metavar="FILE.png", help="throughput and latency vs offered load")
@@ -53,13 +57,40 @@ def run_serve_command(args: argparse.Namespace) -> int:
     report.check_writable(args.json_file, "--json-file")
     models = load_models(parse_list(args.models, "--models"), args.overrides)
     modes = select_modes(models, parse_list(args.modes, "--modes"))
+    if args.stagger_slots:
+        return _stagger(args, models, modes)
     pairs = [(m.name, None if mode == "vanilla" else mode) for m in models for mode in modes[m.name]]
     data = serve_load.bench_serve(pairs, args.kv_budget_gib, args.max_context, rates, args.requests, args.prompt_len,
-                                  args.max_tokens, args.duration, args.overrides, args.seed,
+                                  args.max_tokens, args.duration, args.overrides, args.seed, align=not args.no_align,
                                   log=lambda m: print(m, flush=True) if not args.json else None)
     print_json(data) if args.json else print(serve_load.table(data))
     if args.json_file:
         report.write_json(args.json_file, data)
     if args.plot:
         serve_load.plot(data, args.plot)
+    return 0
+
+
+def _stagger(args, models, modes) -> int:
+    from photon_jax.bench import report, serve_stagger
+    from photon_jax.bench.models import parse_ints, random_params
+
+    rows = []
+    for m in models:
+        if m.model.family == "vanilla":
+            continue  # one level of tokens: no schedule to stagger
+        params = random_params(m.model)
+        for mode in modes[m.name]:
+            for slots in parse_ints(args.stagger_slots, "--stagger-slots"):
+                row = {"model": m.name, **serve_stagger.measure_stagger(m.model, params, mode, slots, args.max_context,
+                                                                        steps=args.max_tokens)}
+                rows.append(row)
+                if not args.json:
+                    print(f"{m.name} {mode} {slots} slots: aligned {row['aligned_ms_mean']:.1f} ms/step, staggered "
+                          f"{row['staggered_ms_mean']:.1f} ms/step ({row['staggered_over_aligned']:.2f}x)", flush=True)
+    data = {"benchmark": "serve_stagger", "max_context": args.max_context, "steps": args.max_tokens, "runs": rows}
+    if args.json:
+        print_json(data)
+    if args.json_file:
+        report.write_json(args.json_file, data)
     return 0
