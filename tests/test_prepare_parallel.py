@@ -285,9 +285,11 @@ def test_peak_memory_is_flat_when_one_text_file_grows_4x(setup, tmp_path):
 
 @pytest.mark.slow
 def test_peak_memory_is_flat_when_the_document_count_grows_4x(tmp_path):
-    """20 MB of JSONL as 250K and as 1M documents: the merge keeps no per-document state of the corpus (it
-    held 5 bytes per document, and the index files' memory-mapped pages), nor a worker more than one
-    batch of documents. Measured before: main +23 MiB, workers +15 MiB; after: +4 MiB and +1.5 MiB."""
+    """20 MB of JSONL as 250K and as 1M documents: the merge (main process) keeps no per-document state of
+    the corpus (it held 5 bytes per document, and the index files' memory-mapped pages), nor a worker more
+    than one batch of at most 8192 documents. Measured before: main 196 -> 213 MiB, workers 62 -> 82 MiB;
+    after: main 190 -> 192 MiB, workers 59 -> 66 MiB (what is left there grows with the units a worker
+    has written, not with the corpus' documents)."""
     words = "the of and to in that is was he for it with as his on be at by had are but from or have".split()
     text = " ".join(np.random.default_rng(0).choice(words, 4000))
     tok = train_tokenizer([text], tmp_path / "tok.model", 300)
@@ -300,8 +302,8 @@ def test_peak_memory_is_flat_when_the_document_count_grows_4x(tmp_path):
         got[docs] = peaks(corpus, str(tok.path), tmp_path / f"d{docs}")
         assert got[docs]["documents"] == docs
         corpus.unlink()
-    for who in ("main", "workers"):
-        assert got[1_000_000][who] < got[250_000][who] + 10, (who, got)
+    assert got[1_000_000]["main"] < got[250_000]["main"] + 8, got
+    assert got[1_000_000]["workers"] < got[250_000]["workers"] + 16, got
 
 
 def test_a_format_2_dir_still_loads_and_is_reused_with_its_split(small, tmp_path):
