@@ -11,7 +11,8 @@ that JAX's autodiff transposed into the dot's dimension numbers) becomes an fp32
 around it, about twice as slow (docs/performance.md). So the forward asks for an fp32 result, and the
 backward computes dx = g . w^T and dw = x^T . g from transposes materialised in memory (a weight-sized
 and an activation-sized copy) where XLA cannot fold them back into the dots. The weight gradient
-stays fp32 (JAX's own backward of a bf16 dot rounds it to bf16 first).
+stays fp32 (JAX's own backward of a bf16 dot rounds it to bf16 first). Under a multi-device mesh the
+transposes are plain ones (a forced copy cannot be split the way the batch is; docs/scale-out.md).
 
 `Dense` is flax's `nn.Dense` parameterisation (same names, shapes and initialisers, so checkpoints
 and parameter trees do not change) computed through `project`.
@@ -28,7 +29,6 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
 Dtype = Any
 
@@ -93,23 +93,6 @@ def _one_device() -> bool:
     return mesh.empty or mesh.size == 1
 
 
-def pin_batch_axis(a, axis: int):
-    """Pin one axis of `a` to the batch's mesh axes and leave the others to the partitioner. On a sharded
-    mesh the flattened (batch * positions) rows of the backward's operands stay split as the batch is;
-    without it XLA lets the transposes below take the weight's layout and cannot reshard them back, so it
-    replicates them (an all-gather of every activation per projection)."""
-    if _one_device() or not nn.get_logical_axis_rules():
-        return a
-    (batch_axes,) = nn.logical_to_mesh_axes(("batch",))
-    spec = [PartitionSpec.UNCONSTRAINED] * a.ndim
-    spec[axis] = batch_axes
-    return jax.lax.with_sharding_constraint(a, PartitionSpec(*spec))
-
-
-def rows_as_batch(a_mn):
-    return pin_batch_axis(a_mn, 0)
-
-
 def _project_cpu(x, kernel, contract, dtype, out_dtype):
     k = math.prod(kernel.shape[:contract])
     static = (dtype, out_dtype, x.dtype, kernel.dtype)  # hashable: the custom VJP's non-differentiable argument
@@ -132,14 +115,13 @@ def _matmul_fwd(x_mk, w_kn, static):
 def _matmul_bwd(static, residuals, g_mn):
     dtype, _, x_dtype, w_dtype = static
     x_mk, w_kn = residuals
-    # Under a sharded mesh the copies cannot be flattened shard by shard (a flattened transpose of an array
-    # split along its rows is split along no axis, and XLA gathers it whole): plain transposes there, and
-    # the batch's layout pinned on the rows, so dW is a local product and one reduction.
+    # Under a sharded mesh the copies cannot be made shard by shard: the flattened transpose of an array
+    # split along its rows is split along no axis, and XLA's partitioner replicates it (docs/scale-out.md).
+    # Plain transposes there, which the partitioner folds into the dots' layouts.
     transpose = materialised_transpose if _one_device() else jnp.transpose
-    g_mn = rows_as_batch(g_mn.astype(dtype))
+    g_mn = g_mn.astype(dtype)
     dx_mk = jnp.dot(g_mn, transpose(w_kn), preferred_element_type=jnp.float32)
-    x_km = pin_batch_axis(transpose(rows_as_batch(x_mk)), 1)
-    dw_kn = jnp.dot(x_km, g_mn, preferred_element_type=jnp.float32)
+    dw_kn = jnp.dot(transpose(x_mk), g_mn, preferred_element_type=jnp.float32)
     return dx_mk.astype(x_dtype), dw_kn.astype(w_dtype)
 
 
