@@ -20,14 +20,17 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
 from photon_jax.cli.main import main
 from photon_jax.data.corpus import shakespeare_files
+from photon_jax.eval.scoring import make_span_scorer
 from photon_jax.generation import generate
 from photon_jax.generation.sampling import GREEDY
 from photon_jax.runs.workdir import load_run
+from photon_jax.sharding import strip_boxes
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -196,6 +199,22 @@ def test_stop_string_and_logprobs(server, client):
     for token, value, top in zip(info.tokens, info.token_logprobs, info.top_logprobs):
         assert max(top.values()) == pytest.approx(value)  # greedy: the chosen token is the most likely
     assert "".join(info.tokens) == lp.choices[0].text
+
+
+def test_echo_logprobs_score_the_prompt_as_eval_does(server, client, loaded):
+    tok = loaded.tokenizer
+    ids = [tok.eos_id, *tok.encode(PROMPTS[1])]  # as lm-evaluation-harness sends a scored request
+    r = client.completions.create(model="photon-tiny", prompt=ids, max_tokens=1, temperature=0, echo=True, logprobs=1)
+    info = r.choices[0].logprobs
+    assert len(info.token_logprobs) == len(ids) + 1 and info.token_logprobs[0] is None
+    assert r.choices[0].text.startswith(tok.decode(ids))
+    padded = np.zeros((1, -(-len(ids) // 8) * 8), np.int32)  # whole meta-contexts, as eval pads
+    padded[0, : len(ids)] = ids
+    scores = make_span_scorer(loaded.cfg.model)(strip_boxes(loaded.params), padded, np.asarray([len(ids)]),
+                                                np.asarray([len(ids) - 1]))
+    assert sum(info.token_logprobs[1:-1]) == pytest.approx(float(scores[0][0]), abs=1e-3)
+    stream = _post(server, {"model": "photon-tiny", "prompt": ids, "echo": True, "logprobs": 1, "stream": True})
+    assert stream.status_code == 400 and stream.json()["error"]["param"] == "stream"
 
 
 def test_models_health_metrics(server, client):

@@ -33,10 +33,11 @@ class Served:
     """What the handlers need: the engine, the run's tokenizer and limits, the options."""
 
     def __init__(self, engine, tokenizer, vocab_size: int, model_name: str, max_context: int, metrics,
-                 api_key: str | None = None, request_timeout_s: float | None = None):
+                 api_key: str | None = None, request_timeout_s: float | None = None, scorer=None):
         self.engine, self.tok, self.vocab_size = engine, tokenizer, vocab_size
         self.model_name, self.max_context, self.metrics = model_name, max_context, metrics
         self.api_key, self.request_timeout_s = api_key, request_timeout_s
+        self.scorer = scorer  # prompt_logprobs.PromptScorer: echo with logprobs
 
 
 def _tokens(served: Served, prompt) -> list[int]:
@@ -68,20 +69,23 @@ def _check(served: Served, req: protocol.Completion) -> list[list[int]]:
     slots = served.engine.spec.slots
     if req.n > slots:
         raise protocol.BadRequest("n", f"n = {req.n} is more than the server's {slots} slots")
-    if req.echo and req.logprobs is not None:
-        raise protocol.BadRequest("echo", "echo with logprobs (prompt logprobs) is not supported by this server yet")
+    if req.echo and req.logprobs is not None and (req.stream or served.scorer is None):
+        raise protocol.BadRequest("stream" if req.stream else "echo",
+                                  "echo with logprobs (prompt logprobs) is served without streaming, by a server "
+                                  "with a tokenizer")
     return [_tokens(served, p) for p in req.prompts]
 
 
-def _logprobs_json(tok, sample: SampleText) -> dict:
+def _logprobs_json(tok, entries: list, first: int | None = None) -> dict:
+    """OpenAI's completions logprobs. entries[i] None: the prompt's first token (`first`), which has none."""
     tokens, offsets, offset = [], [], 0
-    for e in sample.logprobs:
-        piece = tok.decode([e["token"]])
+    for e in entries:
+        piece = tok.decode([first if e is None else e["token"]])
         tokens.append(piece)
         offsets.append(offset)
         offset += len(piece)
-    return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in sample.logprobs],
-            "top_logprobs": [_top(tok, e.get("top", {})) for e in sample.logprobs],
+    return {"tokens": tokens, "token_logprobs": [None if e is None else e["logprob"] for e in entries],
+            "top_logprobs": [None if e is None else _top(tok, e.get("top", {})) for e in entries],
             "text_offset": offsets}
 
 
@@ -238,10 +242,17 @@ async def _whole(job: Job, request: Request, ident: str, created: int):
         if event is None:
             return error(499, "client disconnected")
         job.apply(event)
+    prompt_lp = [[] for _ in job.prompts]
+    if job.req.echo and job.req.logprobs is not None:  # off the event loop: a forward of the model
+        prompt_lp = [await asyncio.to_thread(job.served.scorer, ids, job.req.logprobs) for ids in job.prompts]
     choices = []
     for i, c in enumerate(job.choices):
+        p = i // job.req.n
+        lp = None
+        if job.req.logprobs is not None:
+            lp = _logprobs_json(job.served.tok, prompt_lp[p] + c.logprobs, job.prompts[p][0])
         choices.append({"index": i, "text": job.prefix(i) + c.release(final=True), "finish_reason": c.finish,
-                        "logprobs": _logprobs_json(job.served.tok, c) if job.req.logprobs is not None else None})
+                        "logprobs": lp})
     return {"id": ident, "object": "text_completion", "created": created, "model": job.served.model_name,
             "choices": choices, "usage": job.usage()}
 
@@ -264,7 +275,7 @@ async def _stream(job: Job, request: Request, ident: str, created: int):
             if text or c.finish is not None:
                 lp = None
                 if job.req.logprobs is not None and event[0] == "tokens":
-                    lp = _logprobs_json(job.served.tok, _last(c, event[2][1]))
+                    lp = _logprobs_json(job.served.tok, list(event[2][1] or []))
                 yield chunk([{"index": i, "text": text, "finish_reason": c.finish, "logprobs": lp}])
         if job.req.include_usage:
             yield chunk([], job.usage())
@@ -273,8 +284,3 @@ async def _stream(job: Job, request: Request, ident: str, created: int):
         if not job.finished:  # the client went away mid-stream (sse-starlette cancels this generator)
             job.cancel()
 
-
-def _last(choice: SampleText, lps) -> SampleText:
-    view = SampleText(choice.tok, [])
-    view.logprobs = list(lps or [])
-    return view

@@ -19,6 +19,8 @@ from photon_jax.serve.app import Served, create_app
 from photon_jax.serve.engine import Engine
 from photon_jax.serve.metrics import Metrics
 from photon_jax.serve.options import DEFAULT_KV_BUDGET_GIB, GIB, ServeOptions
+from photon_jax.serve.prompt_logprobs import PromptScorer
+from photon_jax.serve.text import TokenIdText
 from photon_jax.sharding import strip_boxes
 
 
@@ -63,8 +65,11 @@ def serve(loaded, opts: ServeOptions, host: str, port: int, model_name: str, api
     say(f"photon-jax serve: {model_name} ({engine.spec.mode}), {engine.spec.slots} slots of {opts.max_context} "
         f"tokens, {engine.slot_bytes:,} bytes per slot, {engine.compiled_programs()} programs compiled in "
         f"{time.perf_counter() - t0:.1f}s")
+    scorer = None
+    if not isinstance(loaded.tokenizer, TokenIdText):
+        scorer = PromptScorer(loaded.cfg.model, strip_boxes(_as_params(loaded.params)), opts.max_context)
     served = Served(engine, loaded.tokenizer, loaded.cfg.model.vocab_size, model_name, opts.max_context, metrics,
-                    api_key, opts.request_timeout_s)
+                    api_key, opts.request_timeout_s, scorer)
     config = uvicorn.Config(create_app(served), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     server = _DrainingServer(config, engine, grace_s)
     say(f"listening on http://{host}:{port}/v1", flush=True)
