@@ -5,7 +5,7 @@
 #   probe         JAX must see a GPU (else: exit 2, nothing measured); which of our imports work
 #   kernel_tests  pytest -m gpu tests/test_kernels.py on the GPU: fails if any test is skipped, fails
 #                 or errors, or if none ran
-#   gpu_check     python -m pallas_kernels.gpu_check: compiled kernel vs reference, dispatch's "auto"
+#   gpu_check     python scripts/gpu_check.py: compiled kernel vs reference, dispatch's "auto"
 #                 choice for head dims 52..128, kernel timings vs XLA and the device copy bandwidth
 #   tpm_pf/tpm_de the paper's TPM protocol for the 600M presets, one regime per step
 #   context       KV memory / decode speed vs context for the 600M presets
@@ -283,7 +283,7 @@ if [ "$probe_rc" != 0 ]; then
     fi
     finish probe 0 "no GPU, smoke mode: $probe_line"
     CMDLINE="gpu_check --interpret"
-    step gpu_check 240 "$PY" -m pallas_kernels.gpu_check --interpret --out "$OUT" --budget-s 20
+    step gpu_check 240 "$PY" scripts/gpu_check.py --interpret --out "$OUT" --budget-s 20
     rc=$LAST_RC
     finish gpu_check "$rc" "interpret smoke: $(helper kernels "$OUT/kernels.json")"
     for s in kernel_tests tpm_pf tpm_de context train; do
@@ -308,9 +308,9 @@ rc=$pytest_rc; [ "$rc" = 0 ] && rc=$junit_rc
 finish kernel_tests "$rc" "$(echo "$counts" | head -1) (pytest rc $pytest_rc)"
 
 # ------------------------------------------------------------------ kernels: correctness, dispatch, timings
-CMDLINE="python -m pallas_kernels.gpu_check --quick --budget-s 110"
+CMDLINE="python scripts/gpu_check.py --quick --budget-s 110"
 rm -f "$OUT/kernels.json"
-step gpu_check 180 "$PY" -m pallas_kernels.gpu_check --out "$OUT" --quick --budget-s 110
+step gpu_check 180 "$PY" scripts/gpu_check.py --out "$OUT" --quick --budget-s 110
 rc=$LAST_RC
 finish gpu_check "$rc" "$(helper kernels "$OUT/kernels.json") (rc $rc)"
 

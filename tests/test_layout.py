@@ -20,7 +20,7 @@ LAYERS = [  # lowest first; a module may import its own layer and the ones befor
     {"photon_jax.sweep"},
     {"photon_jax.cli"},
 ]
-LAZY_OK = {"pallas_kernels/gpu_check.py"}  # a standalone script: imports jax only after reading its flags
+LAZY_OK: set[str] = set()  # modules allowed an import inside a function (none: scripts/ holds the CLIs)
 
 
 def layer_of(module: str) -> int | None:

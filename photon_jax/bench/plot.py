@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from photon_jax.errors import UserError  # noqa: E402
 
 
-def _save(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -70,7 +70,7 @@ def tpm_plot(data: dict, path: str) -> None:
         ax2.set_ylabel("TPM (K tokens/s/GiB)")
         ax2.set_title("TPM vs perplexity", fontsize=10)
         ax2.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def context_plot(data: dict, path: str) -> None:
@@ -100,4 +100,4 @@ def context_plot(data: dict, path: str) -> None:
     s = data["settings"]
     fig.suptitle(f"batch {s['batch']}, {s['gen_len']} generated tokens ({data['environment']['backend']})",
                  fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -6,7 +6,7 @@ sweep_figure puts all three in one PNG next to the results table.
 
 from __future__ import annotations
 
-from photon_jax.bench.plot import _save, plt
+from photon_jax.bench.plot import plt, save_figure
 
 FAMILY_MARKERS = {"vanilla": "s", "block": "^", "photon": "o"}
 
@@ -93,4 +93,4 @@ def sweep_figure(records: list[dict], rows: list[dict], path: str) -> None:
         ppl_vs_tpm(axes[0][2], rows)
     if has_budget:
         budget_curves(axes[0][-1], records)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,7 +1,10 @@
 """One-command GPU check of the decode-attention kernels: correctness, speed, bandwidth.
 
-    python -m pallas_kernels.gpu_check --out DIR            # on a GPU (e.g. an H200)
-    python -m pallas_kernels.gpu_check --out DIR --interpret # anywhere: tiny interpret-mode smoke
+    python scripts/gpu_check.py --out DIR            # on a GPU (e.g. an H200)
+    python scripts/gpu_check.py --out DIR --interpret # anywhere: tiny interpret-mode smoke
+
+A command-line check and benchmark of the kernels in pallas_kernels/ (which holds only kernels,
+references and dispatch); run from anywhere, it imports them from this checkout.
 
 On a GPU it
   (a) checks the compiled Triton kernel against the pure-jnp reference (bf16/fp32,
@@ -35,6 +38,8 @@ import time
 import traceback
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout's pallas_kernels
 
 # Full-size benchmark model: 32 query heads over 8 kv heads, head_dim 128 (a typical 8B-class GQA layer).
 BENCH_HEADS, BENCH_KV_HEADS, BENCH_HEAD_DIM = 32, 8, 128
