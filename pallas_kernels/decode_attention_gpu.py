@@ -50,11 +50,6 @@ MAX_BLOCK_M = 64          # query rows (num_queries * group) per program; more -
 TARGET_PROGRAMS = 264     # ~2 waves on an H100/H200 (132 SMs): how many programs splitting aims for
 
 
-def gpu_supported(head_dim: int, dtype) -> bool:
-    """Whether the Triton kernel handles this head dim / dtype (else use the XLA path)."""
-    return common.kernel_shape_problem(head_dim, dtype) is None
-
-
 def tile_width(head_dim: int) -> int:
     """The power-of-two tile (>= 16) the kernel loads for one row of a head."""
     return max(16, common.next_power_of_2(head_dim))

@@ -170,10 +170,6 @@ class MixtureIterator(StreamIterator):
                 raise UserError(f"saved data iterator state has {key}={state.get(key)!r} "
                                 f"but this run has {getattr(self, key)!r}")
 
-    def windows_drawn(self) -> dict[str, int]:
-        """Windows of each source in the global batches handed out so far (the same on every process)."""
-        return {s.name: n for s, n in zip(self.sources, self.interleave.counts(self.next_window))}
-
     def token_counts(self) -> dict[str, int]:
         """{"tokens/<name>": real (unmasked) tokens drawn from each source so far}, from the index map alone."""
         counts = self.interleave.counts(self.next_window)
