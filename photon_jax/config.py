@@ -1,10 +1,11 @@
 """Typed, validated configuration: dataclasses, YAML presets, dotted overrides.
 
-A config is built from (1) the dataclass defaults, (2) a preset YAML under
-photon_jax/presets/ (package data; experiments/configs links there) (or any YAML file), (3) `key=value` overrides with dotted
+A config is built from (1) the dataclass defaults, (2) a preset YAML under photon_jax/presets/
+(package data; experiments/configs links there) or any YAML file, (3) `key=value` overrides with dotted
 keys (`model.width=256`, `model.levels.0.chunk=2`, `train.steps=100`). Every
 step goes through `from_dict`, which rejects unknown keys and wrong types, and
-`Config.validate`, which checks cross-field constraints with one-line errors.
+`Config.validate`, which checks cross-field constraints with one-line errors. Every field carries a
+comment saying what it means: docs/config.md is generated from them (config_reference.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class LevelConfig:
 
     chunk: int = 4  # C_l: level-(l-1) units per level-l unit
     fanout: int = 2  # R_l: conditioning rows the converter emits
-    encoder_layers: int = 2
-    decoder_layers: int = 2
+    encoder_layers: int = 2  # Transformer blocks of this level's encoder
+    decoder_layers: int = 2  # Transformer blocks of this level's chunk-local decoder
     # "concat": parameter-free concatenation (needs chunk * input width == width);
     # "norm_linear": RMSNorm over the concatenation + Linear(with bias);
     # "auto": concat when the widths fit, else norm_linear.
@@ -51,19 +52,17 @@ RUNTIME_MODEL_FIELDS = ("dtype", "remat", "attention_impl", "scan_unroll")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     family: str = "photon"  # "photon" (levels >= 1; one level = Block Transformer) or "vanilla"
-    vocab_size: int = 32000
+    vocab_size: int = 32000  # token ids the model embeds and predicts (the tokenizer must fit in it)
     width: int = 512  # D, shared by every stack
     ffn_width: int = 1408  # F (SwiGLU hidden width)
-    num_heads: int = 8
+    num_heads: int = 8  # query heads of every attention layer
     num_kv_heads: int = 0  # 0 = num_heads (multi-head); fewer = grouped-query attention
     head_dim: int = 0  # 0 = width // num_heads
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-    # vanilla only
-    num_layers: int = 8
-    # photon only
-    levels: tuple[LevelConfig, ...] = (LevelConfig(), LevelConfig())
+    rope_theta: float = 10000.0  # base of the rotary position frequencies
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    tie_embeddings: bool = False  # the LM head reuses the (decoder) token embedding table
+    num_layers: int = 8  # blocks of the vanilla stack (vanilla only)
+    levels: tuple[LevelConfig, ...] = (LevelConfig(), LevelConfig())  # PHOTON's hierarchy, level 1 first
     encoder_embed_width: int = 0  # 0 = width // levels[0].chunk (the paper's narrow embedder)
     alignment: str = "A"  # docs/method.md 3.3: "A" top-shift, "B" shift-every-level, "C" literal recursion
     block_local_lower: bool = False  # lower encoders attend only inside their meta-context (5.5)
@@ -75,8 +74,8 @@ class ModelConfig:
     rec_alpha: float = 0.0  # weight of L_rec (paper eq. 1)
     rec_stop_gradient: bool = True  # stop gradients through the encoder target of L_rec
     dtype: str = "bfloat16"  # compute dtype
-    param_dtype: str = "float32"
-    scan_layers: bool = True
+    param_dtype: str = "float32"  # dtype parameters and optimizer state are kept in
+    scan_layers: bool = True  # stacks as one scanned layer (fast compiles) instead of unrolled modules
     remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs)
     # Layers per loop iteration of a scanned stack (>= num_layers: no loop). Parameters keep their stacked
     # layout; unrolling trades compile time for step time (CPU vanilla-tiny: see README "Training speed").
@@ -122,11 +121,11 @@ class DataConfig:
     prepare_workers: int = 0  # processes tokenizing work units in parallel; 0 = one per CPU core
     prepare_unit_mb: float = 64.0  # input per work unit: the grain of parallel and resumed preparation
     vocab_size: int = 0  # tokenizer size when trained in-process; 0 = model.vocab_size
-    seq_len: int = 128
-    validation_fraction: float = 0.05
+    seq_len: int = 128  # tokens per training window (a multiple of the chunk product)
+    validation_fraction: float = 0.05  # share of documents held out for validation
     seed: int = 0  # the train/validation split, and the training window order unless order_seed is set
     order_seed: int = -1  # the training window order alone (sweeps' seeds); -1 = seed
-    worker_count: int = 0
+    worker_count: int = 0  # grain worker processes feeding training batches; 0 = in the main process
     # "PATH:WEIGHT" per prepared data dir (the last ':' separates): train on their weighted mixture
     # instead of data_dir / corpus (docs/data.md, Mixtures)
     mixture: tuple[str, ...] = ()
@@ -139,22 +138,22 @@ def window_order_seed(data: "DataConfig") -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 600
+    steps: int = 600  # optimizer steps of the run (the schedule ends here)
     batch_size: int = 16  # global, in sequences
-    grad_accum: int = 1
-    learning_rate: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 60
-    b1: float = 0.9
-    b2: float = 0.95
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 20
-    eval_every: int = 200
-    eval_batches: int = 8
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 3
+    grad_accum: int = 1  # micro-batches per step (batch_size must divide by it)
+    learning_rate: float = 3e-3  # peak AdamW learning rate
+    min_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
+    warmup_steps: int = 60  # linear warm-up steps
+    b1: float = 0.9  # AdamW beta1
+    b2: float = 0.95  # AdamW beta2
+    weight_decay: float = 0.1  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # global gradient-norm clipping
+    seed: int = 0  # parameter initialisation (and sampling in task evaluations)
+    log_every: int = 20  # steps between metric lines (metrics.jsonl, TensorBoard)
+    eval_every: int = 200  # steps between validation evaluations
+    eval_batches: int = 8  # validation batches per evaluation
+    checkpoint_every: int = 200  # steps between checkpoints
+    keep_checkpoints: int = 3  # checkpoints kept on disk
     nonfinite: str = "skip"  # "skip" the update or "halt" on a non-finite loss / gradient
     max_consecutive_skips: int = 100  # skip mode halts (exit 2) after this many skipped steps in a row; 0 = never
     init_from: str = ""  # a run directory whose latest params start this run (fresh optimizer, step 0)
@@ -171,8 +170,8 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     data: int = -1  # -1 = all remaining devices
-    fsdp: int = 1
-    tensor: int = 1
+    fsdp: int = 1  # devices that split parameters and optimizer state (and the batch)
+    tensor: int = 1  # devices that split heads, MLP and vocabulary (Megatron tensor parallelism)
     # logical axis name -> mesh axes (None = replicated). Model code names only logical axes.
     rules: tuple[tuple[str, Any], ...] = (
         ("batch", ("data", "fsdp")),
@@ -191,7 +190,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    name: str = "custom"
+    name: str = "custom"  # the run's name (the preset's, by default; names runs/<name>)
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

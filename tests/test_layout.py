@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [  # lowest first; a module may import its own layer and the ones before it
     {"pallas_kernels"},  # standalone: imports nothing of photon_jax
-    {"photon_jax.errors", "photon_jax.config", "photon_jax.host_allocator"},
+    {"photon_jax.errors", "photon_jax.config", "photon_jax.config_reference", "photon_jax.host_allocator"},
     {"photon_jax.sharding", "photon_jax.distributed", "photon_jax.data"},
     {"photon_jax.model"},
     {"photon_jax.generation", "photon_jax.runs"},
