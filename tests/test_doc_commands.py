@@ -1,0 +1,56 @@
+"""Every `photon-jax` command the README and docs/ show in a shell block still parses: the subcommand
+exists, every flag is one of its options and every value fits (choices, types). Parsing runs no command."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from photon_jax.cli.main import build_parser
+from photon_jax.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "launch" / "README.md"]
+_BLOCK = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
+
+
+def shown_commands() -> list[tuple[str, list[str]]]:
+    """(page:line, argv after `photon-jax`) for every photon-jax command in a shell block."""
+    out = []
+    for page in PAGES:
+        text = page.read_text()
+        for block in _BLOCK.finditer(text):
+            first_line = text[: block.start(1)].count("\n") + 1
+            lines = block.group(1).replace("\\\n", " \n").splitlines()
+            for offset, line in enumerate(lines):
+                words = shlex.split(line, comments=True)
+                starts = [i for i, w in enumerate(words) if w.endswith("photon-jax")]
+                if not starts:
+                    continue
+                # a shell variable stands for a value the reader supplies: a number fits every option here
+                argv = ["0" if w.startswith("$") else w for w in words[starts[0] + 1:]]
+                for j, w in enumerate(argv):  # stop at the next command of a pipeline / list
+                    if w in ("&&", "||", "|", ";"):
+                        argv = argv[:j]
+                        break
+                out.append((f"{page.relative_to(ROOT)}:{first_line + offset}", argv))
+    return out
+
+
+COMMANDS = shown_commands()
+
+
+def test_the_docs_show_commands():
+    assert len(COMMANDS) >= 20
+    assert {argv[0] for _, argv in COMMANDS if argv} >= {"run", "train", "eval", "bench", "params", "prepare"}
+
+
+@pytest.mark.parametrize("where,argv", COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_shown_command_parses(where, argv):
+    if "--help" in argv or "-h" in argv:
+        argv = [a for a in argv if a not in ("--help", "-h")]
+    try:
+        build_parser().parse_args(argv)
+    except UserError as e:
+        pytest.fail(f"{where}: photon-jax {' '.join(argv)}: {e}")
