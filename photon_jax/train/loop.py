@@ -224,7 +224,9 @@ def train(cfg: Config, workdir: str | Path, *, quiet: bool = False, stop_after: 
         line = f"received {reason} while preparing data: {e.kept}; rerun the same command to resume" \
             if isinstance(e, Stopped) else str(e)
         print(line) if not quiet and jax.process_index() == 0 else None
-        return {"step": None, "stopped_by": reason, "train": None, "validation": None, "workdir": str(workdir)}
+        saved = ckpt.committed_steps(Path(workdir).resolve())  # untouched: where the next start resumes
+        return {"step": saved[-1] if saved else 0, "stopped_by": reason, "train": None, "validation": None,
+                "workdir": str(Path(workdir).resolve())}
     finally:
         stop.restore()
 
