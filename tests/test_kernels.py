@@ -341,26 +341,23 @@ def _hardware_cases():
                 yield dtype, d, group
 
 
-@pytest.mark.gpu
-def test_compiled_gpu_kernel_matches_reference():
-    if jax.default_backend() != "gpu":
-        pytest.skip(f"requires a GPU: default backend is {jax.default_backend()}")
+def _requires(platform: str):
+    if jax.default_backend() != platform:
+        pytest.skip(f"requires a {platform.upper()}: default backend is {jax.default_backend()}")
+
+
+ON_HARDWARE = [pytest.param("gpu", marks=pytest.mark.gpu), pytest.param("tpu", marks=pytest.mark.tpu)]
+
+
+@pytest.mark.parametrize("platform", ON_HARDWARE)
+def test_compiled_kernel_matches_reference(platform):
+    """The decode kernel compiled for the platform (Triton on GPU, Mosaic on TPU), not interpreted."""
+    _requires(platform)
+    kernel = {"gpu": decode_attention_gpu, "tpu": decode_attention_tpu}[platform]
     for i, (dtype, d, group) in enumerate(_hardware_cases()):
         kh = 2
         q, k, v, lengths = make_inputs(i, 4, 1, kh * group, kh, d, 1000, dtype, [0, 1, 777, 1000])
-        out, lse = decode_attention_gpu(q, k, v, lengths)
-        out_ref, lse_ref = decode_attention_reference(q, k, v, lengths)
-        assert_close(out, lse, out_ref, lse_ref, lengths, dtype)
-
-
-@pytest.mark.tpu
-def test_compiled_tpu_kernel_matches_reference():
-    if jax.default_backend() != "tpu":
-        pytest.skip(f"requires a TPU: default backend is {jax.default_backend()}")
-    for i, (dtype, d, group) in enumerate(_hardware_cases()):
-        kh = 2
-        q, k, v, lengths = make_inputs(i, 4, 1, kh * group, kh, d, 1000, dtype, [0, 1, 777, 1000])
-        out, lse = decode_attention_tpu(q, k, v, lengths)
+        out, lse = kernel(q, k, v, lengths)
         out_ref, lse_ref = decode_attention_reference(q, k, v, lengths)
         assert_close(out, lse, out_ref, lse_ref, lengths, dtype)
 
@@ -388,20 +385,19 @@ def _check_fused_against_reference(fused):
             np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=0.15, rtol=0.1)
 
 
-@pytest.mark.gpu
-def test_compiled_cudnn_training_attention_matches_reference():
-    if jax.default_backend() != "gpu":
-        pytest.skip(f"requires a GPU: default backend is {jax.default_backend()}")
-    from photon_jax.model.attention import cudnn_takes, fused_causal_attention
+def _training_attention(platform: str):
+    if platform == "gpu":
+        from photon_jax.model.attention import cudnn_takes, fused_causal_attention
 
-    assert cudnn_takes(jnp.bfloat16, 52)  # the 600M shape goes to cuDNN (padded to 56)
-    _check_fused_against_reference(fused_causal_attention)
-
-
-@pytest.mark.tpu
-def test_compiled_splash_training_attention_matches_reference():
-    if jax.default_backend() != "tpu":
-        pytest.skip(f"requires a TPU: default backend is {jax.default_backend()}")
+        assert cudnn_takes(jnp.bfloat16, 52)  # the 600M shape goes to cuDNN (padded to 56)
+        return fused_causal_attention
     from pallas_kernels.flash_attention_tpu import causal_attention_tpu
 
-    _check_fused_against_reference(lambda q, k, v, block: causal_attention_tpu(q, k, v, block))
+    return lambda q, k, v, block: causal_attention_tpu(q, k, v, block)
+
+
+@pytest.mark.parametrize("platform", ON_HARDWARE)
+def test_compiled_training_attention_matches_reference(platform):
+    """Training attention on the platform's fused path (cuDNN on GPU, splash attention on TPU)."""
+    _requires(platform)
+    _check_fused_against_reference(_training_attention(platform))
