@@ -173,7 +173,8 @@ def bench_serve(models: list[tuple[str, str | None]], budget_gib: float, max_con
                 runs.append(row)
         finally:
             server.stop()
-    return {"benchmark": "serve", "aligned_admission": align, "kv_budget_gib": budget_gib, "max_context": max_context, "requests": requests,
+    return {"benchmark": "serve", "aligned_admission": align, "kv_budget_gib": budget_gib, "max_context": max_context,
+            "requests": requests,
             "prompt_len": prompt_len, "max_tokens": max_tokens, "duration_limit_s": duration_s, "runs": runs,
             "ratios": ratios(runs)}
 

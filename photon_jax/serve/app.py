@@ -43,7 +43,8 @@ class Served:
 def _tokens(served: Served, prompt) -> list[int]:
     if isinstance(prompt, str):
         if isinstance(served.tok, TokenIdText):
-            raise protocol.BadRequest("prompt", "this server has no tokenizer (a preset's random weights): send token ids")
+            raise protocol.BadRequest("prompt",
+                                      "this server has no tokenizer (a preset's random weights): send token ids")
         ids = served.tok.encode(prompt)
         if not ids:
             raise protocol.BadRequest("prompt", "prompt encodes to no tokens")

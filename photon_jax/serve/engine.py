@@ -2,7 +2,8 @@
 
 Each iteration: drop cancelled / timed-out rows, admit waiting requests into the lowest free slots (one
 insert program per request: the prompt is prefilled once for its n samples), run one decode step over
-the rows up to the highest busy slot (pool.decode_widths), hand every new token to its request's sink, free finished slots at once.
+the rows up to the highest busy slot (pool.decode_widths), hand every new token to its request's sink,
+free finished slots at once.
 
 Slot schedule over the hierarchy (docs/serving.md): a PHOTON decode step runs the levels above
 the tokens only when some row crosses a unit boundary (photon_runner.py, lax.cond). Rows whose
