@@ -24,7 +24,6 @@ from typing import Any
 import yaml
 
 from pallas_kernels.common import kernel_shape_problem
-
 from photon_jax.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"  # package data (also experiments/configs)

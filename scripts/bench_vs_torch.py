@@ -186,7 +186,8 @@ def main(argv=None) -> int:
     tokens = shape["batch"] * shape["seq"]
     result = {"preset": a.preset, "shape": shape, "threads": a.threads, "rounds": a.rounds, "steps": a.steps,
               "warmup": a.warmup, "overrides": a.overrides, "torch_env": torch_env,
-              "jax_sides": {n: {"overrides": o, "xla_flags": f, "checkout": c, "env": e} for n, o, f, c, e in jax_sides},
+              "jax_sides": {n: {"overrides": o, "xla_flags": f, "checkout": c, "env": e}
+                            for n, o, f, c, e in jax_sides},
               "sides": {}}
     for name, runs in samples.items():
         step = statistics.median(r["step_time_s"] for r in runs)

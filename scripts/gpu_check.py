@@ -111,6 +111,7 @@ def check_correctness(interpret: bool):
     dims) against the reference, one row per (path, dtype, head_dim, group, num_queries)."""
     import jax
     import jax.numpy as jnp
+
     from pallas_kernels.decode_attention_gpu import decode_attention_gpu
     from pallas_kernels.dispatch import decode_attention, resolve_impl
     from pallas_kernels.reference import decode_attention_reference
@@ -165,6 +166,7 @@ def check_dispatch(on_gpu: bool):
     """-> rows: what resolve_impl("auto", d, dtype) picks; it must be the GPU kernel on a GPU
     (and the XLA path on a host without one, where only the script itself is being smoke-tested)."""
     import jax.numpy as jnp
+
     from pallas_kernels.dispatch import resolve_impl
 
     expected = "gpu" if on_gpu else "xla"
@@ -200,6 +202,7 @@ def copy_bandwidth(nbytes: int):
 
 def _impl_fn(impl, interpret):
     import jax
+
     from pallas_kernels.decode_attention_gpu import decode_attention_gpu
     from pallas_kernels.reference import decode_attention_xla
     if impl == "pallas":
@@ -297,7 +300,8 @@ def print_table(results):
     for s, b, var in keys:
         cells = []
         for impl in impls:
-            r = next((r for r in rows if (r["cache_len"], r["batch"], r["lengths"], r["impl"]) == (s, b, var, impl)), None)
+            r = next((r for r in rows if (r["cache_len"], r["batch"], r["lengths"], r["impl"]) == (s, b, var, impl)),
+                     None)
             cells.append(f"{r['seconds'] * 1e6:9.1f} ({r['GBps']:7.0f})" if r else f"{'-':>20s}")
         _log(f"{s:7d} {b:5d} {var:>6s} | " + " | ".join(cells))
 

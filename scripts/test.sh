@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The README's test command: set up the environment, then run the whole pytest suite.
+# The README's test command: set up the environment, lint, then run the whole pytest suite.
 # Test files are spread over worker processes (pytest-xdist, a whole file per worker so module
 # fixtures are built once; in collection order, which tests/conftest.py starts with the files holding
 # `slow` tests): one per core, at most 4; PHOTON_TEST_WORKERS=N overrides (0 or 1: one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+.venv/bin/ruff check .  # lint first (pyproject.toml: pyflakes, pycodestyle at 120 columns, isort)
 cores=$(nproc 2>/dev/null || echo 1)
 workers=${PHOTON_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
 parallel=()

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from photon_jax.config import DataConfig
-from photon_jax.data import (check_vocab, eval_batches, iter_documents, load_manifest, load_tokenizer,
-                             token_byte_lengths, train_iterator, train_tokenizer)
+from photon_jax.data import (
+    check_vocab,
+    eval_batches,
+    iter_documents,
+    load_manifest,
+    load_tokenizer,
+    token_byte_lengths,
+    train_iterator,
+    train_tokenizer,
+)
 from photon_jax.data.packing import SplitSource
 from photon_jax.data.prepare import prepare, split_documents
 from photon_jax.errors import UserError

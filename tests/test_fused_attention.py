@@ -9,16 +9,21 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jax_core
 import numpy as np
 import pytest
 from conftest import random_variables, tiny_config
+from jax.extend import core as jax_core
 
 from pallas_kernels.flash_attention_tpu import SPLASH_KERNEL_PREFIX, causal_attention_tpu, splash_takes
 from photon_jax.model import attention as attention_module
 from photon_jax.model import build_model
-from photon_jax.model.attention import (FUSED_SCOPE, CausalMask, fused_causal_attention, reference_attention,
-                                       resolve_mask)
+from photon_jax.model.attention import (
+    FUSED_SCOPE,
+    CausalMask,
+    fused_causal_attention,
+    reference_attention,
+    resolve_mask,
+)
 from photon_jax.model.losses import loss_fn
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

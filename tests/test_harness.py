@@ -302,7 +302,8 @@ def test_bad_task_inputs_are_one_line_exit_2(setup, trained_run, case, capsys, t
         args += ["--batch-size", "3"]
         expect = "batch size 3 is not divisible"
     else:  # checked before the first step
-        args = ["train", "--preset", "photon-tiny", "--workdir", str(tmp_path / "run"), f"data.data_dir={setup['data']}",
+        args = ["train", "--preset", "photon-tiny", "--workdir", str(tmp_path / "run"),
+                f"data.data_dir={setup['data']}",
                 f"model.vocab_size={VOCAB}", "train.eval_tasks=[tiny_choice,nope_task]",
                 f"train.eval_tasks_include=[{setup['tasks']}]"]
         expect = "unknown lm-eval task 'nope_task'"

@@ -93,8 +93,8 @@ def test_the_cli_applies_the_settings_to_train_step_loops_only(tmp_path):
     assert trained == {"rc": 0, "state": "one arena, no mmap, trim above 2 GiB"}
     assert listed == {"rc": 0, "state": "glibc defaults"}
     from photon_jax.cli.main import build_parser
-    commands = (["train"], ["run"], ["bench", "train"], ["bench", "tpm"], ["generate", "--workdir", "w", "--prompt", "p"],
-                ["eval", "--workdir", "w"], ["sweep", "x"])
+    commands = (["train"], ["run"], ["bench", "train"], ["bench", "tpm"],
+                ["generate", "--workdir", "w", "--prompt", "p"], ["eval", "--workdir", "w"], ["sweep", "x"])
     opted_in = {argv[0] if argv[0] != "bench" else " ".join(argv) for argv in commands
                 if getattr(build_parser().parse_args(argv), "host_allocator", False)}
     assert opted_in == {"train", "run", "bench train"}

@@ -188,7 +188,8 @@ def test_bad_interop_inputs_are_one_line_exit_2(imported, case, tmp_path, capsys
         expect = "unknown key config.data.seq_lem (did you mean config.data.seq_len"
     else:
         args = ["train", "--preset", "vanilla-tiny", "--workdir", str(tmp_path / "run"),
-                f"data.data_dir={imported / 'data'}", f"model.vocab_size={VOCAB}", f"train.init_from={tmp_path / 'nowhere'}"]
+                f"data.data_dir={imported / 'data'}", f"model.vocab_size={VOCAB}",
+                f"train.init_from={tmp_path / 'nowhere'}"]
         expect = "no checkpoints there"
     capsys.readouterr()
     assert main(args) == 2

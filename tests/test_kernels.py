@@ -6,19 +6,25 @@ Hardware-marked tests run the compiled kernels where a GPU / TPU is present.
 Shapes are tiny on purpose: interpret mode costs a compile per shape.
 """
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
-from pallas_kernels import (cascade_decode_attention, decode_attention, decode_attention_reference,
-                            decode_attention_xla, merge_partials, resolve_impl, sharded_decode_attention)
+from pallas_kernels import (
+    cascade_decode_attention,
+    decode_attention,
+    decode_attention_reference,
+    decode_attention_xla,
+    merge_partials,
+    resolve_impl,
+    sharded_decode_attention,
+)
 from pallas_kernels.common import kernel_shape_problem
-from pallas_kernels.dispatch import kernel_sites
 from pallas_kernels.decode_attention_gpu import decode_attention_gpu, gpu_block_config
 from pallas_kernels.decode_attention_tpu import decode_attention_tpu, tpu_block_config
+from pallas_kernels.dispatch import kernel_sites
 
 KERNELS = {"gpu": decode_attention_gpu, "tpu": decode_attention_tpu}
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
@@ -69,7 +75,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("body", ["gpu", "tpu"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}q{c[1]}h{c[2]}kv{c[3]}d{c[4]}s{c[5]}-{jnp.dtype(c[6]).name}")
+@pytest.mark.parametrize("case", CASES,
+                         ids=lambda c: f"b{c[0]}q{c[1]}h{c[2]}kv{c[3]}d{c[4]}s{c[5]}-{jnp.dtype(c[6]).name}")
 def test_kernel_matches_reference(body, case):
     b, nq, h, kh, d, s, dtype, lengths, block_k, splits = case
     q, k, v, lengths = make_inputs(0, b, nq, h, kh, d, s, dtype, lengths)

@@ -1,6 +1,6 @@
 """The package layout follows the pipeline: config -> model -> generation / runs -> eval -> serve ->
-train / scaleout -> interop -> bench -> sweep -> cli. No module imports from a layer above its own, and no import hides inside a
-function (a lazy import would only dodge a cycle)."""
+train / scaleout -> interop -> bench -> sweep -> cli. No module imports from a layer above its own, and no import hides
+inside a function (a lazy import would only dodge a cycle)."""
 
 import ast
 from pathlib import Path

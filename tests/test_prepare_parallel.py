@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from photon_jax.bench.prepare_bench import write_generated_corpus
 from photon_jax.config import DataConfig

@@ -6,10 +6,10 @@ runs it once per layer."""
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jax_core
 import numpy as np
 import pytest
 from conftest import random_variables, tiny_config
+from jax.extend import core as jax_core
 
 from photon_jax.model import build_model
 from photon_jax.model.attention import CausalMask

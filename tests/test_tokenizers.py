@@ -15,9 +15,16 @@ tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 
 from photon_jax.data.hf_byte_lengths import byte_to_unicode, unicode_to_byte  # noqa: E402
-from photon_jax.data.tokenizer import (HFTokenizer, SentencePieceTokenizer, Tokenizer,  # noqa: E402
-                                       byte_accounting_check, check_vocab, load_tokenizer, token_byte_lengths,
-                                       train_tokenizer)
+from photon_jax.data.tokenizer import (  # noqa: E402
+    HFTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    byte_accounting_check,
+    check_vocab,
+    load_tokenizer,
+    token_byte_lengths,
+    train_tokenizer,
+)
 from photon_jax.errors import UserError  # noqa: E402
 
 SENTENCES = [

@@ -3,9 +3,8 @@ needed and a notebook keeps its inline backend)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import matplotlib
 

@@ -24,7 +24,8 @@ TPM_RESULT_KEYS = ("model", "family", "mode", "regime", "prompt_len", "gen_len",
                    "attention", "kv_bytes_per_sample", "timing", "ttft_s", "throughput_k_tokens_per_s",
                    "decode_k_tokens_per_s", "tpm", "kv_read_bytes_per_token", "vs_reference", "perplexity")
 CONTEXT_RESULT_KEYS = ("model", "family", "mode", "context", "gen_len", "batch", "params", "dtype",
-                       "attention", "kv_bytes_per_sample", "timing", "ttft_s", "decode_tokens_per_s", "kv_read_bytes_per_token")
+                       "attention", "kv_bytes_per_sample", "timing", "ttft_s", "decode_tokens_per_s",
+                       "kv_read_bytes_per_token")
 TRAIN_RESULT_KEYS = ("model", "family", "params", "seq_len", "batch_size", "tokens_per_step", "step_time_s",
                      "tokens_per_s", "train_flops_per_token", "achieved_flops_per_s", "mfu", "compile_s", "remat",
                      "attention", "step_memory_bytes", "peak_device_bytes", "vs_reference")
@@ -105,7 +106,8 @@ def tpm_table(data: dict) -> str:
         b = r["batch"]
         batch = f"{b['used']}" + (f" (fit {b['fit']})" if b["capped"] else "")
         vs = r["vs_reference"] or {}
-        rows.append([r["model"], r["mode"], attention_label(r), r["regime"].upper(), f"{r['prompt_len']}/{r['gen_len']}",
+        rows.append([r["model"], r["mode"], attention_label(r), r["regime"].upper(),
+                     f"{r['prompt_len']}/{r['gen_len']}",
                      batch,
                      fmt(kv["measured_total"] / 2 ** 20, ".4f"), fmt(kv["analytic_total"] / 2 ** 20, ".4f"),
                      fmt(r["kv_read_bytes_per_token"]["total"] / 1024, ".1f"), fmt(1e3 * r["ttft_s"], ".1f"),
@@ -117,7 +119,8 @@ def tpm_table(data: dict) -> str:
 def context_table(data: dict) -> str:
     headers = ["model", "mode", "attn", "context", "KV/sample MiB", "analytic MiB", "TTFT ms", "decode tok/s",
                "KV read/tok KiB"]
-    rows = [[r["model"], r["mode"], attention_label(r), str(r["context"]), fmt(r["kv_bytes_per_sample"]["measured_total"] / 2 ** 20, ".4f"),
+    rows = [[r["model"], r["mode"], attention_label(r), str(r["context"]),
+             fmt(r["kv_bytes_per_sample"]["measured_total"] / 2 ** 20, ".4f"),
              fmt(r["kv_bytes_per_sample"]["analytic_total"] / 2 ** 20, ".4f"), fmt(1e3 * r["ttft_s"], ".1f"),
              fmt(r["decode_tokens_per_s"], ".4g"), fmt(r["kv_read_bytes_per_token"]["total"] / 1024, ".1f")]
             for r in data["results"]]

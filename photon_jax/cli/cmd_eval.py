@@ -93,7 +93,8 @@ def run(args) -> int:
         if name == "agreement":
             print(f"{name}: " + json.dumps(value))
         elif isinstance(value, dict):
-            print(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()))
+            print(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in value.items()))
         else:
             print(f"{name}: {value}")
     return 0

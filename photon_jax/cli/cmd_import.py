@@ -7,7 +7,8 @@ from photon_jax.cli.common import add_json_flag, add_overrides, print_json
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("import", help="make a run (step-0 checkpoint) from a local HF-style checkpoint dir")
-    p.add_argument("--hf", required=True, help="a local directory: config.json, *.safetensors, tokenizer.model or tokenizer.json")
+    p.add_argument("--hf", required=True,
+                   help="a local directory: config.json, *.safetensors, tokenizer.model or tokenizer.json")
     p.add_argument("--out", required=True, help="the new run directory")
     add_overrides(p, " (applied to the imported config, e.g. data.corpus=DIR data.seq_len=512)")
     add_json_flag(p, "what was imported")

@@ -66,5 +66,6 @@ def run(args) -> int:
     if "summary" in result:  # a seeded grid: mean ± std per run group first
         print(summary_text(result["summary"], result["reference"]) + "\n")
     print(text(result["rows"], result["reference"]))
-    print(f"{result['finished']} of {len(result['runs'])} runs finished; table in {Path(workdir).resolve()}/results.csv")
+    table_path = Path(workdir).resolve() / "results.csv"
+    print(f"{result['finished']} of {len(result['runs'])} runs finished; table in {table_path}")
     return 0

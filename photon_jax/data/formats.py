@@ -18,9 +18,18 @@ import json
 import zlib
 from typing import Iterator
 
-from photon_jax.data.corpus import (HF_DATASET, JSONL, JSONL_GZ, JSONL_ZST, PARQUET, TEXT, Document,
-                                    InputFile, corpus_inputs)
 from photon_jax.data.columnar import EXTRA, open_dataset, open_parquet
+from photon_jax.data.corpus import (
+    HF_DATASET,
+    JSONL,
+    JSONL_GZ,
+    JSONL_ZST,
+    PARQUET,
+    TEXT,
+    Document,
+    InputFile,
+    corpus_inputs,
+)
 from photon_jax.data.units import Piece, whole_file_pieces
 from photon_jax.errors import CorpusError, UserError
 

@@ -46,10 +46,18 @@ from photon_jax.config import DataConfig
 from photon_jax.data.corpus import Document, InputFile, corpus_fingerprint, corpus_inputs
 from photon_jax.data.merge import SPLITS, merge_units, split_documents  # noqa: F401 (split_documents: API)
 from photon_jax.data.split import DocumentSplit
-from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
-from photon_jax.data.unit_writer import (META_FILE, UnitsDirGone, is_done, peak_rss_mib, read_meta, tokenize_unit,
-                                        unit_documents, write_documents)
 from photon_jax.data.stop import Stopped, stop_on_signals
+from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
+from photon_jax.data.unit_writer import (
+    META_FILE,
+    UnitsDirGone,
+    is_done,
+    peak_rss_mib,
+    read_meta,
+    tokenize_unit,
+    unit_documents,
+    write_documents,
+)
 from photon_jax.data.units import Unit, plan_digest, plan_units
 from photon_jax.data.worker_pool import run_tasks
 from photon_jax.errors import CorpusError, UserError
@@ -75,7 +83,8 @@ def load_manifest(data_dir: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is unreadable or corrupt ({type(e).__name__}); run photon-jax prepare --force") from None
+        raise UserError(f"{path} is unreadable or corrupt ({type(e).__name__}); "
+                        "run photon-jax prepare --force") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{path} is not a photon-jax data manifest; run photon-jax prepare --force")
     if manifest.get("format_version") not in READABLE_VERSIONS:

@@ -19,8 +19,17 @@ from typing import Iterable
 import numpy as np
 
 from photon_jax.data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
-from photon_jax.data.sentencepiece_tokenizer import (BOS_ID, EOS_ID, MODEL_TYPE, PAD_ID, TRAINER_VERSION, UNK_ID,
-                                                     SentencePieceTokenizer, load_sentencepiece, train_tokenizer)
+from photon_jax.data.sentencepiece_tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    MODEL_TYPE,
+    PAD_ID,
+    TRAINER_VERSION,
+    UNK_ID,
+    SentencePieceTokenizer,
+    load_sentencepiece,
+    train_tokenizer,
+)
 from photon_jax.data.tokenizer_base import Tokenizer
 from photon_jax.errors import UserError
 

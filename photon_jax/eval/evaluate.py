@@ -7,16 +7,16 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from photon_jax.data import mixture, pipeline
 from photon_jax.data.prepare import load_manifest
 from photon_jax.data.tokenizer import check_vocab
 from photon_jax.errors import UserError
-from photon_jax.eval.choices import load_choice_file, score_choices
 from photon_jax.eval.by_position import profile as position_profile
 from photon_jax.eval.by_position import unit_periods
+from photon_jax.eval.choices import load_choice_file, score_choices
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.eval.tasks import evaluate_tasks
 from photon_jax.generation.agreement import agreement

@@ -8,8 +8,9 @@ what precedes every document in training (data/packing.py), so an empty context 
 Batching: requests are sorted by length (longest first), cut into batches of `batch_size` rows, and
 each batch is right-padded to a width from a short ladder (16 tokens, rounded up to the meta-context,
 times a power of two, capped at the model's context), so a whole task compiles a handful of programs
-(4 for the tiny presets' 128-token context: widths 16, 32, 64, 128). Right padding and filler rows cannot change a row's scores: every family is causal (tests
-prove it by perturbation), and the scored positions are read only where the row is real.
+(4 for the tiny presets' 128-token context: widths 16, 32, 64, 128). Right padding and filler rows
+cannot change a row's scores: every family is causal (tests prove it by perturbation), and the scored
+positions are read only where the row is real.
 """
 
 from __future__ import annotations

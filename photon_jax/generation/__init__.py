@@ -13,11 +13,20 @@
 """
 
 from photon_jax.generation.agreement import agreement
-from photon_jax.generation.api import (ALL_MODES, GenerationResult, check_mode, decode_kernel_sites, generate,
-                                       generate_stream, plan, run_rows)
+from photon_jax.generation.api import (
+    ALL_MODES,
+    GenerationResult,
+    check_mode,
+    decode_kernel_sites,
+    generate,
+    generate_stream,
+    plan,
+    run_rows,
+)
 from photon_jax.generation.caches import CACHE_AXES, cache_axes, cache_memory_report
 from photon_jax.generation.sampling import SamplingConfig
 from photon_jax.generation.text import generate_text
 
 __all__ = ["generate", "generate_stream", "generate_text", "plan", "run_rows", "decode_kernel_sites", "agreement",
-           "cache_memory_report", "GenerationResult", "SamplingConfig", "CACHE_AXES", "cache_axes", "ALL_MODES", "check_mode"]
+           "cache_memory_report", "GenerationResult", "SamplingConfig", "CACHE_AXES", "cache_axes", "ALL_MODES",
+           "check_mode"]

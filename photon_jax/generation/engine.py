@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.dispatch import kernel_sites
-
 from photon_jax.config import ModelConfig
 from photon_jax.generation.loop import init_loop, run_loop
 from photon_jax.generation.photon_runner import PhotonRunner

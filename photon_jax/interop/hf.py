@@ -28,10 +28,15 @@ import numpy as np
 from photon_jax.config import Config, ModelConfig, apply_overrides, from_dict
 from photon_jax.data import pipeline
 from photon_jax.errors import UserError
-from photon_jax.interop.llama import ARCHITECTURE, llama_config, model_config_from_llama, from_llama_tensors, \
-    to_llama_tensors
-from photon_jax.interop.tokenizer_json import converter_available, write_tokenizer_json
+from photon_jax.interop.llama import (
+    ARCHITECTURE,
+    from_llama_tensors,
+    llama_config,
+    model_config_from_llama,
+    to_llama_tensors,
+)
 from photon_jax.interop.safetensors_io import DEFAULT_SHARD_BYTES, TensorReader, write_safetensors
+from photon_jax.interop.tokenizer_json import converter_available, write_tokenizer_json
 from photon_jax.model.accounting import abstract_params
 from photon_jax.model.convert import roll_layers, unroll_layers
 from photon_jax.runs import checkpoint as ckpt

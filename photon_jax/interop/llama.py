@@ -66,7 +66,8 @@ def model_config_from_llama(hf: dict, where: str) -> ModelConfig:
                        ffn_width=int(need("intermediate_size")), num_heads=heads,
                        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
                        head_dim=0 if head_dim == width // heads else head_dim,
-                       rope_theta=float(hf.get("rope_theta") or rope.get("rope_theta") or 10000.0), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                       rope_theta=float(hf.get("rope_theta") or rope.get("rope_theta") or 10000.0),
+                       norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
                        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                        num_layers=int(need("num_hidden_layers")), dtype="float32", param_dtype="float32")
 

@@ -157,7 +157,8 @@ class SwiGLU(nn.Module):
                                      out_dtype=elementwise_dtype(dtype), kernel_init=init_in)
         gate, up = dense_in(name="gate")(x_btd), dense_in(name="up")(x_btd)
         hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return Dense(s.width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_out, name="down")(hidden)
+        down = Dense(s.width, use_bias=False, dtype=dtype, param_dtype=pdtype, kernel_init=init_out, name="down")
+        return down(hidden)
 
 
 class Block(nn.Module):

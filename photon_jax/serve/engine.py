@@ -157,7 +157,7 @@ class Engine:
             self.pool = self.programs.insert(self.pool, [0], min(width, self.spec.cap), 1, 1, mask,
                                              np.zeros(self.spec.slots, np.int32), _knobs(Request([0], 1, None)))
         for width in self.widths:
-            self.pool = self.programs.decode(self.pool, 0, self.eos_id, width)
+            self.pool, _ = self.programs.decode(self.pool, 0, self.eos_id, width)
         self.pool = self.programs.release(self.pool, np.zeros(self.spec.slots, bool))
         self.pool["active"].block_until_ready()
 
@@ -258,26 +258,24 @@ class Engine:
             self.pool = self.programs.release(self.pool, mask)
 
     def _step(self):
+        top = max(slot for slot, o in enumerate(self.owner) if o is not None)
+        width = next(w for w in self.widths if w > top)
         want_lp = any(o is not None and o[0].logprobs is not None for o in self.owner)
         logp_nv = None
         if want_lp:  # the distribution each token is drawn from, before the step samples it
-            logits = np.array(self.pool["next_logits"])
+            logits = np.array(self.pool["next_logits"])[:width]
             logp_nv = logits - logits.max(-1, keepdims=True)
             logp_nv -= np.log(np.exp(logp_nv).sum(-1, keepdims=True))
-        top = max(slot for slot, o in enumerate(self.owner) if o is not None)
-        width = next(w for w in self.widths if w > top)
-        self.pool = self.programs.decode(self.pool, 1, self.eos_id, width)
-        tokens = np.array(self.pool["tokens"])
-        length = np.array(self.pool["length"])
-        finish = np.array(self.pool["finish"])
+        self.pool, view = self.programs.decode(self.pool, 1, self.eos_id, width)
+        last, length, finish = (np.array(view[k]) for k in ("last", "length", "finish"))
         now = time.perf_counter()
         self.steps += 1
         stopped_by_id = np.zeros(self.spec.slots, bool)
-        for slot, o in enumerate(self.owner):
+        for slot, o in enumerate(self.owner[:width]):
             if o is None:
                 continue
             req, sample = o
-            new = [int(t) for t in tokens[slot, self.seen[slot]: length[slot]]]
+            new = [int(last[slot])] if length[slot] > self.seen[slot] else []  # one step: at most one token
             code = int(finish[slot])
             cut = next((i for i, t in enumerate(new) if t in req.stop_ids), None)
             if cut is not None:

@@ -7,7 +7,8 @@ plus each row's own sampling knobs (seed, temperature, top_k, top_p). Three prog
   result into every slot of a mask (n > 1 samples share the prefill); the pool is donated and only
   the masked rows change, so requests in flight keep their caches.
 * decode (one per width in decode_widths): generation.loop.run_loop over the first `width` rows for up
-  to `steps` steps (traced), every row sampling with its own knobs (sampling.sample_tokens "per_row").
+  to `steps` steps (traced), every row sampling with its own knobs (sampling.sample_tokens "per_row");
+  also returns those rows' lengths, finish codes and last tokens, all the host reads per step.
 * release: marks rows inactive (a cut, a stop string, a disconnect); their state is garbage until
   the next insert overwrites it.
 
@@ -135,10 +136,13 @@ def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int):
     part = pool if width == spec.slots else jax.tree.map(rows, pool)
     part = run_loop(make_runner(spec.cfg, spec.mode), params, part, steps, part["seed"], eos_id, "per_row",
                     part["temperature"], part["top_k"], part["top_p"])
+    # what the host reads back: per decoded row, its length, finish code and last token (one step per call)
+    last = part["tokens"][jnp.arange(width), jnp.maximum(part["length"] - 1, 0)]
+    view = {"length": part["length"], "finish": part["finish"], "last": last}
     if width == spec.slots:
-        return part
+        return part, view
     return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, 0, axis=_batch_axis(x.shape)), pool,
-                        part)
+                        part), view
 
 
 def _release(pool, mask_n):
@@ -169,6 +173,7 @@ class Programs:
                             np.asarray(mask_n, bool), np.asarray(row_id_n, np.int32), knobs)
 
     def decode(self, pool, steps: int, eos_id: int, width: int | None = None):
+        """(pool, view): view holds length, finish and last token of the first `width` rows."""
         width = width or self.spec.slots
         self._track("decode", width)
         return self._decode(self.params, pool, np.int32(steps), np.int32(eos_id), width=width)

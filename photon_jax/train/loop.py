@@ -26,18 +26,18 @@ from photon_jax.data.stop import Stopped
 from photon_jax.errors import UserError
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.model.accounting import count_params, train_flops_per_token
-from photon_jax.runs import checkpoint as ckpt
 from photon_jax.model.projection import compiling_for
+from photon_jax.runs import checkpoint as ckpt
 from photon_jax.runs.workdir import ensure_data, init_params_from, token_byte_lengths_for, tokenizer_for
 from photon_jax.scaleout.remat_log import compile_audited
 from photon_jax.scaleout.report import TARGET_NOTES, communication, describe_communication
 from photon_jax.sharding import batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules, make_mesh
 from photon_jax.train.metrics import MetricWriter, peak_flops_per_device
 from photon_jax.train.nonfinite import SkipStreak
-from photon_jax.train.state import init_state, learning_rate_schedule, make_optimizer, state_layout
 from photon_jax.train.profiling import StepProfiler
-from photon_jax.train.task_eval import TaskEvaluator
+from photon_jax.train.state import init_state, learning_rate_schedule, make_optimizer, state_layout
 from photon_jax.train.step import make_train_step
+from photon_jax.train.task_eval import TaskEvaluator
 
 
 class _StopFlag:
