@@ -37,11 +37,12 @@ from pallas_kernels.reference import decode_attention_reference, decode_attentio
 IMPLS = ("auto", "xla", "pallas")
 
 
-def resolve_impl(impl: str, head_dim: int, dtype, *, target=None, interpret=None):
-    """-> (kind, interpret) with kind in {'xla', 'gpu', 'tpu'}: what decode_attention will run."""
+def resolve_impl(impl: str, head_dim: int, dtype, *, target=None, interpret=None, platform=None):
+    """-> (kind, interpret) with kind in {'xla', 'gpu', 'tpu'}: what decode_attention will run on `platform`
+    (default: the backend in use)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    platform = common.on_platform()
+    platform = platform or common.on_platform()
     if impl == "xla":
         return "xla", False
     if target is None:

@@ -327,3 +327,22 @@ def test_random_model_configs_validate_and_build_or_raise_config_error(case):
     assert isinstance(cfg.model, ModelConfig)
     n = analysis.count_params(cfg.model)
     assert isinstance(n, int) and n > 0
+
+
+# ----------------------------------------------------------------------------- claims the code makes
+
+def test_pallas_attention_refuses_a_shape_the_kernels_cannot_take_at_config_time():
+    """model.attention_impl=pallas with a head dim no decode kernel takes fails when the config loads,
+    with the kernels' own reason, not later inside a compile."""
+    with pytest.raises(ConfigError, match=r"attention_impl=pallas: the decode kernels cannot take .*head dim 320"):
+        load_config(overrides=["model.attention_impl=pallas", "model.width=640", "model.num_heads=2"])
+    assert load_config(overrides=["model.attention_impl=pallas", "model.width=512", "model.num_heads=8"])
+
+
+def test_unknown_override_names_the_nearest_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["model.widht=256"])
+    message = str(info.value)
+    assert "unknown key config.model.widht" in message and "did you mean config.model.width" in message
+    with pytest.raises(ConfigError, match=r"did you mean config\.train\.learning_rate"):
+        load_config(overrides=["train.learning_rat=0.1"])

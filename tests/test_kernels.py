@@ -250,10 +250,20 @@ def test_kernel_sites_count_the_kernel_launches():
 
 # ----------------------------------------------------------------------------- dispatch
 
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
+def test_auto_picks_the_compiled_kernel_on_gpu_and_tpu_and_xla_on_cpu(platform):
+    for d in (52, 56, 60, 64, 128):  # the paper's head dims included
+        for dtype in (jnp.bfloat16, jnp.float32):
+            expected = ("xla", False) if platform == "cpu" else (platform, False)  # compiled, not interpreted
+            assert resolve_impl("auto", d, dtype, platform=platform) == expected
+    # a shape no kernel takes falls back to XLA everywhere; "xla" never takes a kernel
+    assert resolve_impl("auto", 320, jnp.bfloat16, platform=platform) == ("xla", False)
+    assert resolve_impl("xla", 64, jnp.bfloat16, platform=platform) == ("xla", False)
+
+
 def test_dispatch_impls_agree_on_cpu():
     assert resolve_impl("auto", 64, jnp.float32) == ("xla", False)
-    for d in (52, 56, 60, 64, 128):  # what auto picks where a kernel exists: the paper's head dims included
-        assert resolve_impl("auto", d, jnp.bfloat16, target="gpu")[0] in ("xla", "gpu")
+    for d in (52, 56, 60, 64, 128):
         assert kernel_shape_problem(d, jnp.bfloat16) is None
     assert "head dim 320" in kernel_shape_problem(320, jnp.float32)
     assert "int8" in kernel_shape_problem(64, jnp.int8)
