@@ -54,3 +54,18 @@ def test_shown_command_parses(where, argv):
         build_parser().parse_args(argv)
     except UserError as e:
         pytest.fail(f"{where}: photon-jax {' '.join(argv)}: {e}")
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_relative_links_point_at_files_that_exist():
+    broken = []
+    for page in PAGES + [ROOT / "docs" / "README.md", ROOT / "experiments" / "results" / "REPORT.md"]:
+        for target in _LINK.findall(page.read_text()):
+            path = target.split("#", 1)[0]
+            if not path or re.match(r"^[a-z]+:", path):
+                continue
+            if not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, "\n".join(broken)
