@@ -102,20 +102,39 @@ def random_variables(model, seq_len, seed=0):
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-def prepare_few_plays(root, vocab: int, plays: int = 3):
-    """A small real corpus (the first few bundled plays), prepared with a small vocabulary."""
+def prepare_plays(root, vocab: int, first: int = 0, count: int = 3, name: str = "data"):
+    """A small real corpus (bundled plays first..first+count) prepared with a small vocabulary into
+    root/<name> (the plays are copied to root/<name>_plays)."""
     import shutil
 
     from photon_jax.config import DataConfig
     from photon_jax.data.corpus import shakespeare_files
     from photon_jax.data.prepare import prepare
 
-    corpus = root / "plays"
+    corpus = root / f"{name}_plays"
     corpus.mkdir()
-    for path in shakespeare_files()[:plays]:
+    for path in shakespeare_files()[first:first + count]:
         shutil.copy(path, corpus / path.name)
-    prepare(DataConfig(corpus=str(corpus)), root / "data", vocab)
-    return root / "data"
+    prepare(DataConfig(corpus=str(corpus)), root / name, vocab)
+    return root / name
+
+
+def prepare_few_plays(root, vocab: int, plays: int = 3):
+    """The first few bundled plays, prepared into root/data."""
+    return prepare_plays(root, vocab, 0, plays)
+
+
+def prepare_two_corpora(root, vocab: int):
+    """root/data (plays 0-2) and root/other (plays 3-4): two tokenizers of the same size over different
+    text, for the tests that must tell a run's data from another run's."""
+    return prepare_plays(root, vocab, 0, 3, "data"), prepare_plays(root, vocab, 3, 2, "other")
+
+
+def use_one_device(monkeypatch):
+    """jax.devices() -> the first device only: a run's default mesh is then (1, 1, 1)."""
+    import jax
+
+    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
 
 
 @pytest.fixture(scope="module")

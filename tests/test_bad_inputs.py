@@ -15,15 +15,13 @@ from types import SimpleNamespace
 
 import jax
 import pytest
-from conftest import tiny_overrides
+from conftest import prepare_two_corpora, tiny_overrides, use_one_device
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from reliability_worker import compile_cache
 
 from photon_jax.cli.main import main
-from photon_jax.config import Config, DataConfig, config_from_json, load_config
-from photon_jax.data.corpus import shakespeare_files
-from photon_jax.data.prepare import prepare
+from photon_jax.config import Config, config_from_json, load_config
 from photon_jax.errors import ConfigError
 from photon_jax.train.loop import train
 
@@ -40,19 +38,14 @@ def small(data_dir):
 
 @pytest.fixture(autouse=True)
 def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
+    use_one_device(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def p(tmp_path_factory, fast_compile):
     """Every bad file the cases point at, prepared data (two tokenizers) and a trained 2-step run."""
     root = tmp_path_factory.mktemp("bad_inputs")
-    plays = shakespeare_files()
-    for name, files in (("data", plays[:3]), ("other", plays[3:5])):
-        (root / f"{name}_plays").mkdir()
-        for path in files:
-            shutil.copy(path, root / f"{name}_plays" / path.name)
-        prepare(DataConfig(corpus=str(root / f"{name}_plays")), root / name, VOCAB)
+    prepare_two_corpora(root, VOCAB)
     files = {
         "invalid.yaml": "model: [unclosed\n", "list.yaml": "- a\n- b\n", "base.yaml": "base: no-such-preset\n",
         "ok.yaml": "model:\n  width: 64\n", "bad.jsonl": '{"text": "fine"}\n{not json\n',

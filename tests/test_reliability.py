@@ -25,15 +25,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import tiny_overrides
+from conftest import prepare_two_corpora, tiny_overrides, use_one_device
 from reliability_worker import compile_cache
 
 from photon_jax.bench.prepare_bench import write_generated_corpus
 from photon_jax.cli.main import main
-from photon_jax.config import DataConfig, load_config
+from photon_jax.config import load_config
 from photon_jax.data import pipeline
-from photon_jax.data.corpus import shakespeare_files
-from photon_jax.data.prepare import prepare
 from photon_jax.errors import UserError
 from photon_jax.runs import checkpoint as ckpt
 from photon_jax.train.loop import train
@@ -60,21 +58,11 @@ def config(data_dir, *extra):
     return load_config(overrides=overrides(data_dir, *extra))
 
 
-def use_one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, fast_compile):
     """Two prepared corpora with different tokenizers of the same size, and the compilation cache."""
     root = tmp_path_factory.mktemp("reliability")
-    plays = shakespeare_files()
-    for name, files in (("data", plays[:3]), ("other", plays[3:5])):
-        corpus = root / f"{name}_plays"
-        corpus.mkdir()
-        for path in files:
-            shutil.copy(path, corpus / path.name)
-        prepare(DataConfig(corpus=str(corpus)), root / name, VOCAB)
+    prepare_two_corpora(root, VOCAB)
     cache = tmp_path_factory.getbasetemp() / "jax_cache"
     with compile_cache(cache):
         yield SimpleNamespace(root=root, data=root / "data", other=root / "other", cache=cache)

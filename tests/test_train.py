@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import use_one_device
 
 from photon_jax.cli.main import main
 from photon_jax.config import DataConfig, load_config
@@ -34,13 +35,9 @@ def small_cfg(preset, data_dir, *extra):
         "mesh.data=1", *extra])
 
 
-def one_device(monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-
-
 @pytest.mark.parametrize("preset", ["photon-tiny", "block-tiny", "vanilla-tiny"])
 def test_training_lowers_validation_loss(preset, shakespeare_dir, tmp_path, monkeypatch):
-    one_device(monkeypatch)
+    use_one_device(monkeypatch)
     cfg = small_cfg(preset, shakespeare_dir, "train.steps=40")
 
     summary = train(cfg, tmp_path / "run", quiet=True)
@@ -63,7 +60,7 @@ def _final_params(workdir):
 
 @pytest.mark.slow
 def test_resume_is_bitwise_exact(shakespeare_dir, tmp_path, monkeypatch):
-    one_device(monkeypatch)
+    use_one_device(monkeypatch)
     cfg = small_cfg("photon-tiny", shakespeare_dir, "train.steps=12", "train.log_every=1")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(cfg, straight, quiet=True)
@@ -83,7 +80,7 @@ def test_resume_is_bitwise_exact(shakespeare_dir, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_resumes(shakespeare_dir, tmp_path, monkeypatch):
-    one_device(monkeypatch)
+    use_one_device(monkeypatch)
     import signal
 
     cfg = small_cfg("photon-tiny", shakespeare_dir, "train.steps=10", "train.log_every=1")
@@ -122,7 +119,7 @@ def _cli(capsys, *argv):
 
 
 def test_bad_training_inputs(shakespeare_dir, tmp_path, capsys, monkeypatch):
-    one_device(monkeypatch)
+    use_one_device(monkeypatch)
     empty = tmp_path / "empty.txt"
     empty.write_text("   \n")
     code, err = _cli(capsys, "train", "--workdir", str(tmp_path / "w1"), f"data.corpus={empty}", "train.steps=1")
@@ -145,7 +142,7 @@ def test_bad_training_inputs(shakespeare_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_corrupted_checkpoint_is_refused_not_reinitialised(shakespeare_dir, tmp_path, capsys, monkeypatch):
-    one_device(monkeypatch)
+    use_one_device(monkeypatch)
     cfg = small_cfg("photon-tiny", shakespeare_dir, "train.steps=3")
     run = tmp_path / "run"
     train(cfg, run, quiet=True)
