@@ -101,7 +101,10 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
-    s = Server(run_dir, tmp_path_factory.mktemp("log") / "server.log", "--api-key", KEY)
+    tokenizer_dir = tmp_path_factory.mktemp("harness_tokenizer")
+    s = Server(run_dir, tmp_path_factory.mktemp("log") / "server.log", "--api-key", KEY, "--harness-tokenizer",
+               str(tokenizer_dir))
+    s.harness_tokenizer = tokenizer_dir
     yield s
     s.stop()
 
@@ -185,7 +188,7 @@ def test_seeded_sample_same_alone_and_under_load(server, client):
     assert len({c.text for c in three.choices}) > 1
 
 
-def test_stop_string_and_logprobs(server, client):
+def test_stop_string_and_logprobs(server, client, loaded):
     base = client.completions.create(model="photon-tiny", prompt=PROMPTS[0], max_tokens=24, temperature=0)
     text = base.choices[0].text
     stop = text[5:7]
@@ -199,6 +202,14 @@ def test_stop_string_and_logprobs(server, client):
     for token, value, top in zip(info.tokens, info.token_logprobs, info.top_logprobs):
         assert max(top.values()) == pytest.approx(value)  # greedy: the chosen token is the most likely
     assert "".join(info.tokens) == lp.choices[0].text
+
+    # a stop token ends the text but keeps its logprob entry (OpenAI, vLLM; lm-eval's echo scoring counts on it)
+    first = int(generate(loaded.cfg.model, loaded.params, [loaded.tokenizer.encode(PROMPTS[0])], max_new_tokens=1,
+                         sampling=GREEDY).tokens[0][0][0])
+    stopped = client.completions.create(model="photon-tiny", prompt=PROMPTS[0], max_tokens=4, temperature=0,
+                                        logprobs=1, extra_body={"stop_token_ids": [first]})
+    assert stopped.choices[0].text == "" and stopped.choices[0].finish_reason == "stop"
+    assert len(stopped.choices[0].logprobs.token_logprobs) == 1 and stopped.usage.completion_tokens == 1
 
 
 def test_echo_logprobs_score_the_prompt_as_eval_does(server, client, loaded):
@@ -215,6 +226,36 @@ def test_echo_logprobs_score_the_prompt_as_eval_does(server, client, loaded):
     assert sum(info.token_logprobs[1:-1]) == pytest.approx(float(scores[0][0]), abs=1e-3)
     stream = _post(server, {"model": "photon-tiny", "prompt": ids, "echo": True, "logprobs": 1, "stream": True})
     assert stream.status_code == 400 and stream.json()["error"]["param"] == "stream"
+
+
+def test_lm_eval_local_completions_scores_as_photon_jax_eval(server, run_dir, monkeypatch):
+    """lm-eval's own API model through /v1/completions (echo + logprobs) gives `photon-jax eval --tasks`'s
+    numbers: the bundled multiple-choice task, per request and in its metrics."""
+    from lm_eval import simple_evaluate
+
+    from photon_jax.eval.evaluate import evaluate_run_tasks
+    from photon_jax.eval.tasks import jsonable, load_task_data, summary_rows, task_manager_for
+
+    task, limit, seq_len = "shakespeare_next_line", 8, 64  # 1 + up to 67 + 36 tokens: contexts are cut on the left
+    seeds = dict(random_seed=0, numpy_random_seed=0, fewshot_random_seed=0)
+    ref = evaluate_run_tasks(run_dir, [task], limit=limit, log_samples=True, overrides=[f"data.seq_len={seq_len}"])
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # what local-completions sends as its bearer token
+    manager = task_manager_for([task], None)
+    load_task_data([task], manager)
+    got = jsonable(simple_evaluate(
+        model="local-completions", tasks=[task], task_manager=manager, limit=limit, log_samples=True, **seeds,
+        model_args={"base_url": f"{server.url}/v1/completions", "model": "photon-tiny", "tokenized_requests": True,
+                     "tokenizer_backend": "huggingface", "tokenizer": str(server.harness_tokenizer),
+                     "add_bos_token": True, "max_length": seq_len + 1, "num_concurrent": 1, "max_retries": 1}))
+    theirs, ours = got["samples"][task], ref["harness"]["samples"][task]
+    assert [s["doc_id"] for s in theirs] == [s["doc_id"] for s in ours] and len(ours) == limit
+    for a, b in zip(theirs, ours):
+        assert a["arguments"] == b["arguments"]
+        for (score_a, greedy_a), (score_b, greedy_b) in ((x[0], y[0]) for x, y in zip(a["resps"], b["resps"])):
+            assert score_a == pytest.approx(score_b, abs=1e-3) and greedy_a == greedy_b
+    expected = {(r["metric"], r["filter"]): r["value"] for r in ref["summary"]}
+    assert {(r["metric"], r["filter"]): r["value"] for r in summary_rows(got)} == pytest.approx(expected, abs=1e-9)
+    assert set(expected) == {("acc", "none"), ("acc_norm", "none")}
 
 
 def test_models_health_metrics(server, client):

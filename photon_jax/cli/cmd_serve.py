@@ -44,6 +44,9 @@ def register(subparsers) -> None:
                    help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 30)")
     p.add_argument("--no-align", action="store_true",
                    help="admit at any phase of the meta-context (default: aligned slots, docs/serving.md)")
+    p.add_argument("--harness-tokenizer", default=None, metavar="DIR",
+                   help="write the tokenizer directory lm-evaluation-harness's local-completions model scores "
+                        "through this server with (docs/serving.md), then serve")
     p.add_argument("--mesh", default=None,
                    help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh; same as mesh.* overrides)")
     p.set_defaults(run=run)
@@ -70,6 +73,12 @@ def run(args) -> int:
         loaded = _random_weights(args.preset, args.overrides)
     else:
         loaded = load_run(args.workdir, step=args.step, mesh_cfg=parse_mesh(args.mesh), overrides=args.overrides)
+    if args.harness_tokenizer:
+        from photon_jax.serve.harness_tokenizer import write_harness_tokenizer
+
+        where = write_harness_tokenizer(loaded.tokenizer, args.harness_tokenizer, loaded.cfg.data.seq_len + 1)
+        print(f"harness tokenizer: {where} (local-completions: add_bos_token=True, "
+              f"max_length={loaded.cfg.data.seq_len + 1})", flush=True)
     opts = ServeOptions(mode=args.mode, max_context=args.max_context, kv_budget_gib=args.kv_budget_gib,
                         slots=args.slots, max_queue=args.max_queue, align=not args.no_align,
                         request_timeout_s=args.request_timeout)

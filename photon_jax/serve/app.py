@@ -273,10 +273,9 @@ async def _stream(job: Job, request: Request, ident: str, created: int):
             i = job.apply(event)
             c = job.choices[i]
             text = c.release(final=c.finish is not None)
-            if text or c.finish is not None:
-                lp = None
-                if job.req.logprobs is not None and event[0] == "tokens":
-                    lp = _logprobs_json(job.served.tok, list(event[2][1] or []))
+            entries = list(event[2][1] or []) if job.req.logprobs is not None and event[0] == "tokens" else []
+            if text or entries or c.finish is not None:  # a stop token has no text but has its logprob
+                lp = _logprobs_json(job.served.tok, entries) if entries else None
                 yield chunk([{"index": i, "text": text, "finish_reason": c.finish, "logprobs": lp}])
         if job.req.include_usage:
             yield chunk([], job.usage())

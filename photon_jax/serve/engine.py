@@ -282,6 +282,7 @@ class Engine:
                 new = new[: cut + 1]
                 code = EOS
                 stopped_by_id[slot] = True
+            drawn = new  # logprobs cover the stop token too (OpenAI, vLLM): lm-eval's echo scoring drops the last
             if code == EOS and new and new[-1] in req.stop_ids | {self.eos_id}:
                 new = new[:-1]  # the stop token is not part of the text (OpenAI); its count is in usage
                 req_count = 1
@@ -298,8 +299,8 @@ class Engine:
                     self.metrics.itl.observe(now - self.last_t[slot])
                 self.last_t[slot] = now
                 lp = None
-                if logp_nv is not None and new:
-                    lp = [_logprob_entry(logp_nv[slot], new[0], req.logprobs)]
+                if logp_nv is not None and drawn:
+                    lp = [_logprob_entry(logp_nv[slot], drawn[0], req.logprobs)]
                 req.sink("tokens", sample, (new, lp, len(new) + req_count))
                 self.tokens_out += len(new) + req_count
                 if self.metrics:
