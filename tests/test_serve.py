@@ -339,21 +339,22 @@ def test_full_queue_429_then_sigterm_drains_and_exits_0(run_dir, tmp_path):
         assert 429 in codes and 200 in codes, codes
         assert set(codes) <= {200, 429}
 
-        # in flight when the signal comes: cut (grace 0) with finish_reason "abort"
-        finish = []
+        # in flight when the signal comes: cut (grace 0) with finish_reason "abort". The signal goes out at
+        # the stream's first token, so its samples (up to CONTEXT - 1 tokens each) are still being decoded
+        # even on a loaded machine (waiting for /metrics first let sampled EOS end them all, sometimes).
+        finish, first_token = [], threading.Event()
 
         def long_stream():
             with httpx.stream("POST", f"{s.url}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
                 for line in r.iter_lines():
                     if line.startswith("data:") and line != "data: [DONE]":
+                        first_token.set()
                         choices = json.loads(line[5:])["choices"]
                         finish.extend(c["finish_reason"] for c in choices if c["finish_reason"])
 
         t = threading.Thread(target=long_stream)
         t.start()
-        deadline = time.monotonic() + 60
-        while s.metric("photon_serve_busy_slots") < SLOTS and time.monotonic() < deadline:
-            time.sleep(0.002)
+        assert first_token.wait(60), s.log()
         s.proc.send_signal(signal.SIGTERM)
         while httpx.get(f"{s.url}/health").status_code != 503:
             time.sleep(0.01)
