@@ -102,16 +102,16 @@ def random_variables(model, seq_len, seed=0):
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-def prepare_plays(root, vocab: int, first: int = 0, count: int = 3, name: str = "data"):
+def prepare_plays(root, vocab: int, first: int = 0, count: int = 3, name: str = "data", corpus_name: str = ""):
     """A small real corpus (bundled plays first..first+count) prepared with a small vocabulary into
-    root/<name> (the plays are copied to root/<name>_plays)."""
+    root/<name> (the plays are copied to root/<corpus_name>, default <name>_plays)."""
     import shutil
 
     from photon_jax.config import DataConfig
     from photon_jax.data.corpus import shakespeare_files
     from photon_jax.data.prepare import prepare
 
-    corpus = root / f"{name}_plays"
+    corpus = root / (corpus_name or f"{name}_plays")
     corpus.mkdir()
     for path in shakespeare_files()[first:first + count]:
         shutil.copy(path, corpus / path.name)
@@ -120,8 +120,8 @@ def prepare_plays(root, vocab: int, first: int = 0, count: int = 3, name: str = 
 
 
 def prepare_few_plays(root, vocab: int, plays: int = 3):
-    """The first few bundled plays, prepared into root/data."""
-    return prepare_plays(root, vocab, 0, plays)
+    """The first few bundled plays, copied to root/plays and prepared into root/data."""
+    return prepare_plays(root, vocab, 0, plays, corpus_name="plays")
 
 
 def prepare_two_corpora(root, vocab: int):
