@@ -1,6 +1,6 @@
 """docs/config.md, generated: every setting of the config dataclasses with its type, default and meaning.
 
-The meaning is the field's own comment in config.py (the comment lines right above it and the one at
+The meaning is the field's own comment in config/schema.py (the comment lines right above it and the one at
 the end of its line), so the page cannot drift from the code: tests/test_config_reference.py fails when
 docs/config.md differs from what this module writes, or when a field has no comment.
 
@@ -59,7 +59,8 @@ def _default(field) -> str:
 
 def settings_markdown() -> str:
     out = ["# Every setting", "",
-           "Generated from the config dataclasses in `photon_jax/config.py` by `python -m photon_jax.config_reference`",
+           "Generated from the config dataclasses in `photon_jax/config/schema.py` by",
+           "`python -m photon_jax.config_reference`",
            "(a test fails when this page is out of date). A run's config is these defaults, then a preset",
            "(`--preset NAME`, `photon_jax/presets/*.yaml`, which set only what they change) or `--config FILE.yaml`,",
            "then `key=value` overrides with the keys below (`model.width=256 model.levels.0.chunk=2`). The resolved",
@@ -80,7 +81,7 @@ def settings_markdown() -> str:
 
 
 def missing_meanings() -> list[str]:
-    """Keys whose field has no comment in config.py."""
+    """Keys whose field has no comment in config/schema.py."""
     missing = []
     for prefix, cls, _ in SECTIONS:
         comments = field_comments(cls)

@@ -25,8 +25,8 @@ VOCAB = 384
 
 
 def make_tokenizer() -> None:
-    from photon_jax.data.corpus import shakespeare_files
-    from photon_jax.data.tokenizer import train_tokenizer
+    from photon_jax.data.preparation.corpus import shakespeare_files
+    from photon_jax.tokenizers.tokenizer import train_tokenizer
 
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from photon_jax.config import DataConfig
-from photon_jax.data.formats import read_corpus
-from photon_jax.data.prepare import split_documents
+from photon_jax.data.preparation.formats import read_corpus
+from photon_jax.data.preparation.prepare import split_documents
 
 OUT = Path(__file__).resolve().parent.parent / "photon_jax" / "eval" / "local_tasks"
 SPEAKER = re.compile(r"^[A-Z][A-Z' ,&-]+\.?$")

@@ -84,7 +84,8 @@ def main() -> int:
     try:
         plays = root / "plays"
         plays.mkdir()
-        corpus = subprocess.run([sys.executable, "-c", "from photon_jax.data.corpus import shakespeare_files;"
+        corpus = subprocess.run([sys.executable, "-c", "from photon_jax.data.preparation.corpus import "
+                                 "shakespeare_files;"
                                  "print('\\n'.join(map(str, shakespeare_files()[:2])))"],
                                 capture_output=True, text=True, check=True).stdout.split()
         for path in corpus:

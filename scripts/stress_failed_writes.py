@@ -36,8 +36,8 @@ OVERRIDES = ["model.family=vanilla", "model.vocab_size=512", "model.width=32", "
 
 def prepare_data(root: Path) -> Path:
     from photon_jax.config import DataConfig
-    from photon_jax.data.corpus import shakespeare_files
-    from photon_jax.data.prepare import prepare
+    from photon_jax.data.preparation.corpus import shakespeare_files
+    from photon_jax.data.preparation.prepare import prepare
 
     corpus = root / "plays"
     corpus.mkdir()

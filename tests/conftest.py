@@ -108,8 +108,8 @@ def prepare_plays(root, vocab: int, first: int = 0, count: int = 3, name: str = 
     import shutil
 
     from photon_jax.config import DataConfig
-    from photon_jax.data.corpus import shakespeare_files
-    from photon_jax.data.prepare import prepare
+    from photon_jax.data.preparation.corpus import shakespeare_files
+    from photon_jax.data.preparation.prepare import prepare
 
     corpus = root / (corpus_name or f"{name}_plays")
     corpus.mkdir()

@@ -62,7 +62,7 @@ def _workdir(cli_args) -> Path:
 
 
 def _wrap_iterator(delay: float, kill_at: int | None, kill_marker: Path):
-    from photon_jax.data import pipeline
+    from photon_jax.data.loading import pipeline
 
     real = pipeline.train_iterator
 

@@ -16,6 +16,7 @@ from photon_jax.bench import memory, report
 from photon_jax.bench.models import load_models
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
+from photon_jax.reports import output
 
 TINY = ["model.width=32", "model.ffn_width=64", "model.num_heads=2", "model.vocab_size=64"]
 
@@ -148,7 +149,7 @@ def test_tpm_json_schema(tpm_run):
     assert code == 0
     data = json.loads((out / "tpm.json").read_text())
     assert set(report.TOP_KEYS) <= set(data)
-    assert data["schema_version"] == report.SCHEMA_VERSION == 1 and data["benchmark"] == "tpm"
+    assert data["schema_version"] == output.SCHEMA_VERSION == 1 and data["benchmark"] == "tpm"
     assert data["reference"] == "vanilla-tiny"
     assert data["settings"]["regimes"] == {"pf": {"prompt_len": 24, "gen_len": 4}}
     seen = {(r["model"], r["mode"], r["regime"]) for r in data["results"]}

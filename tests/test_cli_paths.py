@@ -20,7 +20,7 @@ import pytest
 
 from photon_jax.cli.cmd_run import DEFAULT_PROMPT
 from photon_jax.cli.main import main
-from photon_jax.data.corpus import shakespeare_files
+from photon_jax.data.preparation.corpus import shakespeare_files
 from photon_jax.eval.evaluate import evaluate_run
 from photon_jax.runs.workdir import load_run
 

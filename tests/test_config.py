@@ -1,4 +1,4 @@
-"""Config loading, overrides, JSON round trip and one-line ConfigErrors (photon_jax/config.py)."""
+"""Config loading, overrides, JSON round trip and one-line ConfigErrors (photon_jax/config/)."""
 
 from __future__ import annotations
 

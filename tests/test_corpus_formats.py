@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from photon_jax.config import DataConfig
-from photon_jax.data.formats import iter_documents
-from photon_jax.data.prepare import prepare
-from photon_jax.data.tokenizer import train_tokenizer
+from photon_jax.data.preparation.formats import iter_documents
+from photon_jax.data.preparation.prepare import prepare
 from photon_jax.errors import UserError
+from photon_jax.tokenizers.tokenizer import train_tokenizer
 
 WORDS = "the of and to a in that is was he for it with as his on be at by I had not are but from".split()
 
@@ -57,7 +57,7 @@ def _tokens(data_dir):
 
 
 def _records(data_dir, split):
-    from photon_jax.data.packing import SplitSource
+    from photon_jax.data.loading.packing import SplitSource
 
     source = SplitSource(data_dir, split)
     return [source.doc(i).tobytes() for i in range(len(source))]

@@ -7,19 +7,13 @@ import numpy as np
 import pytest
 
 from photon_jax.config import DataConfig
-from photon_jax.data import (
-    check_vocab,
-    eval_batches,
-    iter_documents,
-    load_manifest,
-    load_tokenizer,
-    token_byte_lengths,
-    train_iterator,
-    train_tokenizer,
-)
-from photon_jax.data.packing import SplitSource
-from photon_jax.data.prepare import prepare, split_documents
+from photon_jax.data.loading.packing import SplitSource
+from photon_jax.data.loading.pipeline import eval_batches, train_iterator
+from photon_jax.data.manifest import load_manifest
+from photon_jax.data.preparation.formats import iter_documents
+from photon_jax.data.preparation.prepare import prepare, split_documents
 from photon_jax.errors import UserError
+from photon_jax.tokenizers.tokenizer import check_vocab, load_tokenizer, token_byte_lengths, train_tokenizer
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
          "jovial kings and queens of old night time; thou art, hath been! 42 1999").split()
@@ -366,7 +360,7 @@ def test_to_global_batch(unique_data):
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from photon_jax.data import to_global_batch
+    from photon_jax.data.loading.pipeline import to_global_batch
 
     mesh = Mesh(np.array(jax.devices()).reshape(-1), ("data",))
     batch = next(train_iterator(unique_data[0], 16, len(jax.devices()), seed=0))

@@ -22,7 +22,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
-from photon_jax.data.prepare import load_manifest
+from photon_jax.data.manifest import load_manifest
 from photon_jax.eval.backend import ModelBackend
 from photon_jax.eval.scoring import rolling_spans, width_ladder
 from photon_jax.eval.tasks import evaluate_tasks

@@ -14,7 +14,7 @@ from conftest import prepare_few_plays
 
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
-from photon_jax.data.corpus import shakespeare_files
+from photon_jax.data.preparation.corpus import shakespeare_files
 from photon_jax.interop.safetensors_io import INDEX, TensorReader
 from photon_jax.model import build_model
 from photon_jax.runs.workdir import load_run

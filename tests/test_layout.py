@@ -1,6 +1,6 @@
-"""The package layout follows the pipeline: config -> model -> generation / runs -> eval -> serve ->
-train / scaleout -> interop -> bench -> sweep -> cli. No module imports from a layer above its own, and no import hides
-inside a function (a lazy import would only dodge a cycle)."""
+"""The package layout follows the pipeline: config -> tokenizers -> data -> model -> generation / runs -> eval ->
+serve -> train / scaleout -> interop -> bench -> sweep -> cli. No module imports from a layer above its own, and no
+import hides inside a function (a lazy import would only dodge a cycle)."""
 
 import ast
 from pathlib import Path
@@ -8,7 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [  # lowest first; a module may import its own layer and the ones before it
     {"pallas_kernels"},  # standalone: imports nothing of photon_jax
-    {"photon_jax.errors", "photon_jax.config", "photon_jax.config_reference", "photon_jax.host_allocator"},
+    {"photon_jax.errors", "photon_jax.config", "photon_jax.config_reference", "photon_jax.host_allocator",
+     "photon_jax.reports"},
+    {"photon_jax.tokenizers"},
     {"photon_jax.sharding", "photon_jax.distributed", "photon_jax.data"},
     {"photon_jax.model"},
     {"photon_jax.generation", "photon_jax.runs"},
@@ -76,3 +78,49 @@ def test_the_model_never_imports_generation_and_never_names_a_mesh_axis():
         assert "photon_jax.generation" not in text, path
         for axis in ('"data"', '"fsdp"', '"tensor"'):
             assert axis not in text, (path, axis)
+
+
+PREPARATION = "photon_jax.data.preparation"
+# modules outside data/ that may reach into preparation: the run loader (prepares a missing data dir on
+# demand) and the training loop that drives it (it reports prepare's signal stop), the prepare command, its
+# benchmark and that benchmark's argument checks
+MAY_PREPARE = {"photon_jax.runs.workdir", "photon_jax.train.loop", "photon_jax.cli.cmd_prepare",
+               "photon_jax.bench.prepare_bench", "photon_jax.cli.cmd_bench"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (a `from package import name` counts the name's module)."""
+    names = {name for _, name, _ in modules()}
+    graph = {}
+    for _, name, path in modules():
+        found = set()
+        for imported, _, _ in project_imports(ast.parse(path.read_text())):
+            while imported and imported not in names:  # a name inside a module -> that module
+                imported = imported.rpartition(".")[0]
+            if imported:
+                found.add(imported)
+        graph[name] = found
+    return graph
+
+
+def test_the_online_pipeline_reaches_no_preparation_module():
+    graph = import_graph()
+    roots = [name for name in graph if name.startswith("photon_jax.data.loading")]
+    assert {"photon_jax.data.loading.packing", "photon_jax.data.loading.pipeline",
+            "photon_jax.data.loading.mixture"} <= set(roots)
+    for root in roots:
+        seen, todo = set(), [root]
+        while todo:
+            for imported in graph[todo.pop()] - seen:
+                seen.add(imported)
+                todo.append(imported)
+        reached = sorted(m for m in seen if m.startswith(PREPARATION))
+        assert not reached, f"{root} reaches {reached}"
+
+
+def test_only_the_run_loader_and_the_prepare_command_import_preparation():
+    graph = import_graph()
+    importers = sorted(name for name, imported in graph.items()
+                       if not name.startswith(PREPARATION) and any(m.startswith(PREPARATION) for m in imported))
+    assert set(importers) <= MAY_PREPARE, sorted(set(importers) - MAY_PREPARE)
+    assert not [name for name in importers if name.startswith("photon_jax.eval")]

@@ -10,13 +10,13 @@ import pytest
 
 from photon_jax.cli.main import main
 from photon_jax.config import DataConfig, load_config
-from photon_jax.data.mixture import MixtureIterator, ProportionalInterleave, load_sources, proportions
-from photon_jax.data.packing import SplitSource, WindowStream
-from photon_jax.data.pipeline import train_iterator
-from photon_jax.data.prepare import prepare
-from photon_jax.data.tokenizer import load_tokenizer, train_tokenizer
+from photon_jax.data.loading.mixture import MixtureIterator, ProportionalInterleave, load_sources, proportions
+from photon_jax.data.loading.packing import SplitSource, WindowStream
+from photon_jax.data.loading.pipeline import train_iterator
+from photon_jax.data.preparation.prepare import prepare
 from photon_jax.errors import UserError
 from photon_jax.runs import checkpoint as ckpt
+from photon_jax.tokenizers.tokenizer import load_tokenizer, train_tokenizer
 from photon_jax.train.loop import train
 
 SEQ_LEN = 16

@@ -77,7 +77,7 @@ def runs(small_data, tmp_path_factory):
 
 
 def test_two_processes_prepare_the_same_data(runs, small_data):
-    from photon_jax.data.packing import SplitSource
+    from photon_jax.data.loading.packing import SplitSource
 
     prepared = runs[2].parent / "two_processes_data"
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (small_data, prepared)]

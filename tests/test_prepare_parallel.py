@@ -17,12 +17,13 @@ import pytest
 
 from photon_jax.bench.prepare_bench import write_generated_corpus
 from photon_jax.config import DataConfig
-from photon_jax.data import pipeline
-from photon_jax.data.corpus import shakespeare_files
-from photon_jax.data.prepare import FORMAT_VERSION, _fingerprint, load_manifest, prepare, split_documents
-from photon_jax.data.split import DocumentSplit
-from photon_jax.data.tokenizer import train_tokenizer
-from photon_jax.data.units import TEXT_PART_BYTES
+from photon_jax.data.loading import pipeline
+from photon_jax.data.manifest import FORMAT_VERSION, load_manifest
+from photon_jax.data.preparation.corpus import shakespeare_files
+from photon_jax.data.preparation.prepare import _fingerprint, prepare, split_documents
+from photon_jax.data.preparation.split import DocumentSplit
+from photon_jax.data.preparation.units import TEXT_PART_BYTES
+from photon_jax.tokenizers.tokenizer import train_tokenizer
 
 UNIT_MB = 0.5
 
@@ -182,7 +183,7 @@ def test_no_worker_outlives_a_kill_9_of_the_main_process(setup, tmp_path):
 _NO_MAIN_GUARD = """
 import sys
 from photon_jax.config import DataConfig
-from photon_jax.data.prepare import prepare
+from photon_jax.data.preparation.prepare import prepare
 corpus, tokenizer, out = sys.argv[1:4]
 manifest = prepare(DataConfig(corpus=corpus, tokenizer=tokenizer), out, 0, workers=2, unit_bytes=256)
 print("workers", manifest["prepared_with"]["workers"], "units", manifest["units"])
@@ -217,7 +218,7 @@ def test_two_processes_equal_one(setup, tmp_path):
 _MEASURE = """
 import json, sys
 from photon_jax.config import DataConfig
-from photon_jax.data.prepare import prepare
+from photon_jax.data.preparation.prepare import prepare
 if __name__ == "__main__":
     corpus, tokenizer, out = sys.argv[1:4]
     manifest = prepare(DataConfig(corpus=corpus, tokenizer=tokenizer), out, 0, workers=2)
@@ -247,7 +248,7 @@ def test_peak_memory_does_not_grow_with_the_corpus(setup, tmp_path):
 _PEAKS = """
 import json, sys
 from photon_jax.config import DataConfig
-from photon_jax.data.prepare import prepare
+from photon_jax.data.preparation.prepare import prepare
 corpus, tokenizer, out = sys.argv[1:4]
 manifest = prepare(DataConfig(corpus=corpus, tokenizer=tokenizer), out, 0, workers=2, unit_bytes=1 << 20)
 print(json.dumps({**manifest["prepared_with"]["peak_rss_mib"], "documents": manifest["documents"]}))
@@ -359,7 +360,7 @@ def test_another_prepare_installing_first_is_reused_not_waited_for(small, tmp_pa
 
 
 def test_a_lone_document_cut_survives_a_failure_before_the_merge(small, tmp_path, monkeypatch):
-    import photon_jax.data.prepare as prepare_module
+    import photon_jax.data.preparation.prepare as prepare_module
 
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "doc.txt").write_text("".join(f"line {i} of the lone document\n" for i in range(30)))
@@ -377,7 +378,7 @@ def test_a_lone_document_cut_survives_a_failure_before_the_merge(small, tmp_path
 
 
 def test_force_rebuilds_damaged_data_of_the_same_inputs(small, tmp_path):
-    from photon_jax.data.packing import SplitSource
+    from photon_jax.data.loading.packing import SplitSource
     from photon_jax.errors import UserError
 
     root, cfg = small

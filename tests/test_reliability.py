@@ -31,7 +31,7 @@ from reliability_worker import compile_cache
 from photon_jax.bench.prepare_bench import write_generated_corpus
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
-from photon_jax.data import pipeline
+from photon_jax.data.loading import pipeline
 from photon_jax.errors import UserError
 from photon_jax.runs import checkpoint as ckpt
 from photon_jax.train.loop import train

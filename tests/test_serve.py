@@ -25,7 +25,7 @@ import openai
 import pytest
 
 from photon_jax.cli.main import main
-from photon_jax.data.corpus import shakespeare_files
+from photon_jax.data.preparation.corpus import shakespeare_files
 from photon_jax.eval.scoring import make_span_scorer
 from photon_jax.generation import generate
 from photon_jax.generation.sampling import GREEDY

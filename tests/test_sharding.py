@@ -20,7 +20,7 @@ from conftest import prepare_few_plays, tiny_config, tiny_overrides
 
 from photon_jax.cli.main import main
 from photon_jax.config import MeshConfig, load_config
-from photon_jax.data import pipeline
+from photon_jax.data.loading import pipeline
 from photon_jax.generation import CACHE_AXES
 from photon_jax.sharding import batch_sharding, describe_mesh, logical_names, logical_rules, make_mesh, mesh_shape
 from photon_jax.train.loop import describe_dry_run, dry_run, train_step_program

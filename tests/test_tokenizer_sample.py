@@ -1,9 +1,9 @@
 """The tokenizer trains on a bounded sample (data.tokenizer_sample_mb): never more than the budget, every
 work unit contributing in proportion to its size, the whole corpus when it fits."""
 
-from photon_jax.data.corpus import corpus_inputs
-from photon_jax.data.prepare import _sample_texts
-from photon_jax.data.units import plan_units
+from photon_jax.data.preparation.corpus import corpus_inputs
+from photon_jax.data.preparation.prepare import _sample_texts
+from photon_jax.data.preparation.units import plan_units
 
 
 def _corpus(tmp_path, sizes):

@@ -14,8 +14,9 @@ import pytest
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 
-from photon_jax.data.hf_byte_lengths import byte_to_unicode, unicode_to_byte  # noqa: E402
-from photon_jax.data.tokenizer import (  # noqa: E402
+from photon_jax.errors import UserError  # noqa: E402
+from photon_jax.tokenizers.hf_byte_lengths import byte_to_unicode, unicode_to_byte  # noqa: E402
+from photon_jax.tokenizers.tokenizer import (  # noqa: E402
     HFTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
@@ -25,7 +26,6 @@ from photon_jax.data.tokenizer import (  # noqa: E402
     token_byte_lengths,
     train_tokenizer,
 )
-from photon_jax.errors import UserError  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -278,7 +278,7 @@ def test_a_tokenizer_json_run_prepares_trains_and_evaluates(byte_level, tmp_path
     from conftest import tiny_overrides
 
     from photon_jax.cli.main import main
-    from photon_jax.data.corpus import shakespeare_files
+    from photon_jax.data.preparation.corpus import shakespeare_files
     from photon_jax.eval.evaluate import evaluate_run
 
     plays = tmp_path / "plays"

@@ -11,7 +11,7 @@ from conftest import use_one_device
 
 from photon_jax.cli.main import main
 from photon_jax.config import DataConfig, load_config
-from photon_jax.data.prepare import prepare
+from photon_jax.data.preparation.prepare import prepare
 from photon_jax.errors import UserError
 from photon_jax.runs import checkpoint as ckpt
 from photon_jax.train.loop import train
@@ -85,7 +85,7 @@ def test_sigterm_saves_and_resumes(shakespeare_dir, tmp_path, monkeypatch):
 
     cfg = small_cfg("photon-tiny", shakespeare_dir, "train.steps=10", "train.log_every=1")
     calls = {"n": 0}
-    from photon_jax.data import pipeline
+    from photon_jax.data.loading import pipeline
 
     real = pipeline.train_iterator
 

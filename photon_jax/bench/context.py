@@ -13,8 +13,8 @@ from typing import Callable
 
 from photon_jax.bench import memory, runs
 from photon_jax.bench.models import BenchModel, dtype_bytes, random_params, reference_model
-from photon_jax.bench.report import envelope
 from photon_jax.model.accounting import count_params
+from photon_jax.reports.output import envelope
 
 DEFAULT_CONTEXTS = (1024, 2048, 4096, 8192)
 

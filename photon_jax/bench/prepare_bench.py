@@ -23,11 +23,11 @@ from typing import Callable
 
 import numpy as np
 
-from photon_jax.bench import report
-from photon_jax.data.corpus import corpus_inputs, shakespeare_files
-from photon_jax.data.formats import iter_documents
-from photon_jax.data.tokenizer import train_tokenizer
+from photon_jax.data.preparation.corpus import corpus_inputs, shakespeare_files
+from photon_jax.data.preparation.formats import iter_documents
 from photon_jax.errors import UserError
+from photon_jax.reports import output
+from photon_jax.tokenizers.tokenizer import train_tokenizer
 
 PILE_BYTES = 800e9
 PROJECTION_CORES = 64
@@ -65,7 +65,7 @@ def write_generated_corpus(path: Path, size_bytes: int, seed: int = 0) -> Path:
 _CHILD = """
 import json, sys, time
 from photon_jax.config import DataConfig
-from photon_jax.data.prepare import prepare
+from photon_jax.data.preparation.prepare import prepare
 if __name__ == "__main__":
     corpus, tokenizer, out = sys.argv[1:4]
     workers, unit_bytes = int(sys.argv[4]), int(sys.argv[5])
@@ -138,7 +138,7 @@ def run_prepare_bench(size_bytes: int | None, workers: list[int], *, corpus: str
                     "tokenizer": tokenizer, "unit_bytes": unit_bytes, "workers": workers}
         notes = [f"projection: the Pile (~{PILE_BYTES / 1e9:.0f} GB of text) on a {PROJECTION_CORES}-core host at "
                  f"{widest['mb_per_s_per_worker']:.2f} MB/s per worker: {hours:.1f} h"]
-        data = report.envelope("prepare", settings, "1 worker", results, notes)
+        data = output.envelope("prepare", settings, "1 worker", results, notes)
         data["projection"] = {"bytes": PILE_BYTES, "cores": PROJECTION_CORES, "hours": hours}
         return data
     finally:

@@ -1,21 +1,9 @@
-"""JSON envelope (stable keys, schema_version), environment facts, plain-text tables."""
+"""What every benchmark result carries (stable keys, tests/test_bench.py) and the benchmarks' text tables.
+The JSON envelope and file writing are photon_jax/reports/output.py, table formatting reports/tables.py."""
 
 from __future__ import annotations
 
-import datetime
-import json
-import math
-import os
-import platform
-from pathlib import Path
-
-import jax
-
-from photon_jax import host_allocator
-from photon_jax.errors import UserError
-
-SCHEMA_VERSION = 1
-GIB = 2 ** 30
+from photon_jax.reports.tables import fmt, table
 
 # The keys every result of a benchmark carries (tests/test_bench.py holds them stable).
 TOP_KEYS = ("schema_version", "benchmark", "created_utc", "environment", "settings", "reference", "results",
@@ -29,66 +17,6 @@ CONTEXT_RESULT_KEYS = ("model", "family", "mode", "context", "gen_len", "batch",
 TRAIN_RESULT_KEYS = ("model", "family", "params", "seq_len", "batch_size", "tokens_per_step", "step_time_s",
                      "tokens_per_s", "train_flops_per_token", "achieved_flops_per_s", "mfu", "compile_s", "remat",
                      "attention", "step_memory_bytes", "peak_device_bytes", "vs_reference")
-
-
-def environment() -> dict:
-    dev = jax.devices()[0]
-    return {"backend": jax.default_backend(), "device_kind": dev.device_kind, "device_count": jax.device_count(),
-            "jax_version": jax.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "host_allocator": host_allocator.state()}
-
-
-def envelope(benchmark: str, settings: dict, reference: str | None, results: list[dict], notes: list[str]) -> dict:
-    return {"schema_version": SCHEMA_VERSION, "benchmark": benchmark,
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "environment": environment(), "settings": settings, "reference": reference, "results": results,
-            "notes": notes}
-
-
-def _clean(obj):
-    """NaN / inf -> None so the file is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json(path: str, data: dict) -> None:
-    try:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(_clean(data), indent=2) + "\n")
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}") from None
-
-
-def check_writable(path: str | None, flag: str) -> None:
-    """Fail before any benchmark work when an output path cannot be written."""
-    if not path:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {path}: directory {parent} is not writable")
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def fmt(x, spec: str = ".3g") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return format(x, spec)
 
 
 def attention_label(row: dict) -> str:

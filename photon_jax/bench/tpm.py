@@ -18,9 +18,9 @@ from typing import Callable
 
 from photon_jax.bench import memory, runs
 from photon_jax.bench.models import BenchModel, dtype_bytes, random_params, reference_model
-from photon_jax.bench.report import GIB, envelope
 from photon_jax.errors import UserError
 from photon_jax.model.accounting import count_params
+from photon_jax.reports.output import GIB, envelope
 
 REGIMES = {"pf": (2048, 128), "de": (128, 2048)}  # the paper's (prompt, generated)
 

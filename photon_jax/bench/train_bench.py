@@ -23,13 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from photon_jax.bench.models import BenchModel, random_params, reference_model
-from photon_jax.bench.report import envelope
 from photon_jax.bench.timing import median, timed
 from photon_jax.config import Config
 from photon_jax.errors import UserError
 from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.model.attention import uses_fused
 from photon_jax.model.projection import compiling_for
+from photon_jax.reports.output import envelope
 from photon_jax.scaleout.remat_log import compile_audited
 from photon_jax.scaleout.report import TARGET_NOTES, communication
 from photon_jax.sharding import batch_sharding, logical_rules, make_mesh

@@ -45,8 +45,9 @@ def _rates(text: str) -> list[float]:
 
 
 def run_serve_command(args: argparse.Namespace) -> int:
-    from photon_jax.bench import report, serve_load
+    from photon_jax.bench import serve_load
     from photon_jax.bench.models import load_models, parse_list, select_modes
+    from photon_jax.reports import output
 
     for flag in ("requests", "prompt_len", "max_tokens", "max_context"):
         if getattr(args, flag) < 1:
@@ -54,7 +55,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
     if args.kv_budget_gib <= 0 or args.duration <= 0:
         raise UserError("--kv-budget-gib and --duration must be > 0")
     rates = _rates(args.rate)
-    report.check_writable(args.json_file, "--json-file")
+    output.check_writable(args.json_file, "--json-file")
     models = load_models(parse_list(args.models, "--models"), args.overrides)
     modes = select_modes(models, parse_list(args.modes, "--modes"))
     if args.stagger_slots:
@@ -65,15 +66,16 @@ def run_serve_command(args: argparse.Namespace) -> int:
                                   log=lambda m: print(m, flush=True) if not args.json else None)
     print_json(data) if args.json else print(serve_load.table(data))
     if args.json_file:
-        report.write_json(args.json_file, data)
+        output.write_json(args.json_file, data)
     if args.plot:
         serve_load.plot(data, args.plot)
     return 0
 
 
 def _stagger(args, models, modes) -> int:
-    from photon_jax.bench import report, serve_stagger
+    from photon_jax.bench import serve_stagger
     from photon_jax.bench.models import parse_ints, random_params
+    from photon_jax.reports import output
 
     rows = []
     for m in models:
@@ -92,5 +94,5 @@ def _stagger(args, models, modes) -> int:
     if args.json:
         print_json(data)
     if args.json_file:
-        report.write_json(args.json_file, data)
+        output.write_json(args.json_file, data)
     return 0

@@ -2,7 +2,7 @@
 
 Every input is checked before any model runs; bad input is one line and exit 2. Tables go to
 stdout (or, with --json, the whole result as JSON), progress to stderr; --json-file and --plot write
-files (photon_jax/bench/report.py, plot.py).
+files (photon_jax/bench/report.py, plot.py; photon_jax/reports/).
 """
 
 from __future__ import annotations
@@ -136,30 +136,31 @@ def run_tpm_command(args) -> int:
     import jax
 
     from photon_jax.bench import memory, plot, report, tpm
+    from photon_jax.reports import output
 
     regimes = tpm.resolve_regimes(args.regime, args.prompt_len, args.gen_len, args.pf, args.de)
     _positive(args.repeats, "--repeats")
     _positive(args.max_batch, "--max-batch")
     if args.memory_budget is not None and not args.memory_budget > 0:
         raise UserError(f"--memory-budget must be > 0 GiB, got {args.memory_budget:g}")
-    report.check_writable(args.json_file, "--json-file")
-    report.check_writable(args.plot, "--plot")
+    output.check_writable(args.json_file, "--json-file")
+    output.check_writable(args.plot, "--plot")
     models, modes = _load(args)
     ppl = tpm.parse_perplexities(args.perplexities, [m.name for m in models])
     on_cpu = jax.default_backend() == "cpu"
     max_batch = args.max_batch or (CPU_MAX_BATCH if on_cpu else ACCEL_MAX_BATCH)
     if args.memory_budget is not None:
-        budget = int(args.memory_budget * report.GIB)
+        budget = int(args.memory_budget * output.GIB)
     else:
         limit = memory.device_bytes_limit()
-        budget = int(ACCEL_BUDGET_FRACTION * limit) if limit else int(CPU_BUDGET_GIB * report.GIB)
+        budget = int(ACCEL_BUDGET_FRACTION * limit) if limit else int(CPU_BUDGET_GIB * output.GIB)
     data = tpm.run_tpm(models, modes, regimes, budget, max_batch, args.repeats, ppl,
                        device_slope=not args.no_device_slope, overrides=args.overrides, log=_log)
     if args.json:
         print_json(data)
     else:
         print(report.tpm_table(data))
-    _log(f"memory budget {budget / report.GIB:.3g} GiB of KV cache; batch capped at {max_batch} "
+    _log(f"memory budget {budget / output.GIB:.3g} GiB of KV cache; batch capped at {max_batch} "
           f"({'--max-batch' if args.max_batch else 'default on ' + jax.default_backend()}); "
           f"TPM = K tokens/s per GiB per sample; x/ = vs {data['reference'] or 'no vanilla model'}")
     for note in data["notes"]:
@@ -171,13 +172,14 @@ def run_tpm_command(args) -> int:
 def run_context_command(args) -> int:
     from photon_jax.bench import context, plot, report
     from photon_jax.bench.models import parse_ints
+    from photon_jax.reports import output
 
     contexts = parse_ints(args.contexts, "--contexts")
     _positive(args.gen_len, "--gen-len")
     _positive(args.batch_size, "--batch-size")
     _positive(args.repeats, "--repeats")
-    report.check_writable(args.json_file, "--json-file")
-    report.check_writable(args.plot, "--plot")
+    output.check_writable(args.json_file, "--json-file")
+    output.check_writable(args.plot, "--plot")
     models, modes = _load(args)
     data = context.run_context(models, modes, contexts, args.gen_len, args.batch_size, args.repeats,
                                overrides=args.overrides, log=_log)
@@ -189,13 +191,14 @@ def run_context_command(args) -> int:
 def run_train_command(args) -> int:
     from photon_jax.bench import report, train_bench
     from photon_jax.bench.models import load_models, parse_list
+    from photon_jax.reports import output
 
     _positive(args.steps, "--steps")
     _positive(args.batch_size, "--batch-size")
     _positive(args.seq_len, "--seq-len")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
-    report.check_writable(args.json_file, "--json-file")
+    output.check_writable(args.json_file, "--json-file")
     models = load_models(parse_list(args.models, "--models"), args.overrides)
     data = train_bench.run_train(models, args.steps, args.warmup, args.batch_size, args.seq_len,
                                  devices=args.devices, overrides=args.overrides, log=_log, target=args.target)
@@ -208,22 +211,23 @@ def run_train_command(args) -> int:
 
 
 def run_prepare_command(args) -> int:
-    from photon_jax.bench import prepare_bench, report
+    from photon_jax.bench import prepare_bench
     from photon_jax.bench.models import parse_ints
+    from photon_jax.reports import output
 
     size = prepare_bench.parse_size(args.size)
     workers = parse_ints(args.workers, "--workers")
     _positive(args.vocab_size, "--vocab-size")
     if not args.unit_mb > 0:
         raise UserError(f"--unit-mb must be > 0, got {args.unit_mb}")
-    report.check_writable(args.json_file, "--json-file")
-    report.check_writable(args.plot, "--plot")
+    output.check_writable(args.json_file, "--json-file")
+    output.check_writable(args.plot, "--plot")
     if args.corpus:
-        from photon_jax.data.corpus import corpus_inputs
+        from photon_jax.data.preparation.corpus import corpus_inputs
 
         corpus_inputs(args.corpus)  # a bad --corpus is refused before anything runs
     if args.tokenizer:
-        from photon_jax.data.tokenizer import load_tokenizer
+        from photon_jax.tokenizers.tokenizer import load_tokenizer
 
         load_tokenizer(args.tokenizer)
     data = prepare_bench.run_prepare_bench(size, workers, corpus=args.corpus, tokenizer=args.tokenizer,
@@ -235,10 +239,10 @@ def run_prepare_command(args) -> int:
 
 
 def _write(args, data: dict, plotter) -> None:
-    from photon_jax.bench import report
+    from photon_jax.reports import output
 
     if args.json_file:
-        report.write_json(args.json_file, data)
+        output.write_json(args.json_file, data)
         _log(f"wrote {args.json_file}")
     if plotter is not None and args.plot:
         plotter(data, args.plot)

@@ -101,8 +101,8 @@ def run(args) -> int:
 
 
 def _check_by_position(args) -> dict[str, int] | None:
-    from photon_jax.bench.report import check_writable
     from photon_jax.eval.by_position import parse_periods
+    from photon_jax.reports.output import check_writable
 
     if not args.by_position:
         if args.slots or args.compare or args.plot:

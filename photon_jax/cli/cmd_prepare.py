@@ -63,8 +63,9 @@ def _progress():
 
 
 def run(args) -> int:
-    from photon_jax.data.prepare import MANIFEST_FILE, prepare
-    from photon_jax.data.stop import Stopped
+    from photon_jax.data.manifest import MANIFEST_FILE
+    from photon_jax.data.preparation.prepare import prepare
+    from photon_jax.data.preparation.stop import Stopped
     from photon_jax.errors import UserError
     from photon_jax.runs.workdir import data_dir_for
 

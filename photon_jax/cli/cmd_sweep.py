@@ -37,7 +37,7 @@ def grid_path(name: str) -> Path:
 
 
 def run(args) -> int:
-    from photon_jax.bench.report import fmt, table
+    from photon_jax.reports.tables import fmt, table
     from photon_jax.sweep import load_grid, run_sweep
     from photon_jax.sweep.measure import cost
 

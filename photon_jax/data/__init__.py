@@ -1,13 +1,13 @@
-"""Data: corpus reading, tokenizers (SentencePiece, tokenizer.json), `prepare` into ArrayRecord shards, grain pipeline.
+"""Data, in two halves that share one contract:
 
-    prepare(data_cfg, out_dir, vocab_size) -> manifest          (photon_jax.data.prepare.prepare; the
-                                                                name `prepare` here is the submodule)
-    train_iterator(data_dir, seq_len, global_batch, seed, ...)  (photon_jax.data.pipeline)
-    eval_batches(data_dir, split, seq_len, batch_size, ...)
-    load_manifest(data_dir), to_global_batch(batch, sharding)
-    load_tokenizer(path), token_byte_lengths(tokenizer), check_vocab(tokenizer, expected)
-    byte_accounting_check(tokenizer, texts)                     (photon_jax.data.tokenizer)
+    preparation/   offline: corpus readers and formats, work units, worker processes, the document split,
+                   the merge; `prepare(data_cfg, out_dir, vocab_size) -> manifest` writes a data dir
+    manifest.py    the data dir's manifest: `load_manifest(data_dir)`, format version, split names
+    loading/       online: packing documents into windows, the grain pipelines (`train_iterator`,
+                   `eval_batches`, `to_global_batch`), weighted mixtures of data dirs
 
+The loading half reaches no preparation module (tests/test_layout.py), so training and evaluation
+never import the corpus readers or the worker pool. Tokenizers live in photon_jax.tokenizers.
 Names are imported lazily so that `photon-jax prepare` does not pay for importing grain.
 """
 
@@ -16,12 +16,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "load_manifest": "prepare", "split_documents": "prepare",
-    "train_iterator": "pipeline", "eval_batches": "pipeline", "to_global_batch": "pipeline",
-    "TrainIterator": "pipeline", "EvalBatches": "pipeline",
-    "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
-    "token_byte_lengths": "tokenizer", "check_vocab": "tokenizer", "byte_accounting_check": "tokenizer",
-    "Document": "corpus", "iter_documents": "formats", "read_corpus": "formats",
+    "load_manifest": "manifest", "split_documents": "preparation.prepare",
+    "train_iterator": "loading.pipeline", "eval_batches": "loading.pipeline", "to_global_batch": "loading.pipeline",
+    "TrainIterator": "loading.pipeline", "EvalBatches": "loading.pipeline",
+    "Document": "preparation.corpus", "iter_documents": "preparation.formats", "read_corpus": "preparation.formats",
 }
 
 __all__ = sorted(_EXPORTS)

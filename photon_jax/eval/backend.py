@@ -14,12 +14,12 @@ import json
 import numpy as np
 
 from photon_jax.config import ModelConfig
-from photon_jax.data.tokenizer import Tokenizer
 from photon_jax.errors import UserError
 from photon_jax.eval.lockstep import Lockstep
 from photon_jax.eval.scoring import SpanScorer, context_continuation_span, rolling_spans
 from photon_jax.generation.api import check_mode, generate_stream
 from photon_jax.generation.sampling import GREEDY, SamplingConfig
+from photon_jax.tokenizers.tokenizer import Tokenizer
 
 DEFAULT_MAX_GEN_TOKS = 256  # the harness's default for generate_until
 GEN_CHUNK_STEPS = 16  # decode steps between checks for stop strings

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from photon_jax.config import ModelConfig
-from photon_jax.data.tokenizer import Tokenizer
 from photon_jax.errors import UserError
 from photon_jax.eval.scoring import SpanScorer, context_continuation_span
+from photon_jax.tokenizers.tokenizer import Tokenizer
 
 
 def load_choice_file(path: str | Path) -> list[dict]:

@@ -10,9 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from photon_jax.data import mixture, pipeline
-from photon_jax.data.prepare import load_manifest
-from photon_jax.data.tokenizer import check_vocab
+from photon_jax.data.loading import mixture, pipeline
+from photon_jax.data.manifest import load_manifest
 from photon_jax.errors import UserError
 from photon_jax.eval.by_position import profile as position_profile
 from photon_jax.eval.by_position import unit_periods
@@ -22,6 +21,7 @@ from photon_jax.eval.tasks import evaluate_tasks
 from photon_jax.generation.agreement import agreement
 from photon_jax.runs.workdir import load_run
 from photon_jax.sharding import batch_sharding, check_batch
+from photon_jax.tokenizers.tokenizer import check_vocab
 
 
 def pack_text_batches(token_ids: list[int], seq_len: int, batch_size: int, pad_id: int):

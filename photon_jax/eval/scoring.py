@@ -3,7 +3,7 @@
 A request is a token sequence and the number of its last tokens to score: the summed log-probability
 of those tokens given everything before them, and whether each is the arg-max prediction (the
 harness's `is_greedy`). Every sequence starts with the document boundary token (EOS), because that is
-what precedes every document in training (data/packing.py), so an empty context is just [EOS].
+what precedes every document in training (data/loading/packing.py), so an empty context is just [EOS].
 
 Batching: requests are sorted by length (longest first), cut into batches of `batch_size` rows, and
 each batch is right-padded to a width from a short ladder (16 tokens, rounded up to the meta-context,

@@ -13,18 +13,18 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import math
 import os
 from pathlib import Path
 
 import jax
 
 from photon_jax.config import ModelConfig
-from photon_jax.data.tokenizer import Tokenizer
 from photon_jax.errors import UserError
 from photon_jax.eval.backend import ModelBackend
 from photon_jax.eval.harness import HarnessModel, require_lm_eval
+from photon_jax.reports.tables import fmt, table
 from photon_jax.sharding import batch_sharding, check_batch
+from photon_jax.tokenizers.tokenizer import Tokenizer
 
 BUNDLED_TASKS = Path(__file__).resolve().parent / "local_tasks"  # shakespeare_next_line, shakespeare_ppl
 NOT_METRICS = ("sample_len", "alias", "sample_count")
@@ -106,11 +106,8 @@ def summary_rows(results: dict) -> list[dict]:
 
 
 def summary_table(rows: list[dict]) -> str:
-    lines = [f"{'task':<24} {'metric':<18} {'value':>10} {'stderr':>9}"]
-    for r in rows:
-        err = "" if r["stderr"] is None or math.isnan(r["stderr"]) else f"{r['stderr']:.4f}"
-        lines.append(f"{r['task']:<24} {r['metric']:<18} {r['value']:>10.4f} {err:>9}")
-    return "\n".join(lines)
+    return table(["task", "metric", "value", "stderr"],
+                 [[r["task"], r["metric"], fmt(r["value"], ".4f"), fmt(r["stderr"], ".4f")] for r in rows])
 
 
 def evaluate_tasks(model_cfg: ModelConfig, params, tokenizer: Tokenizer, tasks, *, max_len: int,

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from photon_jax.config import Config, ModelConfig, apply_overrides, from_dict
-from photon_jax.data import pipeline
+from photon_jax.data.loading import pipeline
 from photon_jax.errors import UserError
 from photon_jax.interop.llama import (
     ARCHITECTURE,
@@ -36,12 +36,12 @@ from photon_jax.interop.llama import (
     to_llama_tensors,
 )
 from photon_jax.interop.safetensors_io import DEFAULT_SHARD_BYTES, TensorReader, write_safetensors
-from photon_jax.interop.tokenizer_json import converter_available, write_tokenizer_json
 from photon_jax.model.accounting import abstract_params
 from photon_jax.model.convert import roll_layers, unroll_layers
 from photon_jax.runs import checkpoint as ckpt
 from photon_jax.runs.workdir import ensure_data, load_run, tokenizer_for
 from photon_jax.sharding import logical_rules, make_mesh, strip_boxes
+from photon_jax.tokenizers.tokenizer_json import converter_available, write_tokenizer_json
 from photon_jax.train.state import init_state, make_optimizer, state_layout
 
 OWN_TYPE = "photon-jax"

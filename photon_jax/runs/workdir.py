@@ -15,9 +15,10 @@ import jax
 import numpy as np
 
 from photon_jax.config import Config, MeshConfig, apply_overrides, parse_mixture
-from photon_jax.data.mixture import load_sources
-from photon_jax.data.prepare import load_manifest, prepare
-from photon_jax.data.tokenizer import Tokenizer, check_vocab, load_tokenizer
+from photon_jax.data.loading.mixture import load_sources
+from photon_jax.data.manifest import load_manifest
+from photon_jax.data.preparation.prepare import prepare
+from photon_jax.tokenizers.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from photon_jax.errors import UserError
 from photon_jax.model.accounting import abstract_params
 from photon_jax.runs import checkpoint as ckpt

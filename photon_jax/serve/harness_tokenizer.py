@@ -17,10 +17,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from photon_jax.data.hf_tokenizer import HFTokenizer
-from photon_jax.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from photon_jax.errors import UserError
-from photon_jax.interop.tokenizer_json import CONFIG_NAME, FILE_NAME, converter_available, write_tokenizer_json
+from photon_jax.tokenizers.hf_tokenizer import HFTokenizer
+from photon_jax.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
+from photon_jax.tokenizers.tokenizer_json import CONFIG_NAME, FILE_NAME, converter_available, write_tokenizer_json
 
 
 def write_harness_tokenizer(tok, directory, max_length: int) -> Path:

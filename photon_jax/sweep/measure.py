@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from photon_jax.bench.models import BenchModel, select_modes
-from photon_jax.bench.report import GIB
 from photon_jax.bench.tpm import resolve_regimes, run_tpm
 from photon_jax.eval.evaluate import evaluate_run
 from photon_jax.model.accounting import count_params, train_flops_per_token
+from photon_jax.reports.output import GIB
 from photon_jax.sweep.grid import RunSpec, budget_steps_of
 
 

@@ -6,7 +6,7 @@ sweep_figure puts all three in one PNG next to the results table.
 
 from __future__ import annotations
 
-from photon_jax.bench.plot import plt, save_figure
+from photon_jax.reports.figures import plt, save_figure
 
 FAMILY_MARKERS = {"vanilla": "s", "block": "^", "photon": "o"}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from photon_jax.bench.report import fmt, table
+from photon_jax.reports.tables import fmt, table
 from photon_jax.sweep import table as results_table
 
 # (column, header, format) of the printed summary: mean +- std

@@ -8,8 +8,8 @@ import io
 import json
 from pathlib import Path
 
-from photon_jax.bench.report import fmt, table
 from photon_jax.errors import UserError
+from photon_jax.reports.tables import fmt, table
 
 # (column, header, format) of the printed table; the CSV has every column of flat_row.
 PRINTED = [

@@ -21,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from photon_jax.config import Config, window_order_seed
-from photon_jax.data import mixture, pipeline
-from photon_jax.data.stop import Stopped
+from photon_jax.data.loading import mixture, pipeline
+from photon_jax.data.preparation.stop import Stopped
 from photon_jax.errors import UserError
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.model.accounting import count_params, train_flops_per_token

@@ -10,9 +10,9 @@ from __future__ import annotations
 import jax
 
 from photon_jax.config import Config
-from photon_jax.data.tokenizer import Tokenizer
 from photon_jax.eval.harness import require_lm_eval
 from photon_jax.eval.tasks import evaluate_tasks, parse_tasks, task_manager_for
+from photon_jax.tokenizers.tokenizer import Tokenizer
 
 
 class TaskEvaluator:

@@ -6,7 +6,7 @@ says, the error is one line naming the file.
 
 from __future__ import annotations
 
-from photon_jax.data.corpus import InputFile
+from photon_jax.data.preparation.corpus import InputFile
 from photon_jax.errors import CorpusError, UserError
 
 EXTRA = "pip install 'photon-jax[data]'"

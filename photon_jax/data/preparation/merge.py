@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from photon_jax.data.split import DocumentSplit
-from photon_jax.data.unit_writer import read_meta, unit_dir
-from photon_jax.data.units import Unit
-
-SPLITS = ("train", "validation")
+from photon_jax.data.manifest import SPLITS
+from photon_jax.data.preparation.split import DocumentSplit
+from photon_jax.data.preparation.unit_writer import read_meta, unit_dir
+from photon_jax.data.preparation.units import Unit
 
 
 def split_documents(n: int, fraction: float, seed: int) -> np.ndarray:

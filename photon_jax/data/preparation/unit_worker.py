@@ -1,9 +1,9 @@
-"""A tokenizing worker process of `prepare` (started by photon_jax.data.worker_pool, never imported by it).
+"""A tokenizing worker process of `prepare` (started by photon_jax.data.preparation.worker_pool, never imported by it).
 
-    python -m photon_jax.data.unit_worker PARENT_PID
+    python -m photon_jax.data.preparation.unit_worker PARENT_PID
 
 Reads tasks from stdin, one line each (base64 of a pickled (function name, args)), runs
-photon_jax.data.unit_writer.<function>(*args) and answers one line on the protocol channel:
+photon_jax.data.preparation.unit_writer.<function>(*args) and answers one line on the protocol channel:
 ("ok", result) or ("error", exception). It is a fresh interpreter running this module: the
 caller's script is never re-imported, so `prepare(..., workers > 1)` needs no `__main__` guard.
 
@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from photon_jax.data import unit_writer
+from photon_jax.data.preparation import unit_writer
 
 
 def _die_with_parent(parent: int) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from photon_jax.data.hf_byte_lengths import hf_byte_lengths
-from photon_jax.data.tokenizer_base import Tokenizer, copy_atomically, read_tokenizer_file
 from photon_jax.errors import UserError
+from photon_jax.tokenizers.hf_byte_lengths import hf_byte_lengths
+from photon_jax.tokenizers.tokenizer_base import Tokenizer, copy_atomically, read_tokenizer_file
 
 FILE_NAME = "tokenizer.json"
 CONFIG_NAME = "tokenizer_config.json"

@@ -24,8 +24,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from photon_jax.data.tokenizer_base import Tokenizer, copy_atomically, read_tokenizer_file
 from photon_jax.errors import UserError
+from photon_jax.tokenizers.tokenizer_base import Tokenizer, copy_atomically, read_tokenizer_file
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPE = "bpe"

@@ -18,8 +18,8 @@ import json
 import zlib
 from typing import Iterator
 
-from photon_jax.data.columnar import EXTRA, open_dataset, open_parquet
-from photon_jax.data.corpus import (
+from photon_jax.data.preparation.columnar import EXTRA, open_dataset, open_parquet
+from photon_jax.data.preparation.corpus import (
     HF_DATASET,
     JSONL,
     JSONL_GZ,
@@ -30,7 +30,7 @@ from photon_jax.data.corpus import (
     InputFile,
     corpus_inputs,
 )
-from photon_jax.data.units import Piece, whole_file_pieces
+from photon_jax.data.preparation.units import Piece, whole_file_pieces
 from photon_jax.errors import CorpusError, UserError
 
 _ROW_BATCH = 1024

@@ -24,7 +24,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from photon_jax.data.prepare import load_manifest
+from photon_jax.data.manifest import load_manifest
 from photon_jax.errors import UserError
 
 _DOC_CACHE_TOKENS = 32 << 20  # decoded documents kept per process/worker (int32: 128 MiB)

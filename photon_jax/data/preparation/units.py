@@ -19,8 +19,8 @@ import hashlib
 import json
 from typing import Iterable
 
-from photon_jax.data.columnar import open_dataset, open_parquet
-from photon_jax.data.corpus import HF_DATASET, JSONL, PARQUET, TEXT, InputFile
+from photon_jax.data.preparation.columnar import open_dataset, open_parquet
+from photon_jax.data.preparation.corpus import HF_DATASET, JSONL, PARQUET, TEXT, InputFile
 from photon_jax.errors import UserError
 
 # A text file larger than this is read as consecutive documents of about this size, cut after a newline

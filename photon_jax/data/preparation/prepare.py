@@ -8,10 +8,10 @@ Layout of a prepared data dir (docs/data.md)::
     units/<NNNNN>/{lengths,utf8_bytes}.npy, names.txt, meta.json
     <split>/records.npy, lengths.npy, documents.txt   the split's documents as indexes into the shards
 
-How it runs: the inputs are cut into work units (photon_jax.data.units); `workers`
+How it runs: the inputs are cut into work units (photon_jax.data.preparation.units); `workers`
 processes tokenize units in parallel, each unit into its own directory
-(photon_jax.data.unit_writer); when all are done one process merges their metadata into
-the split indexes (photon_jax.data.merge) and writes the manifest last. Everything is
+(photon_jax.data.preparation.unit_writer); when all are done one process merges their metadata into
+the split indexes (photon_jax.data.preparation.merge) and writes the manifest last. Everything is
 built in a sibling dir ``.<out>.partial-<key>``, keyed by the inputs and the unit plan,
 renamed to `out` at the end: a prepare killed at any point leaves finished units there,
 and rerunning the same command redoes only the others. With process_count > 1 (a
@@ -43,12 +43,12 @@ from typing import Callable, Iterator
 import numpy as np
 
 from photon_jax.config import DataConfig
-from photon_jax.data.corpus import Document, InputFile, corpus_fingerprint, corpus_inputs
-from photon_jax.data.merge import SPLITS, merge_units, split_documents  # noqa: F401 (split_documents: API)
-from photon_jax.data.split import DocumentSplit
-from photon_jax.data.stop import Stopped, stop_on_signals
-from photon_jax.data.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
-from photon_jax.data.unit_writer import (
+from photon_jax.data.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, SPLITS, load_manifest
+from photon_jax.data.preparation.corpus import Document, InputFile, corpus_fingerprint, corpus_inputs
+from photon_jax.data.preparation.merge import merge_units, split_documents  # noqa: F401 (split_documents: API)
+from photon_jax.data.preparation.split import DocumentSplit
+from photon_jax.data.preparation.stop import Stopped, stop_on_signals
+from photon_jax.data.preparation.unit_writer import (
     META_FILE,
     UnitsDirGone,
     is_done,
@@ -58,39 +58,19 @@ from photon_jax.data.unit_writer import (
     unit_documents,
     write_documents,
 )
-from photon_jax.data.units import Unit, plan_digest, plan_units
-from photon_jax.data.worker_pool import run_tasks
+from photon_jax.data.preparation.units import Unit, plan_digest, plan_units
+from photon_jax.data.preparation.worker_pool import run_tasks
 from photon_jax.errors import CorpusError, UserError
+from photon_jax.tokenizers.tokenizer import MODEL_TYPE, TRAINER_VERSION, check_vocab, load_tokenizer, train_tokenizer
 
 __all__ = ["prepare", "load_manifest", "split_documents", "MANIFEST_FILE", "SPLITS", "FORMAT_VERSION"]
 
-FORMAT = "photon-jax-prepared-data"
-FORMAT_VERSION = 3  # 3: the split computed per document (data/split.py); 2: a shuffle in memory
-READABLE_VERSIONS = (2, 3)  # a version-2 dir's split is stored in its index files: it loads as it is
-MANIFEST_FILE = "manifest.json"
 TRAINED_TOKENIZER_FILE = "tokenizer.model"
 _ERROR_FILE = "error.txt"
 _LOCK_FILE = ".merge.lock"
 _POLL_SECONDS = 0.5
 _ERROR_SKEW_SECONDS = 2  # an error file older than this prepare's start is a previous run's (process 0 also
 # removes it when it starts)
-
-
-def load_manifest(data_dir: str | Path) -> dict:
-    path = Path(data_dir).expanduser() / MANIFEST_FILE
-    if not path.is_file():
-        raise UserError(f"data dir {Path(data_dir)} has no {MANIFEST_FILE}; run photon-jax prepare")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is unreadable or corrupt ({type(e).__name__}); "
-                        "run photon-jax prepare --force") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{path} is not a photon-jax data manifest; run photon-jax prepare --force")
-    if manifest.get("format_version") not in READABLE_VERSIONS:
-        raise UserError(f"{path} has format version {manifest.get('format_version')}, this code reads "
-                        f"{' and '.join(map(str, READABLE_VERSIONS))}; run photon-jax prepare --force")
-    return manifest
 
 
 def _inputs(data_cfg: DataConfig, vocab_size: int, files: list[InputFile]) -> dict:

@@ -16,7 +16,7 @@ A corpus is named by one string (DataConfig.corpus), a comma-separated list of e
   a format a directory scan reads, sorted.
 
 Reading the documents of a file (and `iter_documents` over a whole corpus) is
-photon_jax.data.formats; cutting files into work units is photon_jax.data.units. The
+photon_jax.data.preparation.formats; cutting files into work units is photon_jax.data.preparation.units. The
 identity used to decide whether prepared data is current is (relative name, size,
 mtime) of every file, so checking it never reads the corpus.
 """

@@ -27,10 +27,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from photon_jax.data.corpus import JSONL, Document
-from photon_jax.data.formats import count_newlines, read_piece
-from photon_jax.data.tokenizer import load_tokenizer
-from photon_jax.data.units import Unit
+from photon_jax.data.preparation.corpus import JSONL, Document
+from photon_jax.data.preparation.formats import count_newlines, read_piece
+from photon_jax.data.preparation.units import Unit
+from photon_jax.tokenizers.tokenizer import load_tokenizer
 
 META_FILE = "meta.json"
 

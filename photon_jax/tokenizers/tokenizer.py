@@ -18,8 +18,9 @@ from typing import Iterable
 
 import numpy as np
 
-from photon_jax.data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
-from photon_jax.data.sentencepiece_tokenizer import (
+from photon_jax.errors import UserError
+from photon_jax.tokenizers.hf_tokenizer import HFTokenizer, load_hf_tokenizer
+from photon_jax.tokenizers.sentencepiece_tokenizer import (
     BOS_ID,
     EOS_ID,
     MODEL_TYPE,
@@ -30,8 +31,7 @@ from photon_jax.data.sentencepiece_tokenizer import (
     load_sentencepiece,
     train_tokenizer,
 )
-from photon_jax.data.tokenizer_base import Tokenizer
-from photon_jax.errors import UserError
+from photon_jax.tokenizers.tokenizer_base import Tokenizer
 
 __all__ = ["Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "load_tokenizer", "train_tokenizer",
            "token_byte_lengths", "byte_accounting_check", "check_vocab",

@@ -1,4 +1,4 @@
-"""The worker processes of `prepare`: fresh interpreters (photon_jax.data.unit_worker) fed one task at a time.
+"""The worker processes of `prepare`: fresh interpreters (preparation.unit_worker) fed one task at a time.
 
 Not multiprocessing: its spawned children re-import the caller's script (which then needs an
 `if __name__ == "__main__":` guard), and a parent killed by a signal left its workers and the resource
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from photon_jax.data.stop import Interrupted
-from photon_jax.data.unit_worker import decode, encode
+from photon_jax.data.preparation.stop import Interrupted
+from photon_jax.data.preparation.unit_worker import decode, encode
 from photon_jax.errors import UserError
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # importable in the worker without an install
@@ -28,7 +28,7 @@ _STOP_GRACE_SECONDS = 5.0
 def _start(workers: int) -> list[subprocess.Popen]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "photon_jax.data.unit_worker", str(os.getpid())]
+    cmd = [sys.executable, "-m", "photon_jax.data.preparation.unit_worker", str(os.getpid())]
     return [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) for _ in range(workers)]
 
 
@@ -59,7 +59,7 @@ def _died(proc: subprocess.Popen) -> BaseException:
 
 
 def run_tasks(function: str, tasks: Iterable[tuple], workers: int, on_result: Callable[[object], None]) -> None:
-    """photon_jax.data.unit_writer.<function>(*task) for every task on `workers` processes; on_result gets
+    """photon_jax.data.preparation.unit_writer.<function>(*task) for every task on `workers` processes; on_result gets
     each result as it arrives (any order). A task's exception is raised here; the workers are stopped."""
     pending = collections.deque(tasks)
     procs = _start(max(1, min(workers, len(pending))))

@@ -15,7 +15,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from photon_jax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from photon_jax.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
 
 FILE_NAME, CONFIG_NAME = "tokenizer.json", "tokenizer_config.json"
 
@@ -37,7 +37,7 @@ def write_tokenizer_json(tok: SentencePieceTokenizer, directory: Path, max_lengt
     sp = tok.processor
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": sp.id_to_piece(tok.eos_id),
               "pad_token": sp.id_to_piece(tok.pad_id), "unk_token": sp.id_to_piece(sp.unk_id()),
-              # training saw documents without BOS, with EOS appended after each (photon_jax/data/unit_writer.py)
+              # training saw documents without BOS, with EOS appended after each (data/preparation/unit_writer.py)
               "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
               "split_special_tokens": True,
               "model_max_length": max_length}

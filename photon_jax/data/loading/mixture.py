@@ -35,9 +35,9 @@ from typing import Any
 import grain
 
 from photon_jax.config import parse_mixture
-from photon_jax.data.packing import ENDLESS_WINDOWS, SplitSource, WindowStream
-from photon_jax.data.pipeline import StreamIterator
-from photon_jax.data.prepare import load_manifest
+from photon_jax.data.loading.packing import ENDLESS_WINDOWS, SplitSource, WindowStream
+from photon_jax.data.loading.pipeline import StreamIterator
+from photon_jax.data.manifest import load_manifest
 from photon_jax.errors import UserError
 
 __all__ = ["MixtureSource", "load_sources", "ProportionalInterleave", "MixtureIterator", "weighted_metrics"]

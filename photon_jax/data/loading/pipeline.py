@@ -1,6 +1,6 @@
 """Grain input pipeline over prepared shards: per-process batches and resumable state.
 
-Packing is in photon_jax.data.packing: documents concatenated in a seeded order
+Packing is in photon_jax.data.loading.packing: documents concatenated in a seeded order
 with EOS between them, cut into seq_len windows without truncating documents,
 windows visited in a seeded order, reshuffled every epoch.
 
@@ -37,8 +37,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from photon_jax.data.packing import ProcessRows, SplitSource, WindowStream
-from photon_jax.data.prepare import load_manifest
+from photon_jax.data.loading.packing import ProcessRows, SplitSource, WindowStream
+from photon_jax.data.manifest import load_manifest
 from photon_jax.errors import UserError
 
 __all__ = ["train_iterator", "eval_batches", "load_manifest", "to_global_batch", "StreamIterator", "TrainIterator",
