@@ -170,6 +170,30 @@ def test_tpm_json_schema(tpm_run):
     assert (out / "tpm.png").stat().st_size > 1000
 
 
+def test_interleaved_tpm_times_every_cell_once_per_round(monkeypatch):
+    """--interleave: warm-up of every cell first, then round-robin timing (the real generation, spied on),
+    each cell's median over its own rounds, nothing compiled while timing."""
+    from photon_jax.bench import runs, tpm
+
+    order = []
+    real = runs.timed_sample
+
+    def spy(cfg, params, mode, prompts, gen_len):
+        order.append((cfg.family, mode))
+        return real(cfg, params, mode, prompts, gen_len)
+
+    monkeypatch.setattr(runs, "timed_sample", spy)
+    models = load_models(["photon-tiny", "vanilla-tiny"], TINY)
+    modes = {"photon-tiny": ["hiergen", "recgen"], "vanilla-tiny": ["vanilla"]}
+    data = tpm.run_tpm(models, modes, {"pf": (8, 4)}, 2 ** 28, 2, 3, device_slope=False, interleave=True,
+                       log=lambda _: None)
+    cells = [("photon", "hiergen"), ("photon", "recgen"), ("vanilla", "vanilla")]
+    assert order == cells * 3
+    assert data["settings"]["timing_order"].startswith("interleaved")
+    for r in data["results"]:
+        assert r["timing"]["repeats"] == 3 and not r["timing"]["recompiled"] and r["tpm"]["measured"] > 0
+
+
 def test_allocated_caches_equal_the_measured_figures(tpm_run):
     """The cache arrays a real generation run returns have exactly the measured byte counts."""
     _, out = tpm_run

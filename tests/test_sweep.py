@@ -110,6 +110,11 @@ def test_committed_grids_resolve():
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": []}, "non-empty list of integers"),
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": [0, 0]}, "repeat a seed"),
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "seeds": [1, -2]}, "integers >= 0"),
+    ({"runs": [{"name": "a", "preset": "photon-tiny"}], "frontier": {}}, "no vanilla run"),
+    ({"runs": _runs("vanilla"), "frontier": {"contexts": [{"pf": "8/4"}]}}, r"frontier.contexts\[0\] must be"),
+    ({"runs": _runs("vanilla"), "frontier": {"contexts": [{"pf": "8/4", "de": "4"}]}}, "PROMPT/GENERATED"),
+    ({"runs": _runs("vanilla"), "frontier": {"reference": "photon-tiny"}}, "not an architecture"),
+    ({"runs": _runs("vanilla"), "frontier": {"repeat": 2}}, "keys among"),
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "measure": {"budget_steps": [400, 200]}}, "increasing"),
     ({"runs": [{"name": "a", "preset": "photon-tiny"}], "measure": {"budget_steps": [300]}},
      "budget step 300 is not a checkpoint"),
@@ -246,46 +251,6 @@ def test_a_finished_run_with_another_config_is_refused(tmp_path, plays, fast_com
         run_sweep(changed, work, plot=False, quiet=True)
 
 
-@pytest.mark.slow
-def test_three_seed_grid_summary_and_resume(tmp_path, plays, monkeypatch, fast_compile):
-    """Three seeds of one run: different inits and orders, mean/std equal to the three results, and an
-    interrupted seeded grid retrains nothing finished."""
-    import statistics
-
-    grid = load_grid({"overrides": tiny_overrides(layers=1, vocab=VOCAB) + TRAIN + [f"data.data_dir={plays}"],
-                      "measure": {**TINY_MEASURE, "tpm": None, "agreement_windows": 0},
-                      "runs": _runs("vanilla"), "seeds": [0, 1, 2]})
-    work = tmp_path / "sweep"
-    real_measure = sweep_measure.measure
-
-    def crash_on_seed_1(spec, run_dir, settings, log=print):
-        if spec.name == "vanilla-s1":
-            raise KeyboardInterrupt
-        return real_measure(spec, run_dir, settings, log=log)
-
-    monkeypatch.setattr(sweep_measure, "measure", crash_on_seed_1)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(grid, work, plot=False, quiet=True)
-    first = (work / "runs" / "vanilla-s0" / "results.json").stat().st_mtime_ns
-    trained = _lines(work / "runs" / "vanilla-s1" / "metrics.jsonl")
-    monkeypatch.setattr(sweep_measure, "measure", real_measure)
-    result = run_sweep(grid, work, plot=False, quiet=True)
-    assert (work / "runs" / "vanilla-s0" / "results.json").stat().st_mtime_ns == first
-    assert _lines(work / "runs" / "vanilla-s1" / "metrics.jsonl") == trained  # measured, not retrained
-
-    runs = [json.loads((work / "runs" / f"vanilla-s{s}" / "results.json").read_text()) for s in (0, 1, 2)]
-    ppl = [r["validation"]["perplexity"] for r in runs]
-    losses = [r["curve"]["train"][0][1] for r in runs]
-    assert len(set(ppl)) == 3 and len(set(losses)) == 3  # other inits and window orders
-    (summary,) = result["summary"]
-    assert summary["group"] == "vanilla" and summary["n_seeds"] == 3 and summary["seeds"] == [0, 1, 2]
-    assert summary["val_ppl_mean"] == pytest.approx(statistics.fmean(ppl))
-    assert summary["val_ppl_std"] == pytest.approx(statistics.stdev(ppl))
-    assert summary["ppl_x_mean"] == 1.0 and summary["ppl_x_std"] == 0.0
-    assert "vanilla" in (work / "results_summary.csv").read_text()
-    assert "±" in (work / "results.txt").read_text()
-
-
 def test_budget_curve_from_one_runs_checkpoints_equals_its_training_evaluations(tmp_path, plays, fast_compile):
     """measure.budget_steps evaluates the run's own intermediate checkpoints (no retraining); each point
     equals the validation the training loop computed at that step on the live parameters."""
@@ -308,3 +273,85 @@ def test_budget_curve_from_one_runs_checkpoints_equals_its_training_evaluations(
         assert point["tokens"] == point["step"] * 8 * grid.runs[0].cfg.data.seq_len
     assert result["rows"][0]["val_ppl_at_2"] == record["budget"][0]["perplexity"]
     assert (work / "results.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_seeded_frontier_at_equal_flops_resumes_and_uses_one_side_by_side_tpm(tmp_path, plays, monkeypatch,
+                                                                            fast_compile):
+    """Two architectures x two budgets x two seeds, interrupted once: finished runs are neither retrained
+    nor remeasured; seeds differ in init and window order; the per-group summary is the mean and std of the
+    seeds; every frontier row's quality is the mean of its seeds' own measurements (held-out perplexity;
+    RecGen: its own window perplexity), ratios are paired within a seed, TPM comes from one interleaved
+    bench over both architectures, and a rerun reuses that bench."""
+    import math
+    import statistics
+
+    grid = load_grid({"overrides": tiny_overrides(layers=1, vocab=VOCAB) + TRAIN + [f"data.data_dir={plays}"],
+                      "measure": {**TINY_MEASURE, "tpm": None}, "seeds": [0, 1],
+                      "frontier": {"contexts": [{"pf": "8/4", "de": "4/8"}], "repeats": 2, "max_batch": 2},
+                      "runs": [{"name": "photon-b4", "preset": "photon-tiny", "overrides": ["train.steps=4"]},
+                               {"name": "vanilla-b4", "preset": "vanilla-tiny", "flop_match": "photon-b4"},
+                               {"name": "photon-b6", "preset": "photon-tiny", "overrides": ["train.steps=6"]},
+                               {"name": "vanilla-b6", "preset": "vanilla-tiny", "flop_match": "photon-b6"}]})
+    work = tmp_path / "sweep"
+    real_measure = sweep_measure.measure
+
+    def crash_on_one_seed(spec, run_dir, settings, log=print):
+        if spec.name == "vanilla-b4-s1":
+            raise KeyboardInterrupt  # as if ^C during that run's measurement
+        return real_measure(spec, run_dir, settings, log=log)
+
+    monkeypatch.setattr(sweep_measure, "measure", crash_on_one_seed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, work, plot=False, quiet=True)
+    first = (work / "runs" / "photon-b4-s0" / "results.json").stat().st_mtime_ns
+    trained = _lines(work / "runs" / "vanilla-b4-s1" / "metrics.jsonl")
+    monkeypatch.setattr(sweep_measure, "measure", real_measure)
+    result = run_sweep(grid, work, plot=True, quiet=True)
+    assert (work / "runs" / "photon-b4-s0" / "results.json").stat().st_mtime_ns == first
+    assert _lines(work / "runs" / "vanilla-b4-s1" / "metrics.jsonl") == trained  # measured, not retrained
+    records = {p.parent.name: json.loads(p.read_text()) for p in (work / "runs").glob("*/results.json")}
+    assert len(records) == 8
+    ppl = [records[f"vanilla-b4-s{s}"]["validation"]["perplexity"] for s in (0, 1)]
+    losses = [records[f"vanilla-b4-s{s}"]["curve"]["train"][0][1] for s in (0, 1)]
+    assert len(set(ppl)) == 2 and len(set(losses)) == 2  # other inits and window orders
+    summary = {row["group"]: row for row in result["summary"]}["vanilla-b4"]
+    assert summary["n_seeds"] == 2 and summary["seeds"] == [0, 1]
+    assert summary["val_ppl_mean"] == pytest.approx(statistics.fmean(ppl))
+    assert summary["val_ppl_std"] == pytest.approx(statistics.stdev(ppl))
+    assert "vanilla-b4" in (work / "results_summary.csv").read_text() and "±" in (work / "results.txt").read_text()
+
+    frontier = result["frontier"]
+    (tpm_file,) = work.glob("tpm-*.json")
+    tpm = json.loads(tpm_file.read_text())
+    assert tpm["settings"]["models"] == ["photon-tiny", "vanilla-tiny"]
+    assert tpm["settings"]["timing_order"].startswith("interleaved") and tpm["settings"]["repeats"] == 2
+    rows = {(r["budget"], r["architecture"], r["mode"]): r for r in frontier["rows"]}
+    assert set(rows) == {(b, "photon-tiny", m) for b in ("photon-b4", "photon-b6") for m in ("hiergen", "recgen")} \
+        | {(b, "vanilla-tiny", "vanilla") for b in ("photon-b4", "photon-b6")}
+    label = frontier["contexts"][0]
+    tpm_of = {(r["model"], r["mode"], r["regime"]): r["tpm"]["measured"] for r in tpm["results"]}
+    for steps in ("4", "6"):
+        budget = f"photon-b{steps}"
+        flops = [records[f"{family}-b{steps}-s0"]["train_flops"] for family in ("photon", "vanilla")]
+        assert flops[1] == pytest.approx(flops[0], rel=0.5 / records[f"vanilla-b{steps}-s0"]["steps"])
+        ppl = {f: [records[f"{f}-b{steps}-s{s}"]["validation"]["perplexity"] for s in (0, 1)]
+               for f in ("photon", "vanilla")}
+        hier, van = rows[(budget, "photon-tiny", "hiergen")], rows[(budget, "vanilla-tiny", "vanilla")]
+        assert hier["ppl_mean"] == pytest.approx(statistics.fmean(ppl["photon"]))
+        assert hier["ppl_std"] == pytest.approx(statistics.stdev(ppl["photon"]))
+        assert hier["ppl_x_mean"] == pytest.approx(statistics.fmean(p / v for p, v in zip(ppl["photon"],
+                                                                                         ppl["vanilla"])))
+        assert van["ppl_x_mean"] == 1.0 and van["ppl_x_std"] == 0.0
+        rec = rows[(budget, "photon-tiny", "recgen")]
+        forced = [records[f"photon-b{steps}-s{s}"]["agreement"]["hiergen_vs_recgen"]["teacher_forced"]
+                  for s in (0, 1)]
+        assert rec["ppl_mean"] == pytest.approx(statistics.fmean(math.exp(f["nll"]) for f in forced))
+        assert rec[f"tpm_de_{label}"] == tpm_of[("photon-tiny", "recgen", "de")]
+        assert rec[f"tpm_de_{label}_x"] == pytest.approx(tpm_of[("photon-tiny", "recgen", "de")]
+                                                         / tpm_of[("vanilla-tiny", "vanilla", "de")])
+    for name in ("frontier.json", "frontier.csv", "frontier.txt", "frontier.png", "frontier_flops.png"):
+        assert (work / name).stat().st_size > 0
+    stamp = tpm_file.stat().st_mtime_ns
+    run_sweep(grid, work, plot=False, quiet=True)
+    assert tpm_file.stat().st_mtime_ns == stamp  # the side-by-side bench is reused, not rerun

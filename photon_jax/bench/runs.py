@@ -56,26 +56,39 @@ def allocated_state(cfg, params, mode: str, prompts: list[list[int]], gen_len: i
     return result
 
 
-def timed_generation(cfg, params, mode: str, batch: int, prompt_len: int, gen_len: int, repeats: int,
-                     seed: int = 0) -> tuple[dict, dict | None]:
-    """(timing summary over `repeats` warm runs, allocated-state report of the warm-up run)."""
+def warm_generation(cfg, params, mode: str, batch: int, prompt_len: int, gen_len: int,
+                    seed: int = 0) -> tuple[list[list[int]], dict]:
+    """(the prompts, the allocated-state report of a first run that also compiles every program)."""
     prompts = random_prompts(cfg.vocab_size, batch, prompt_len, seed)
-    allocated = allocated_state(cfg, params, mode, prompts, gen_len)  # also the warm-up (compiles)
-    samples = []
-    for _ in range(repeats):
-        res = generate(cfg, params, prompts, mode=mode, max_new_tokens=gen_len, sampling=GREEDY)
-        t = res.timings
-        n = t["generated_tokens"]
-        total = t["prefill_s"] + t["decode_s"]
-        samples.append({"prefill_s": t["prefill_s"], "decode_s": t["decode_s"], "total_s": total,
-                        "throughput_tokens_per_s": n / total if total > 0 else float("nan"),
-                        "decode_tokens_per_s": n / t["decode_s"] if t["decode_s"] > 0 else float("nan"),
-                        "compiled": bool(t.get("compiled", False)), "generated_tokens": n})
+    return prompts, allocated_state(cfg, params, mode, prompts, gen_len)
+
+
+def timed_sample(cfg, params, mode: str, prompts: list[list[int]], gen_len: int) -> dict:
+    """One warm, greedy generation: its prefill and decode seconds and throughputs."""
+    t = generate(cfg, params, prompts, mode=mode, max_new_tokens=gen_len, sampling=GREEDY).timings
+    n = t["generated_tokens"]
+    total = t["prefill_s"] + t["decode_s"]
+    return {"prefill_s": t["prefill_s"], "decode_s": t["decode_s"], "total_s": total,
+            "throughput_tokens_per_s": n / total if total > 0 else float("nan"),
+            "decode_tokens_per_s": n / t["decode_s"] if t["decode_s"] > 0 else float("nan"),
+            "compiled": bool(t.get("compiled", False)), "generated_tokens": n}
+
+
+def timing_summary(samples: list[dict]) -> dict:
+    """Medians over warm samples, time to first token, and whether any sample compiled (should not)."""
     summary = summarize(samples, TIMING_KEYS)
     summary["ttft_s"] = summary["prefill_s"]
     summary["generated_tokens"] = samples[-1]["generated_tokens"] if samples else 0
-    summary["recompiled"] = any(s["compiled"] for s in samples)  # should be False: warm runs only
-    return summary, allocated
+    summary["recompiled"] = any(s["compiled"] for s in samples)
+    return summary
+
+
+def timed_generation(cfg, params, mode: str, batch: int, prompt_len: int, gen_len: int, repeats: int,
+                     seed: int = 0) -> tuple[dict, dict | None]:
+    """(timing summary over `repeats` warm runs, allocated-state report of the warm-up run)."""
+    prompts, allocated = warm_generation(cfg, params, mode, batch, prompt_len, gen_len, seed)
+    samples = [timed_sample(cfg, params, mode, prompts, gen_len) for _ in range(repeats)]
+    return timing_summary(samples), allocated
 
 
 def device_slope(cfg, params, mode: str, prompt_len: int, gen_len: int, batch_hi: int,

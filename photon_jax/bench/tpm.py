@@ -110,45 +110,59 @@ def plan_batches(models: list[BenchModel], modes: dict[str, list[str]], regimes:
 
 def run_tpm(models: list[BenchModel], modes: dict[str, list[str]], regimes: dict[str, tuple[int, int]],
             budget_bytes: int, max_batch: int, repeats: int, perplexities: dict[str, float] | None = None,
-            device_slope: bool = True, overrides: list[str] = (), log: Callable[[str], None] = print) -> dict:
+            device_slope: bool = True, overrides: list[str] = (), interleave: bool = False,
+            log: Callable[[str], None] = print) -> dict:
+    """Every (model, regime, mode) cell warmed up, then timed `repeats` times. interleave=True times the
+    cells round-robin (every cell once per round, all models' weights held at once), so a slow spell
+    of the machine falls on every cell alike; otherwise one model after the other."""
     perplexities = perplexities or {}
     plans = plan_batches(models, modes, regimes, budget_bytes, max_batch)
     reference = reference_model(models)
-    results, notes = [], []
-    for m in models:
-        cfg = m.model
-        params = random_params(cfg)
-        n_params = count_params(cfg)
-        for regime, (p, g) in regimes.items():
-            for mode in modes[m.name]:
-                kv, search = plans[(m.name, mode, regime)]
-                log(f"[tpm] {m.name} {mode} {regime.upper()} {p}/{g}: batch {search.used}"
-                    + (f" (budget fits {search.fit}, capped by --max-batch {max_batch})" if search.capped else ""))
-                timing, allocated = runs.timed_generation(cfg, params, mode, search.used, p, g, repeats)
-                slope = None
-                if device_slope and allocated["device_bytes_held"] is not None:
-                    slope = runs.device_slope(cfg, params, mode, p, g, search.used, allocated["device_bytes_held"])
-                kv = dict(kv)
-                kv["allocated"] = {k: v // allocated["batch"] for k, v in allocated["caches"].items()}
-                kv["allocated_total"] = allocated["caches_total"] // allocated["batch"]
-                kv["state_total"] = allocated["state_total"] // allocated["batch"]
-                kv["device"] = slope
-                kv["device_slope"] = slope["bytes_per_sample"] if slope else None
-                thr = timing["throughput_tokens_per_s"]
-                results.append({
-                    "model": m.name, "family": m.family, "mode": mode, "regime": regime, "prompt_len": p,
-                    "gen_len": g, "params": n_params, "dtype": cfg.dtype, "batch": search.to_dict(),
-                    "attention": allocated["attention"],
-                    "kv_bytes_per_sample": kv, "timing": timing, "ttft_s": timing["ttft_s"],
-                    "throughput_k_tokens_per_s": thr / 1e3,
-                    "decode_k_tokens_per_s": timing["decode_tokens_per_s"] / 1e3,
-                    "tpm": {"measured": _tpm(thr, kv["measured_total"]), "analytic": _tpm(thr, kv["analytic_total"]),
-                            "device": _tpm(thr, kv["device_slope"])},
-                    "kv_read_bytes_per_token": memory.kv_reads_per_token(cfg, mode, p, g, dtype_bytes(cfg)),
-                    "vs_reference": None, "perplexity": perplexities.get(m.name)})
-        del params
-        gc.collect()
+    cells = [(m, regime, mode) for m in models for regime in regimes for mode in modes[m.name]]
+    params, warm, samples = {}, {}, {}
+
+    def warm_up(m: BenchModel, regime: str, mode: str) -> None:
+        p, g = regimes[regime]
+        search = plans[(m.name, mode, regime)][1]
+        log(f"[tpm] {m.name} {mode} {regime.upper()} {p}/{g}: batch {search.used}"
+            + (f" (budget fits {search.fit}, capped by --max-batch {max_batch})" if search.capped else ""))
+        prompts, allocated = runs.warm_generation(m.model, params[m.name], mode, search.used, p, g)
+        slope = None
+        if device_slope and allocated["device_bytes_held"] is not None:
+            slope = runs.device_slope(m.model, params[m.name], mode, p, g, search.used,
+                                      allocated["device_bytes_held"])
+        warm[(m.name, regime, mode)] = (prompts, allocated, slope)
+        samples[(m.name, regime, mode)] = []
+
+    def time_once(m: BenchModel, regime: str, mode: str) -> None:
+        prompts = warm[(m.name, regime, mode)][0]
+        samples[(m.name, regime, mode)].append(
+            runs.timed_sample(m.model, params[m.name], mode, prompts, regimes[regime][1]))
+
+    if interleave:
+        params.update({m.name: random_params(m.model) for m in models})
+        for cell in cells:
+            warm_up(*cell)
+        for round_index in range(repeats):
+            log(f"[tpm] round {round_index + 1}/{repeats} over {len(cells)} cells")
+            for cell in cells:
+                time_once(*cell)
+    else:
+        for m in models:
+            params[m.name] = random_params(m.model)
+            for cell in [c for c in cells if c[0] is m]:
+                warm_up(*cell)
+                for _ in range(repeats):
+                    time_once(*cell)
+            del params[m.name]
+            gc.collect()
+    results = [_row(m, regime, mode, regimes[regime], plans[(m.name, mode, regime)], warm[(m.name, regime, mode)],
+                    runs.timing_summary(samples[(m.name, regime, mode)]), perplexities.get(m.name))
+               for m, regime, mode in cells]
+    params.clear()
+    gc.collect()
     _add_ratios(results, reference)
+    notes = []
     capped = [r for r in results if r["batch"]["capped"]]
     if capped:
         notes.append(f"{len(capped)} of {len(results)} runs used batch {max_batch} (the --max-batch cap) although "
@@ -158,12 +172,35 @@ def run_tpm(models: list[BenchModel], modes: dict[str, list[str]], regimes: dict
     settings = {"regimes": {k: {"prompt_len": p, "gen_len": g} for k, (p, g) in regimes.items()},
                 "memory_budget_bytes": budget_bytes, "memory_budget_gib": budget_bytes / GIB,
                 "max_batch": max_batch, "repeats": repeats, "models": [m.name for m in models],
+                "timing_order": "interleaved: every cell once per round" if interleave else "model by model",
                 "modes": modes, "overrides": list(overrides), "sampling": "greedy, no EOS",
                 "tpm_unit": "K generated tokens/s per GiB of per-sample KV memory",
                 "throughput": "generated tokens / (prefill_s + decode_s) at the batch run",
                 "memory_basis": "measured (cache trees allocated by the generation code); "
                                 "tpm.analytic and tpm.device use the other figures"}
     return envelope("tpm", settings, reference, results, notes)
+
+
+def _row(m: BenchModel, regime: str, mode: str, lengths: tuple[int, int], plan, warmed, timing: dict,
+         perplexity: float | None) -> dict:
+    """One result row: memory (analytic, measured, allocated, device slope), timing, TPM."""
+    cfg, (p, g), (kv, search), (_, allocated, slope) = m.model, lengths, plan, warmed
+    kv = dict(kv)
+    kv["allocated"] = {k: v // allocated["batch"] for k, v in allocated["caches"].items()}
+    kv["allocated_total"] = allocated["caches_total"] // allocated["batch"]
+    kv["state_total"] = allocated["state_total"] // allocated["batch"]
+    kv["device"] = slope
+    kv["device_slope"] = slope["bytes_per_sample"] if slope else None
+    thr = timing["throughput_tokens_per_s"]
+    return {"model": m.name, "family": m.family, "mode": mode, "regime": regime, "prompt_len": p, "gen_len": g,
+            "params": count_params(cfg), "dtype": cfg.dtype, "batch": search.to_dict(),
+            "attention": allocated["attention"], "kv_bytes_per_sample": kv, "timing": timing,
+            "ttft_s": timing["ttft_s"], "throughput_k_tokens_per_s": thr / 1e3,
+            "decode_k_tokens_per_s": timing["decode_tokens_per_s"] / 1e3,
+            "tpm": {"measured": _tpm(thr, kv["measured_total"]), "analytic": _tpm(thr, kv["analytic_total"]),
+                    "device": _tpm(thr, kv["device_slope"])},
+            "kv_read_bytes_per_token": memory.kv_reads_per_token(cfg, mode, p, g, dtype_bytes(cfg)),
+            "vs_reference": None, "perplexity": perplexity}
 
 
 def _add_ratios(results: list[dict], reference: str | None) -> None:

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
                    help=f"cap on the batch that is run (default {CPU_MAX_BATCH} on CPU, {ACCEL_MAX_BATCH} elsewhere)")
     t.add_argument("--perplexities", default=None, metavar="NAME=PPL,...",
                    help="perplexity of each model, for the TPM-vs-perplexity plot")
+    t.add_argument("--interleave", action="store_true",
+                   help="time the models round-robin (each model and mode once per repeat, all weights held), so "
+                        "a slow spell of the machine falls on every model alike: for side-by-side ratios")
     t.add_argument("--no-device-slope", action="store_true",
                    help="skip the device-memory slope (GPU: one extra run per model and mode)")
     t.add_argument("--plot", default=None, metavar="FILE.png")
@@ -155,7 +158,8 @@ def run_tpm_command(args) -> int:
         limit = memory.device_bytes_limit()
         budget = int(ACCEL_BUDGET_FRACTION * limit) if limit else int(CPU_BUDGET_GIB * output.GIB)
     data = tpm.run_tpm(models, modes, regimes, budget, max_batch, args.repeats, ppl,
-                       device_slope=not args.no_device_slope, overrides=args.overrides, log=_log)
+                       device_slope=not args.no_device_slope, overrides=args.overrides,
+                       interleave=args.interleave, log=_log)
     if args.json:
         print_json(data)
     else:

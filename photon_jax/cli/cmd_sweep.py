@@ -61,11 +61,19 @@ def run(args) -> int:
     if args.json:
         print_json({"reference": result["reference"], "rows": result["rows"], "finished": result["finished"],
                     "runs": len(result["runs"]), "workdir": str(Path(workdir).resolve()),
-                    **({"summary": result["summary"]} if "summary" in result else {})})
+                    **({"summary": result["summary"]} if "summary" in result else {}),
+                    **({"frontier": result["frontier"]} if "frontier" in result else {})})
         return 0
     if "summary" in result:  # a seeded grid: mean ± std per run group first
         print(summary_text(result["summary"], result["reference"]) + "\n")
     print(text(result["rows"], result["reference"]))
     table_path = Path(workdir).resolve() / "results.csv"
     print(f"{result['finished']} of {len(result['runs'])} runs finished; table in {table_path}")
+    if "frontier" in result:  # sweep/frontier.py
+        from photon_jax.sweep.frontier import frontier_text
+
+        frontier = result["frontier"]
+        print("\nfrontier at equal training FLOPs:\n" + frontier_text(frontier["rows"], frontier["reference"],
+                                                                    frontier["contexts"]))
+        print(f"frontier table and figures in {Path(workdir).resolve() / 'frontier.json'} (.csv, .txt, .png)")
     return 0

@@ -38,12 +38,13 @@ import yaml
 from photon_jax.config import Config, ConfigError, load_config, read_yaml_mapping
 from photon_jax.errors import UserError
 from photon_jax.model.accounting import train_flops_per_token
+from photon_jax.sweep.frontier_settings import parse_frontier
 
 DEFAULT_TPM = {"pf": "256/32", "de": "32/256", "max_batch": 8, "repeats": 1, "memory_budget_gib": 1.0}
 # eval_batches 0 = whole split; budget_steps: checkpoints evaluated along each run (no retraining)
 DEFAULT_MEASURE = {"agreement_windows": 8, "eval_batches": 0, "tpm": DEFAULT_TPM, "budget_steps": []}
 RUN_KEYS = {"name", "preset", "config", "overrides", "grid", "flop_match"}
-GRID_KEYS = {"description", "overrides", "measure", "reference", "runs", "seeds"}
+GRID_KEYS = {"description", "overrides", "measure", "reference", "runs", "seeds", "frontier"}
 NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 
 
@@ -69,6 +70,7 @@ class Grid:
     measure: dict
     reference: str | None  # a run name (unseeded) or a group name (seeded: each seed's run of that group)
     seeds: tuple[int, ...] = ()
+    frontier: dict | None = None  # the frontier section (sweep/frontier_settings.py), or None
 
     def run(self, name: str) -> RunSpec:
         return next(r for r in self.runs if r.name == name)
@@ -120,7 +122,8 @@ def load_grid(source: str | Path | dict, extra_overrides: list[str] = (), base_d
         raise UserError(f"grid reference {reference!r} is not a run of the grid (runs: {', '.join(known)})")
     if reference is None:
         reference = next((s.base for s in specs.values() if s.cfg.model.family == "vanilla"), None)
-    return Grid(str(data.get("description", "")), tuple(specs.values()), measure, reference, tuple(seeds))
+    frontier = parse_frontier(data.get("frontier"), list(specs.values()))
+    return Grid(str(data.get("description", "")), tuple(specs.values()), measure, reference, tuple(seeds), frontier)
 
 
 def budget_steps_of(spec: RunSpec, budget_steps: list[int]) -> list[int]:

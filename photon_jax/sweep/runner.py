@@ -19,6 +19,7 @@ from pathlib import Path
 
 from photon_jax.errors import UserError
 from photon_jax.sweep import measure, seeds, table
+from photon_jax.sweep.frontier import run_frontier
 from photon_jax.sweep.grid import Grid, RunSpec, reference_for
 from photon_jax.sweep.plot import sweep_figure
 from photon_jax.train.loop import train
@@ -139,7 +140,11 @@ def run_sweep(grid: Grid, workdir: str | Path, only: list[str] | None = None, lo
         log(f"[sweep] {spec.name}: {what} (val ppl {record['validation']['perplexity']:.2f})")
         records[spec.name] = record
         _write_table(grid, workdir, records, plot)
-    return _write_table(grid, workdir, records, plot)
+    result = _write_table(grid, workdir, records, plot)
+    if grid.frontier and records:  # sweep/frontier.py: TPM side by side, quality per budget and mode
+        by_name = {r["run"]: r for r in result["records"]}
+        result["frontier"] = run_frontier(grid, workdir, by_name, plot=plot, log=log)
+    return result
 
 
 def _write_table(grid: Grid, workdir: Path, records: dict, plot: bool) -> dict:

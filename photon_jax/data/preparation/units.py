@@ -68,43 +68,50 @@ def plan_digest(units: list[Unit], unit_bytes: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _jsonl_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
-    """Byte ranges of about unit_bytes, each starting just after a newline."""
+def _byte_bounds(f: InputFile, step: int, cut_at) -> list[int]:
+    """0, then a boundary about every `step` bytes (cut_at(handle, target) -> the boundary at or after
+    target), then the file size."""
     bounds = [0]
     try:
         with open(f.path, "rb") as handle:
-            while bounds[-1] + unit_bytes < f.size:
-                handle.seek(bounds[-1] + unit_bytes - 1)
-                handle.readline()  # to the end of the line holding the byte before the target
-                cut = handle.tell()
+            while bounds[-1] + step < f.size:
+                cut = cut_at(handle, bounds[-1] + step)
                 if cut >= f.size:
                     break
                 bounds.append(cut)
     except OSError as e:
         raise UserError(f"cannot read {f.path}: {e.strerror or e}") from None
-    bounds.append(f.size)
+    return bounds + [f.size]
+
+
+def _after_line(handle, target: int) -> int:
+    """Just after the newline ending the line that holds the byte before target."""
+    handle.seek(target - 1)
+    handle.readline()
+    return handle.tell()
+
+
+def _after_line_or_character(handle, target: int) -> int:
+    """After the newline ending the line at target; in a very long line, the start of a UTF-8 character."""
+    handle.seek(target)
+    line = handle.readline(_LONGEST_LINE)
+    cut = handle.tell()
+    if not line.endswith(b"\n"):
+        handle.seek(cut - len(line))
+        head = handle.read(4)
+        cut = cut - len(line) + next((i for i, b in enumerate(head) if b & 0xC0 != 0x80), 0)
+    return cut
+
+
+def _jsonl_cuts(f: InputFile, unit_bytes: int) -> list[Piece]:
+    """Byte ranges of about unit_bytes, each starting just after a newline."""
+    bounds = _byte_bounds(f, unit_bytes, _after_line)
     return [Piece(f, a, b, size=b - a) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _text_cuts(f: InputFile) -> list[Piece]:
     """Byte ranges of about TEXT_PART_BYTES, each ending after a newline (or a whole character)."""
-    bounds = [0]
-    try:
-        with open(f.path, "rb") as handle:
-            while bounds[-1] + TEXT_PART_BYTES < f.size:
-                handle.seek(bounds[-1] + TEXT_PART_BYTES)
-                line = handle.readline(_LONGEST_LINE)
-                cut = handle.tell()
-                if not line.endswith(b"\n"):  # a very long line: back to the start of a UTF-8 character
-                    handle.seek(cut - len(line))
-                    head = handle.read(4)
-                    cut = cut - len(line) + next((i for i, b in enumerate(head) if b & 0xC0 != 0x80), 0)
-                if cut >= f.size:
-                    break
-                bounds.append(cut)
-    except OSError as e:
-        raise UserError(f"cannot read {f.path}: {e.strerror or e}") from None
-    bounds.append(f.size)
+    bounds = _byte_bounds(f, TEXT_PART_BYTES, _after_line_or_character)
     if len(bounds) == 2:
         return [Piece(f, size=f.size)]
     return [Piece(f, a, b, size=b - a) for a, b in zip(bounds[:-1], bounds[1:])]
