@@ -153,9 +153,19 @@ def tiny_photon():
     return tiny_config()
 
 
+# The longest files, longest first (timed: docs/setup.md); scripts/test.sh hands whole files to parallel
+# workers in collection order, so these start first and no worker ends the suite on one of them alone.
+LONGEST_FIRST = ("test_spmd.py", "test_notebook.py", "test_serve_engine.py", "test_reliability.py",
+                 "test_slurm.py", "test_sweep.py", "test_serve.py", "test_multihost.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Files holding a `slow` test run first (stable order otherwise): scripts/test.sh hands whole files
-    to parallel workers in collection order, so starting the minutes-long ones early keeps one worker
-    from finishing them alone at the end."""
+    """The LONGEST_FIRST files, then the other files holding a `slow` test, then the rest (stable order
+    otherwise)."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+
+    def rank(item):
+        if item.path.name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(item.path.name)
+        return len(LONGEST_FIRST) + (item.path not in slow_files)
+    items.sort(key=rank)

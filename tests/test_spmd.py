@@ -52,6 +52,7 @@ def _no_remat(found: dict):
 
 # ----------------------------------------------------------------------------- the matrix
 
+@pytest.mark.slow  # 32 compiles: the file starts early so that no worker ends the suite on it alone
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("family", ["photon", "vanilla"])
 def test_train_step_has_no_rematerialization_on_any_mesh(family, dtype):
