@@ -7,6 +7,9 @@
 #            matplotlib (+ contourpy, cycler, fonttools, kiwisolver, pillow, pyparsing, python-dateutil,
 #            tzdata, packaging) -- the bench plots of gpu_checks.sh need matplotlib
 #   tests:   pytest (+ iniconfig, pluggy, pygments), hypothesis (+ sortedcontainers)
+#   serve:   the [serve] extra for `bench serve`: fastapi (+ starlette, pydantic, pydantic-core, annotated-types,
+#            annotated-doc, typing-inspection, typing-extensions, opentelemetry-api, anyio, idna), uvicorn (+ click,
+#            h11), sse-starlette, prometheus-client; httpx (+ httpcore, certifi), the load client
 # Left out: the notebook test's extras (nbclient, nbformat, ipykernel: gpu_checks.sh does not run that test)
 # and photon-jax itself (gpu_checks.sh runs from the repository root with the repository on PYTHONPATH).
 #
@@ -36,6 +39,11 @@ PKGS=(
     # tests (setup.cfg [test] extra, without the notebook packages)
     pytest==9.2.0 iniconfig==2.3.1 pluggy==1.7.0 pygments==2.21.0
     hypothesis==6.170.17 sortedcontainers==2.4.0
+    # serve (setup.cfg [serve] extra) and what `pip install -e .[serve]` pulls with it; httpx for bench serve
+    fastapi==0.163.2 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+    annotated-doc==0.0.7 typing-inspection==0.4.5 typing-extensions==4.16.0 opentelemetry-api==1.45.2
+    anyio==4.16.0 idna==3.21 uvicorn==0.54.0 click==8.5.1 h11==0.16.0 sse-starlette==3.7.1
+    prometheus-client==0.26.0 httpx==0.28.1 httpcore==1.0.9 certifi==2026.10.19.post1
 )
 
 tmp="$DEST.tmp.$$"

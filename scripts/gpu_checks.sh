@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check in one prepared run, sized for a short lease on one H200 (at most GPU_CHECKS_TOTAL_S,
-# default 470 s, for all steps together):
+# default 590 s, for all steps together):
 #   install       wheels from .whl/ (scripts/fetch_gpu_wheels.sh) for the packages this Python lacks
 #   probe         JAX must see a GPU (else: exit 2, nothing measured); which of our imports work
 #   kernel_tests  pytest -m gpu tests/test_kernels.py on the GPU: fails if any test is skipped, fails
@@ -10,6 +10,8 @@
 #   tpm_pf/tpm_de the paper's TPM protocol for the 600M presets, one regime per step
 #   context       KV memory / decode speed vs context for the 600M presets
 #   train         train step of photon-600m and vanilla-600m: tokens/s, MFU, step memory, fused attention
+#   serve         `bench serve`: photon-600m (hiergen) vs vanilla-600m servers at one KV budget, a short
+#                 open-loop load: slots, peak concurrency, output tokens/s, TTFT / ITL (needs the [serve] wheels)
 # Each step has its own timeout; its output goes to $OUT/<step>.log, its result to $OUT/<step>.json
 # (or the JSON the step itself writes), and $OUT/summary.json lists every step. The exit status is 0
 # only when every step passed. Runs from a bare checkout: the repository and the installed wheels go
@@ -26,7 +28,7 @@ REPO=$(pwd)
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || { echo "cannot create OUT=$OUT" >&2; exit 2; }
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=$REPO/.venv/bin/python; else PY=python3; fi
-TOTAL_S=${GPU_CHECKS_TOTAL_S:-470}
+TOTAL_S=${GPU_CHECKS_TOTAL_S:-590}
 WHEELS=${WHEEL_DIR:-.whl}
 SITE=${GPU_SITE:-/tmp/photon_gpu_site}
 ALLOW_CPU=${PHOTON_GPU_CHECKS_ALLOW_CPU:-0}
@@ -286,7 +288,7 @@ if [ "$probe_rc" != 0 ]; then
     step gpu_check 240 "$PY" scripts/gpu_check.py --interpret --out "$OUT" --budget-s 20
     rc=$LAST_RC
     finish gpu_check "$rc" "interpret smoke: $(helper kernels "$OUT/kernels.json")"
-    for s in kernel_tests tpm_pf tpm_de context train; do
+    for s in kernel_tests tpm_pf tpm_de context train serve; do
         STEPS+=("$(printf '%-13s %-5s %4ss  %s' "$s" skip 0 "needs a GPU")")
     done
     summary
@@ -344,6 +346,18 @@ step train 110 "$PY" -m photon_jax.cli.main bench train --models photon-600m,van
 rc=$LAST_RC
 [ "$rc" = 0 ] && [ ! -s "$OUT/train_600m.json" ] && rc=1
 finish train "$rc" "$([ -s "$OUT/train_600m.json" ] && echo "wrote train_600m.json" || echo "no JSON") (rc $LAST_RC)"
+
+# serving the 600M presets (docs/serving.md, load benchmark): one server per model at the same KV budget,
+# every program compiled at start-up (0.5 GiB of 256-token slots: 210 hiergen slots and 12 programs vs 19
+# vanilla slots and 9 programs); 48 requests of 64 + 32 tokens offered at 16 req/s, at most 30 s
+CMDLINE="photon-jax bench serve"
+rm -f "$OUT/serve_600m.json"
+step serve 150 "$PY" -m photon_jax.cli.main bench serve --models photon-600m,vanilla-600m --modes hiergen \
+    --kv-budget-gib 0.5 --max-context 256 --rate 16 --requests 48 --prompt-len 64 --max-tokens 32 --duration 30 \
+    --json-file "$OUT/serve_600m.json" --plot "$OUT/serve_600m.png"
+rc=$LAST_RC
+[ "$rc" = 0 ] && [ ! -s "$OUT/serve_600m.json" ] && rc=1
+finish serve "$rc" "$([ -s "$OUT/serve_600m.json" ] && echo "wrote serve_600m.json" || echo "no JSON") (rc $LAST_RC)"
 
 summary
 [ "$status" = 0 ] && echo "ALL GPU CHECKS PASSED" || echo "SOME GPU CHECKS FAILED (see $OUT/*.log)"

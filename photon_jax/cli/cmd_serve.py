@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 from photon_jax import distributed
@@ -66,11 +67,9 @@ def run(args) -> int:
         raise UserError(f"--kv-budget-gib must be > 0, got {args.kv_budget_gib}")
     if args.max_queue < 0 or (args.request_timeout is not None and args.request_timeout <= 0) or args.grace < 0:
         raise UserError("--max-queue and --grace must be >= 0, --request-timeout > 0")
-    plan = distributed.initialize_from_args(args)
-    if (plan.num_processes or 1) > 1:
-        raise UserError("serve runs in one process (multi-process serving is not implemented)")
+    distributed.initialize_from_args(args)  # several processes: process 0 serves, the others follow
     if args.preset:
-        loaded = _random_weights(args.preset, args.overrides)
+        loaded = _random_weights(args.preset, args.overrides, parse_mesh(args.mesh))
     else:
         loaded = load_run(args.workdir, step=args.step, mesh_cfg=parse_mesh(args.mesh), overrides=args.overrides)
     if args.harness_tokenizer:
@@ -86,10 +85,36 @@ def run(args) -> int:
                  grace_s=args.grace)
 
 
-def _random_weights(preset: str, overrides):
+def _random_weights(preset: str, overrides, mesh_cfg):
+    import jax
+
     from photon_jax.bench.models import random_params
     from photon_jax.config import load_config
     from photon_jax.serve.text import TokenIdText
 
     cfg = load_config(preset=preset, overrides=overrides)
-    return SimpleNamespace(cfg=cfg, params=random_params(cfg.model), tokenizer=TokenIdText())
+    if mesh_cfg is not None:
+        cfg = dataclasses.replace(cfg, mesh=mesh_cfg)
+    params = random_params(cfg.model)
+    if jax.process_count() > 1:
+        params = _on_mesh(params, cfg)
+    return SimpleNamespace(cfg=cfg, params=params, tokenizer=TokenIdText())
+
+
+def _on_mesh(params, cfg):
+    """Each process drew the same values (same key); spread them over the global mesh as a run loads."""
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from photon_jax.runs.workdir import params_layout
+    from photon_jax.sharding import logical_rules, make_mesh
+
+    mesh, rules = make_mesh(cfg.mesh), logical_rules(cfg.mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        shardings = params_layout(cfg, mesh, rules).shardings
+
+    def put(x, sharding):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(put, params, shardings)

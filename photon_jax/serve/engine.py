@@ -72,7 +72,7 @@ class Engine:
         self.metrics = metrics
         self.slot_bytes = pool_lib.tree_nbytes(pool_lib.pool_shapes(programs.params, dataclasses.replace(
             self.spec, slots=1)))
-        self.pool = pool_lib.empty_pool(programs.params, self.spec)
+        self.pool = programs.empty_pool()
         self.owner: list = [None] * self.spec.slots  # slot -> (request, sample); the lowest free slots fill first
         self.widths = pool_lib.decode_widths(self.spec.slots)
         self.seen = np.zeros(self.spec.slots, np.int64)  # tokens already handed out per slot
@@ -263,7 +263,7 @@ class Engine:
         want_lp = any(o is not None and o[0].logprobs is not None for o in self.owner)
         logp_nv = None
         if want_lp:  # the distribution each token is drawn from, before the step samples it
-            logits = np.array(self.pool["next_logits"])[:width]
+            logits = self.programs.next_logits(self.pool, width)
             logp_nv = logits - logits.max(-1, keepdims=True)
             logp_nv -= np.log(np.exp(logp_nv).sum(-1, keepdims=True))
         self.pool, view = self.programs.decode(self.pool, 1, self.eos_id, width)

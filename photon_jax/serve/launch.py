@@ -1,5 +1,8 @@
 """Build a server from a loaded run and run it: pool size from the KV budget, engine thread, uvicorn.
 
+Several processes (one mesh over all their devices): process 0 does all of this; the others build the
+same programs and run them in lockstep with process 0 (serve/lockstep.py) until it stops.
+
 SIGTERM / SIGINT: the engine stops admitting (503), the requests in flight get `grace_s` to finish
 (the rest end with finish_reason "abort"), then uvicorn exits and the process returns 0. A second
 signal exits at once.
@@ -7,9 +10,12 @@ signal exits at once.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
+
+import jax
 
 from photon_jax.errors import UserError
 from photon_jax.generation.api import _as_params, check_mode
@@ -17,6 +23,7 @@ from photon_jax.model.convert import unrolled
 from photon_jax.serve import pool as pool_lib
 from photon_jax.serve.app import Served, create_app
 from photon_jax.serve.engine import Engine
+from photon_jax.serve.lockstep import LockstepPrograms, replicated
 from photon_jax.serve.metrics import Metrics
 from photon_jax.serve.options import DEFAULT_KV_BUDGET_GIB, GIB, ServeOptions
 from photon_jax.serve.prompt_logprobs import PromptScorer
@@ -39,14 +46,20 @@ def plan_slots(params, cfg, mode: str, max_context: int, budget_gib: float | Non
     return n, per_slot
 
 
-def build_engine(model_cfg, params, eos_id, opts: ServeOptions, metrics=None) -> Engine:
+def build_programs(model_cfg, params, opts: ServeOptions, host=None) -> pool_lib.Programs:
+    """The pool's programs (every process builds them; `host`: pool.Programs, several processes)."""
     mode = check_mode(model_cfg, opts.mode)
     if opts.max_context < 2:
         raise UserError(f"--max-context must be >= 2, got {opts.max_context}")
     cfg, params = unrolled(model_cfg, strip_boxes(_as_params(params)))  # decoding runs unrolled (model/convert.py)
     slots, _ = plan_slots(params, cfg, mode, opts.max_context, opts.kv_budget_gib, opts.slots)
     spec = pool_lib.PoolSpec(cfg, mode, slots, pool_lib.capacity(cfg, opts.max_context))
-    engine = Engine(pool_lib.Programs(spec, params), eos_id, opts.max_queue, opts.align, metrics)
+    return pool_lib.Programs(spec, params, host)
+
+
+def build_engine(model_cfg, params, eos_id, opts: ServeOptions, metrics=None, programs=None) -> Engine:
+    programs = programs or build_programs(model_cfg, params, opts)
+    engine = Engine(programs, eos_id, opts.max_queue, opts.align, metrics)
     engine.max_context = opts.max_context
     if metrics is not None:
         metrics.bind(engine)
@@ -59,23 +72,65 @@ def serve(loaded, opts: ServeOptions, host: str, port: int, model_name: str, api
           grace_s: float = 30.0, say=print) -> int:
     import uvicorn
 
-    metrics = Metrics()
     t0 = time.perf_counter()
-    engine = build_engine(loaded.cfg.model, loaded.params, loaded.tokenizer.eos_id, opts, metrics)
-    say(f"photon-jax serve: {model_name} ({engine.spec.mode}), {engine.spec.slots} slots of {opts.max_context} "
-        f"tokens, {engine.slot_bytes:,} bytes per slot, {engine.compiled_programs()} programs compiled in "
-        f"{time.perf_counter() - t0:.1f}s")
+    host_sharding = None
+    if jax.process_count() > 1:  # process 0 reads what every program returns: replicated on the mesh
+        host_sharding = replicated(loaded.params)
+        if host_sharding is None:
+            raise UserError("multi-process serving needs the params on a mesh (NamedSharding)")
+    programs = build_programs(loaded.cfg.model, loaded.params, opts, host_sharding)
     scorer = None
     if not isinstance(loaded.tokenizer, TokenIdText):
-        scorer = PromptScorer(loaded.cfg.model, strip_boxes(_as_params(loaded.params)), opts.max_context)
-    served = Served(engine, loaded.tokenizer, loaded.cfg.model.vocab_size, model_name, opts.max_context, metrics,
-                    api_key, opts.request_timeout_s, scorer)
-    config = uvicorn.Config(create_app(served), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
-    server = _DrainingServer(config, engine, grace_s)
-    say(f"listening on http://{host}:{port}/v1", flush=True)
-    server.run()
-    engine.stop()
+        scorer = PromptScorer(loaded.cfg.model, strip_boxes(_as_params(loaded.params)), opts.max_context,
+                              host_sharding)
+    mirror = None
+    if host_sharding is not None:
+        mirror = LockstepPrograms(programs, scorer)
+        if jax.process_index() != 0:
+            return _follow(mirror, say)
+        programs = mirror.start_keepalive()
+    error = None
+    try:
+        metrics = Metrics()
+        engine = build_engine(loaded.cfg.model, loaded.params, loaded.tokenizer.eos_id, opts, metrics, programs)
+        say(f"photon-jax serve: {model_name} ({engine.spec.mode}), {engine.spec.slots} slots of {opts.max_context} "
+            f"tokens, {engine.slot_bytes:,} bytes per slot, {engine.compiled_programs()} programs compiled in "
+            f"{time.perf_counter() - t0:.1f}s" + (f", {jax.process_count()} processes" if mirror else ""))
+        served = Served(engine, loaded.tokenizer, loaded.cfg.model.vocab_size, model_name, opts.max_context, metrics,
+                        api_key, opts.request_timeout_s, scorer)
+        config = uvicorn.Config(create_app(served), host=host, port=port, log_level="warning",
+                                timeout_graceful_shutdown=5)
+        server = _DrainingServer(config, engine, grace_s)
+        say(f"listening on http://{host}:{port}/v1", flush=True)
+        server.run()
+        engine.stop()
+    except BaseException as e:  # the other processes stop with the same one line
+        if isinstance(e, UserError):
+            error = str(e)
+        elif isinstance(e, SystemExit):  # uvicorn exits so when it cannot bind
+            error = f"process 0 exited with status {e.code}"
+        else:
+            error = f"process 0 failed: {type(e).__name__}: {e}"
+        raise
+    finally:
+        if mirror is not None:
+            mirror.stop(error)  # always: the others wait for it
     say("photon-jax serve: stopped", flush=True)
+    return 0
+
+
+def _follow(mirror: LockstepPrograms, say) -> int:
+    """Processes other than 0: run process 0's programs until it stops. Their first SIGTERM / SIGINT is
+    ignored: the launcher or scheduler signals process 0 too, which drains and then stops them."""
+    def ignore(sig, frame):
+        say(f"photon-jax serve: process {jax.process_index()}: signal {sig}: waiting for process 0 to stop",
+            file=sys.stderr, flush=True)
+        signal.signal(sig, signal.SIG_DFL)  # a second one exits at once
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, ignore)
+    say(f"photon-jax serve: process {jax.process_index()} of {jax.process_count()} follows process 0", flush=True)
+    mirror.follow()
+    say(f"photon-jax serve: process {jax.process_index()}: stopped", flush=True)
     return 0
 
 

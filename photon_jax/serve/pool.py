@@ -12,6 +12,9 @@ plus each row's own sampling knobs (seed, temperature, top_k, top_p). Three prog
 * release: marks rows inactive (a cut, a stop string, a disconnect); their state is garbage until
   the next insert overwrites it.
 
+With several processes (serve/lockstep.py) the pool is made on the params' mesh, and what the host reads
+(decode's view, and the next-token logits for `logprobs`, then a small program of their own) is replicated.
+
 Bytes per slot are read off the pool's own ShapeDtypeStructs at N = 1 (every leaf: caches, tokens,
 next-token logits, knobs), so the slot count at a budget counts everything a row holds.
 """
@@ -128,9 +131,9 @@ def decode_widths(slots: int, smallest: int = 8) -> tuple[int, ...]:
     return tuple(out) + (slots,)
 
 
-def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int):
+def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int, host=None):
     """Decode the first `width` rows only (the engine fills the lowest free slots first): a step costs
-    what the busy rows need, not what the whole pool holds."""
+    what the busy rows need, not what the whole pool holds. `host`: the sharding of what the host reads."""
     def rows(x):
         return jax.lax.slice_in_dim(x, 0, width, axis=_batch_axis(x.shape))
     part = pool if width == spec.slots else jax.tree.map(rows, pool)
@@ -138,11 +141,20 @@ def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int):
                     part["temperature"], part["top_k"], part["top_p"])
     # what the host reads back: per decoded row, its length, finish code and last token (one step per call)
     last = part["tokens"][jnp.arange(width), jnp.maximum(part["length"] - 1, 0)]
-    view = {"length": part["length"], "finish": part["finish"], "last": last}
+    view = _for_host({"length": part["length"], "finish": part["finish"], "last": last}, host)
     if width == spec.slots:
         return part, view
     return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, 0, axis=_batch_axis(x.shape)), pool,
                         part), view
+
+
+def _for_host(tree, host):
+    """With several processes, what process 0 reads must be whole on every device (replicated)."""
+    return tree if host is None else jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, host), tree)
+
+
+def _next_logits(pool, host, width: int):
+    return _for_host(pool["next_logits"][:width], host)
 
 
 def _release(pool, mask_n):
@@ -150,14 +162,21 @@ def _release(pool, mask_n):
 
 
 class Programs:
-    """The compiled pool programs of one PoolSpec; counts what it compiled."""
+    """The compiled pool programs of one PoolSpec; counts what it compiled.
 
-    def __init__(self, spec: PoolSpec, params):
+    `host` (several processes: a replicated sharding on the params' mesh) is where the pool is made and
+    what the host reads back (decode's view, next-token logits) is put, so that process 0 can read it.
+    """
+
+    def __init__(self, spec: PoolSpec, params, host=None):
         self.spec = spec
         self.params = params
+        self.host = host
         self._insert = jax.jit(functools.partial(_insert, spec=spec), donate_argnums=(1,))
-        self._decode = jax.jit(functools.partial(_decode, spec=spec), donate_argnums=(1,), static_argnames=("width",))
+        self._decode = jax.jit(functools.partial(_decode, spec=spec, host=host), donate_argnums=(1,),
+                               static_argnames=("width",))
         self._release = jax.jit(_release, donate_argnums=(0,))
+        self._logits = jax.jit(functools.partial(_next_logits, host=host), static_argnames=("width",))
         self.compiled: set = set()
 
     def _track(self, name, key):
@@ -168,7 +187,7 @@ class Programs:
         prompt_bt = np.zeros((1, width), np.int32)
         prompt_bt[0, : len(prompt)] = prompt
         self._track("insert", width)
-        knobs = {k: jnp.asarray(v, KNOBS[k]) for k, v in knobs.items()}
+        knobs = {k: np.asarray(v, KNOBS[k]) for k, v in knobs.items()}  # host values: any process count
         return self._insert(self.params, pool, prompt_bt, np.int32(len(prompt)), np.int32(budget), np.int32(stop),
                             np.asarray(mask_n, bool), np.asarray(row_id_n, np.int32), knobs)
 
@@ -181,3 +200,14 @@ class Programs:
     def release(self, pool, mask_n: np.ndarray):
         self._track("release", None)
         return self._release(pool, np.asarray(mask_n, bool))
+
+    def empty_pool(self):
+        if self.host is None:
+            return empty_pool(self.params, self.spec)
+        return jax.jit(lambda: empty_pool(self.params, self.spec), out_shardings=self.host)()
+
+    def next_logits(self, pool, width: int) -> np.ndarray:
+        """The next-token logits of the first `width` rows, on the host."""
+        if self.host is None:
+            return np.array(pool["next_logits"])[:width]  # one process: the device array is readable as is
+        return np.asarray(self._logits(pool, width=width))

@@ -30,16 +30,22 @@ def _score(params, tokens_bt, cfg):
 
 
 class PromptScorer:
-    def __init__(self, cfg, params, max_context: int):
+    """`host` (several processes): a replicated sharding for the outputs, so that process 0 can read them."""
+
+    def __init__(self, cfg, params, max_context: int, host=None):
         self.ladder = width_ladder(cfg.meta_context, max_context)
         self.params = params
-        self.fn = jax.jit(functools.partial(_score, cfg=cfg))
+        self.fn = jax.jit(functools.partial(_score, cfg=cfg), **({"out_shardings": host} if host else {}))
+        self.forward = self.device_forward  # serve/lockstep.py runs it on every process instead
+
+    def device_forward(self, tokens_bt: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(np.asarray(x) for x in self.fn(self.params, np.asarray(tokens_bt, np.int32)))
 
     def __call__(self, ids: list[int], top: int) -> list[dict | None]:
         width = pick_width(len(ids), self.ladder)
         tokens = np.zeros((1, width), np.int32)
         tokens[0, : len(ids)] = ids
-        chosen, top_val, top_ids = (np.asarray(x)[0] for x in self.fn(self.params, tokens))
+        chosen, top_val, top_ids = (x[0] for x in self.forward(tokens))
         out = [None]
         for j in range(1, len(ids)):  # target j - 1 of the model's outputs is token j
             entry = {"token": ids[j], "logprob": float(chosen[j - 1])}
