@@ -215,7 +215,12 @@ def write_frontier(workdir: Path, rows: list[dict], meta: dict, plot: bool = Tru
 
 
 def frontier_figure(rows: list[dict], contexts: list[str], path: str) -> None:
-    """Perplexity (mean ± std over seeds) against TPM: a column per budget, a row per regime and context."""
+    save_figure(draw_frontier(rows, contexts), path)
+
+
+def draw_frontier(rows: list[dict], contexts: list[str]):
+    """Perplexity (mean ± std over seeds) against TPM: a column per budget, a row per regime and context
+    (a matplotlib Figure; the notebook shows it from the committed frontier.json)."""
     budgets = list(dict.fromkeys(r["budget"] for r in rows))
     panels = [(regime, label) for label in contexts for regime in ("de", "pf")]
     arch_marker = {a: ARCH_MARKERS[i % len(ARCH_MARKERS)]
@@ -241,7 +246,7 @@ def frontier_figure(rows: list[dict], contexts: list[str], path: str) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    save_figure(fig, path)
+    return fig
 
 
 def rows_flops(rows: list[dict], budget: str) -> float:
