@@ -31,6 +31,8 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
+from matplotlib.ticker import NullFormatter
+
 from photon_jax.bench.models import BenchModel, select_modes
 from photon_jax.bench.tpm import parse_regime_value, run_tpm
 from photon_jax.errors import UserError
@@ -226,7 +228,7 @@ def draw_frontier(rows: list[dict], contexts: list[str]):
     arch_marker = {a: ARCH_MARKERS[i % len(ARCH_MARKERS)]
                    for i, a in enumerate(dict.fromkeys(r["architecture"] for r in rows))}
     fig, axes = plt.subplots(len(panels), len(budgets), figsize=(4.2 * len(budgets), 3.4 * len(panels)),
-                             squeeze=False, sharey=True)
+                             squeeze=False, sharey=True, sharex="row")  # a row: one regime and context
     for col, budget in enumerate(budgets):
         for row_index, (regime, label) in enumerate(panels):
             ax = axes[row_index][col]
@@ -238,7 +240,8 @@ def draw_frontier(rows: list[dict], contexts: list[str]):
                             color=MODE_COLORS.get(r["mode"], "black"), capsize=3,
                             label=f"{r['architecture']} {r['mode']}")
             ax.set_xscale("log")
-            ax.set_title(f"{budget} ({rows_flops(rows, budget):.3g} FLOPs): {regime.upper()} {label}", fontsize=8)
+            ax.xaxis.set_minor_formatter(NullFormatter())  # within a decade matplotlib labels minor ticks too
+            ax.set_title(f"{rows_flops(rows, budget):.3g} training FLOPs: {regime.upper()} {label}", fontsize=8)
             ax.set_xlabel(f"{regime.upper()} TPM (K tok/s per GiB)", fontsize=8)
             if col == 0:
                 ax.set_ylabel("perplexity (lower is better)", fontsize=8)
