@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from photon_jax.bench.tpm import parse_regime_value
 from photon_jax.errors import UserError
-
-if TYPE_CHECKING:
-    from photon_jax.sweep.grid import RunSpec
 
 DEFAULT_FRONTIER = {"reference": None, "contexts": [{"pf": "256/32", "de": "32/256"}], "repeats": 5,
                     "max_batch": 8, "memory_budget_gib": 1.0}
 
 
-def parse_frontier(data, specs: list[RunSpec]) -> dict | None:
+def parse_frontier(data, specs: list) -> dict | None:
     """The grid's `frontier` section with defaults, checked; None when the grid has none."""
     if data is None:
         return None
@@ -46,9 +41,10 @@ def parse_frontier(data, specs: list[RunSpec]) -> dict | None:
     return out
 
 
-def architectures(specs: list[RunSpec]) -> dict[str, RunSpec]:
-    """Architecture (a run's preset or config file) -> its first run; all its runs share one model."""
-    out: dict[str, RunSpec] = {}
+def architectures(specs: list) -> dict:
+    """Architecture (a run's preset or config file) -> its first run (grid.RunSpec, which imports this
+    module); all its runs share one model."""
+    out: dict = {}
     for spec in specs:
         first = out.setdefault(spec.source, spec)
         if first.cfg.model != spec.cfg.model:
@@ -57,7 +53,7 @@ def architectures(specs: list[RunSpec]) -> dict[str, RunSpec]:
     return out
 
 
-def budget_of(spec: RunSpec) -> str:
+def budget_of(spec) -> str:
     """The run (seedless name) that defines this run's budget: itself, or the run it is FLOP-matched to."""
     if not spec.flop_match:
         return spec.base
