@@ -118,8 +118,11 @@ def alive(pid: int) -> bool:
 
 def start_and_wait_for_a_unit(cfg, out, tmp_path):
     """The real CLI with 2 workers, its own process group; returns once a work unit is finished."""
+    # Ctrl-C's default disposition in the child: a suite started in the background (`cmd &` in a script)
+    # inherits SIGINT ignored, and the prepare would rightly not stop on it
     child = subprocess.Popen(_cli(cfg, out, "--workers", "2"), start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and child.poll() is None:
         if list(tmp_path.glob(".data.partial-*/units/[!.]*/meta.json")) and len(children_of(child.pid)) == 2:
