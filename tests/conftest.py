@@ -155,8 +155,10 @@ def tiny_photon():
 
 # The longest files, longest first (timed: docs/setup.md); scripts/test.sh hands whole files to parallel
 # workers in collection order, so these start first and no worker ends the suite on one of them alone.
-LONGEST_FIRST = ("test_spmd.py", "test_notebook.py", "test_serve_engine.py", "test_reliability.py",
-                 "test_slurm.py", "test_sweep.py", "test_serve.py", "test_multihost.py")
+LONGEST_FIRST = ("test_prepare_parallel.py", "test_spmd.py", "test_notebook.py", "test_sweep.py", "test_train.py",
+                 "test_serve_multihost.py", "test_slurm.py", "test_bench.py", "test_run_tracking.py",
+                 "test_serve_engine.py", "test_reliability.py", "test_harness.py", "test_serve.py",
+                 "test_multihost.py", "test_interop.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
