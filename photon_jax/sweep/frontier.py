@@ -40,7 +40,7 @@ from photon_jax.reports.figures import plt, save_figure
 from photon_jax.reports.output import GIB, write_json
 from photon_jax.reports.tables import fmt, table
 from photon_jax.sweep.frontier_settings import architectures, budget_of
-from photon_jax.sweep.grid import Grid, RunSpec
+from photon_jax.sweep.grid import Grid
 from photon_jax.sweep.table import write_atomic
 
 EXACT_MODES = ("hiergen", "exact-local", "vanilla")
@@ -123,18 +123,19 @@ def frontier_rows(grid: Grid, records: dict[str, dict], tpm: dict[str, dict]) ->
     """One row per (budget, architecture, mode) with quality over seeds and TPM per context and regime."""
     reference = reference_architecture(grid)
     by_cell: dict[tuple[str, str], dict] = {}  # (budget, architecture) -> {seed: record}
+    flops: dict[str, float] = {}  # budget -> its training FLOPs (equal across its runs by construction)
     for spec in grid.runs:
         if spec.name in records:
             by_cell.setdefault((budget_of(spec), spec.source), {})[spec.seed] = records[spec.name]
+            flops.setdefault(budget_of(spec), records[spec.name]["train_flops"])
     budgets = list(dict.fromkeys(budget_of(s) for s in grid.runs))
-    flops = {b: next(r["train_flops"] for (bb, _), seeds in by_cell.items() if bb == b for r in seeds.values())
-             for b in budgets if any(bb == b for bb, _ in by_cell)}
+    arch_specs = architectures(list(grid.runs))
     tpm_rows = {(r["model"], r["mode"], label, r["regime"]): r for label, data in tpm.items()
                 for r in data["results"]}
     rows = []
     for budget in [b for b in budgets if b in flops]:
         ref_seeds = by_cell.get((budget, reference), {})
-        for arch in architectures(list(grid.runs)):
+        for arch, spec in arch_specs.items():
             seeds = by_cell.get((budget, arch))
             if not seeds:
                 continue
@@ -147,7 +148,7 @@ def frontier_rows(grid: Grid, records: dict[str, dict], tpm: dict[str, dict]) ->
                 ratios = [q["ppl_vs_exact"] * seeds[s]["validation"]["perplexity"]
                           / ref_seeds[s]["validation"]["perplexity"] for s, q in per_seed.items() if s in ref_seeds]
                 row = {"budget": budget, "train_flops": flops[budget], "architecture": arch,
-                       "family": BenchModel(arch, grid_spec(grid, arch).cfg).family,
+                       "family": BenchModel(arch, spec.cfg).family,
                        "mode": mode, "seeds": sorted(s for s in per_seed if s is not None),
                        "quality": "held-out perplexity" if mode in EXACT_MODES else
                        "RecGen perplexity on the agreement windows",
@@ -168,10 +169,6 @@ def frontier_rows(grid: Grid, records: dict[str, dict], tpm: dict[str, dict]) ->
                                                           if ref and ref["tpm"]["measured"] else None)
                 rows.append(row)
     return rows
-
-
-def grid_spec(grid: Grid, arch: str) -> RunSpec:
-    return next(s for s in grid.runs if s.source == arch)
 
 
 # ----------------------------------------------------------------------------- outputs
