@@ -4,7 +4,7 @@
 greedy flags, whole-document log-likelihoods (rolling windows), and generation until stop strings.
 Text goes through the run's own tokenizer, with the document boundary token (EOS) in front, as
 training saw every document (scoring.py). The model work of one request batch is a `Lockstep` op, so
-in a multi-process run process 0 decides and every process computes (lockstep.py).
+in a multi-process run process 0 decides and every process computes (photon_jax/lockstep.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 
 from photon_jax.config import ModelConfig
 from photon_jax.errors import UserError
-from photon_jax.eval.lockstep import Lockstep
 from photon_jax.eval.scoring import SpanScorer, context_continuation_span, rolling_spans
 from photon_jax.generation.api import check_mode, generate_stream
 from photon_jax.generation.sampling import GREEDY, SamplingConfig
+from photon_jax.lockstep import Lockstep
 from photon_jax.tokenizers.tokenizer import Tokenizer
 
 DEFAULT_MAX_GEN_TOKS = 256  # the harness's default for generate_until

@@ -7,5 +7,5 @@
     app.py       the HTTP API (FastAPI): /v1/completions, /v1/models, /health, /metrics
     metrics.py   Prometheus metrics
     launch.py    slots from the KV budget, engine + uvicorn, graceful shutdown
-    lockstep.py  several processes: process 0's programs run on every process (eval/lockstep.py)
+    lockstep.py  several processes: process 0's programs run on every process (photon_jax/lockstep.py)
 """

@@ -3,7 +3,7 @@
 The pool and the params span every process's devices, so each device program (insert, decode,
 release, the next-token logits for `logprobs`, the prompt scorer for `echo`) must be launched by
 all processes with the same inputs in the same order. `LockstepPrograms` has pool.Programs'
-interface: on process 0 each call goes through eval/lockstep.py's Lockstep (broadcast, then run
+interface: on process 0 each call goes through photon_jax/lockstep.py's Lockstep (broadcast, then run
 here); the other processes sit in `follow()` and run the same calls until process 0 sends "stop".
 One lock orders the engine thread's calls and the scorer's (HTTP worker threads) into one sequence.
 
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from photon_jax.eval.lockstep import Lockstep
+from photon_jax.lockstep import Lockstep
 from photon_jax.serve import pool as pool_lib
 
 # An idle server still calls every this many seconds: the other processes wait for process 0 inside a

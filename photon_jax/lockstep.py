@@ -1,10 +1,11 @@
-"""One process decides, every process computes: the multi-process pattern of harness evaluation.
+"""One process decides, every process computes: the multi-process pattern of harness evaluation
+(eval/backend.py) and of serving (serve/lockstep.py).
 
-The evaluation harness is plain Python that only one process should run (it reads datasets, builds
-prompts, writes results). The model's programs, though, span every process's devices, so every
-process must launch the same program with the same inputs at the same time. Process 0 runs the
-harness; each time it needs the model it calls `Lockstep.call(op, payload)`, which broadcasts
-(op, payload) to all processes and runs the handler locally; the other processes sit in
+The evaluation harness and the HTTP server are plain Python that only one process should run (they read
+datasets, build prompts, write results, answer clients). The model's programs, though, span every
+process's devices, so every process must launch the same program with the same inputs at the same time.
+Process 0 runs the harness; each time it needs the model it calls `Lockstep.call(op, payload)`, which
+broadcasts (op, payload) to all processes and runs the handler locally; the other processes sit in
 `Lockstep.serve()`, receive the same messages in the same order and run the same handlers, until
 process 0 sends "stop" (always sent, also when the harness fails, so nobody waits forever).
 
