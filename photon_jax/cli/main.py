@@ -1,5 +1,7 @@
 """The `photon-jax` command. Each subcommand lives in photon_jax/cli/cmd_<name>.py and exposes
-`register(subparsers)` (adds its parser and sets `run`) ; this file only discovers and dispatches.
+`register(subparsers)` (adds its parser and sets `run`); COMMANDS lists them in the order `--help`
+shows, and this file only registers and dispatches. A command module imports its heavy dependencies
+inside `run`, so importing all of them here keeps `photon-jax --help` fast.
 
 Bad input raises UserError anywhere below: it is printed as one line and the exit code is 2.
 """
@@ -7,15 +9,28 @@ Bad input raises UserError anywhere below: it is printed as one line and the exi
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
 
 from photon_jax import host_allocator
+from photon_jax.cli import (
+    cmd_bench,
+    cmd_eval,
+    cmd_export,
+    cmd_generate,
+    cmd_import,
+    cmd_params,
+    cmd_prepare,
+    cmd_run,
+    cmd_serve,
+    cmd_sweep,
+    cmd_train,
+)
 from photon_jax.cli.common import json_output
 from photon_jax.errors import UserError
 
-COMMAND_ORDER = ["params", "prepare", "train", "eval", "generate", "serve", "bench", "run", "sweep", "export", "import"]
+# the pipeline's order: what a model needs first comes first (tests/test_cli_registry.py: every cmd_*.py is here)
+COMMANDS = [cmd_params, cmd_prepare, cmd_train, cmd_eval, cmd_generate, cmd_serve, cmd_bench, cmd_run, cmd_sweep,
+            cmd_export, cmd_import]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,12 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="photon-jax", description="PHOTON hierarchical language models in JAX.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    import photon_jax.cli as cli_pkg
-
-    names = [m.name[4:] for m in pkgutil.iter_modules(cli_pkg.__path__) if m.name.startswith("cmd_")]
-    names.sort(key=lambda n: (COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER), n))
-    for name in names:
-        importlib.import_module(f"photon_jax.cli.cmd_{name}").register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 
