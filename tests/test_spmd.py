@@ -4,18 +4,23 @@
 correctly from its HLO and compared with the analytic floor; `--target gpu` compiles the accelerator's
 projections on CPU devices.
 
-The shapes are tiny but make the same partitioning decisions as the 600M presets: with the code before
-this work, the same matrix gave 25 / 1 / 27 rematerializations for the bf16 train step of a two-level
-PHOTON on (2,4,1) / (1,4,2) / (2,2,2), and 4 / 1 / 7 in float32, the counts of photon-600m (and the two
-canaries below rebuild the causes). Every audit compiles afresh (remat_log.fresh_compile): a program
-loaded from the persistent compilation cache is not partitioned again and would log nothing.
+The shapes are tiny but trip the same causes as the 600M presets: with the code before this work, this
+file's two-level PHOTON (width 64, 8 heads, batch 8) gave 25 / 1 / 27 rematerializations for the bf16
+train step on (2,4,1) / (1,4,2) / (2,2,2) and 2 / 1 / 4 in float32, where photon-600m gave 27 / 1 / 30
+and 4 / 1 / 7 (docs/scale-out.md); the two canaries below rebuild the causes. Every audit compiles
+afresh (remat_log.fresh_compile): a program loaded from the persistent compilation cache, or from JAX's
+in-memory cache, is not partitioned again and would log nothing (a third canary).
 """
 
+import contextlib
 import json
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import pytest
 from conftest import tiny_overrides
+from jax.experimental.compilation_cache import compilation_cache
 
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
@@ -26,6 +31,7 @@ from photon_jax.runs.workdir import params_layout
 from photon_jax.scaleout import analytic
 from photon_jax.scaleout.collectives import collectives, group_size
 from photon_jax.scaleout.programs import audit, lowered_programs
+from photon_jax.scaleout.remat_log import compile_audited
 from photon_jax.sharding import logical_rules, make_mesh
 
 # XLA's CPU backend optimisations cost more than they save for these compiles; partitioning is unaffected.
@@ -115,6 +121,49 @@ def test_canary_cpu_projection_backward_with_forced_copies_under_a_mesh_is_caugh
     assert len(found) >= 8 and all("transpose" in r.op_name for r in found if r.op_name)
     forced = collectives(lowered_programs(cfg, ("train",))["train"].compile(FAST_COMPILE).as_text(), 8)
     assert forced["total"]["wire_bytes"] > 1.3 * plain
+
+
+@contextlib.contextmanager
+def _persistent_cache(path):
+    """The persistent compilation cache on, in `path`, for every program however fast it compiles; the
+    suite's settings restored afterwards. JAX adds its GPU autotune-cache directory to the compile options
+    only while the cache is on, which changes the cache key: that is off here, so a compile with the cache
+    off (an audit) asks for the key a normal compile stored."""
+    settings = {"jax_compilation_cache_dir": str(path), "jax_enable_compilation_cache": True,
+                "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0,
+                "jax_persistent_cache_enable_xla_caches": None}
+    saved = {name: getattr(jax.config, name) for name in settings}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()  # JAX reads these once per process: read them again
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+
+
+def test_canary_audit_partitions_a_program_the_compilation_caches_hold(monkeypatch, tmp_path):
+    """A program compiled normally with the persistent cache on is stored there and kept in memory; its
+    audit must still run the partitioner and see the lookup's rematerializations, both for a new lowering
+    (persistent cache) and for the same Lowered (JAX's in-memory cache of executables)."""
+    monkeypatch.setattr(photon, "token_embedding", _flax_embedding)
+    monkeypatch.setattr(vanilla, "token_embedding", _flax_embedding)
+    cfg = spmd_config("photon", "float32", (2, 4, 1))
+    with _persistent_cache(tmp_path):
+        lowered = lowered_programs(cfg, ("train",))["train"]
+        lowered.compile(FAST_COMPILE)
+        stored = set(tmp_path.iterdir())
+        assert len(stored) == 1
+        found = audit(cfg, ("train",), compiler_options=FAST_COMPILE)["train"]
+        assert len(found) >= 2, [r.describe() for r in found]
+        found = compile_audited(lowered, FAST_COMPILE)[1]
+        assert len(found) >= 2, [r.describe() for r in found]
+        assert set(tmp_path.iterdir()) == stored  # the audits stored nothing
+        # and after them the cache is on again: a new program is stored
+        jax.jit(lambda x: x * 3).lower(jax.ShapeDtypeStruct((3,), jnp.float32)).compile()
+        assert [p.name.split("-")[0] for p in set(tmp_path.iterdir()) - stored] == ["jit__lambda"]
 
 
 # ----------------------------------------------------------------------------- collectives

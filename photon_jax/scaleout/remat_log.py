@@ -18,6 +18,8 @@ import sys
 import tempfile
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
+from jax.extend.backend import clear_in_memory_compilation_cache
 
 MARKER = "Involuntary full rematerialization"
 _OP = re.compile(r"HLO operation %(\S+) = (\S+)")
@@ -71,13 +73,22 @@ def rematerializations(lines) -> list[Rematerialization]:
 
 @contextlib.contextmanager
 def fresh_compile():
-    """Compile afresh inside the block: the persistent compilation cache off, so the partitioner runs."""
+    """Compile afresh inside the block, so that the partitioner runs: nothing comes from the persistent
+    compilation cache, nor from JAX's in-memory cache of executables (which answers a Lowered compiled
+    before with the same options without compiling it). Out of reach here: the executable a Lowered keeps
+    of its own `compile()` without compiler options."""
     previous = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    # JAX decides once per process, at its first compile, whether the persistent cache is used
+    # (compilation_cache.is_cache_used): after that the flag alone changes nothing. reset_cache makes it
+    # decide again, here with the cache off, and again after the block with the flag restored.
+    compilation_cache.reset_cache()
+    clear_in_memory_compilation_cache()
     try:
         yield
     finally:
         jax.config.update("jax_enable_compilation_cache", previous)
+        compilation_cache.reset_cache()
 
 
 def compile_audited(lowered, compiler_options=None):
