@@ -111,6 +111,16 @@ class StateLayout:
     shardings: dict  # NamedShardings, same structure
     logical_specs: dict  # logical PartitionSpecs (for golden files and reports)
 
+    def sharded_abstract(self) -> dict:
+        """The abstract tree with each leaf carrying its sharding: what `jit(...).lower` takes in place of
+        allocated arrays, and what a checkpoint restores into."""
+        return sharded_abstract(self.abstract, self.shardings)
+
+
+def sharded_abstract(abstract_tree, shardings):
+    """ShapeDtypeStructs of `abstract_tree` carrying the matching NamedShardings."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+
 
 def layout_of(boxed_abstract_tree, mesh: Mesh, rules) -> StateLayout:
     """The layout of an abstract tree whose leaves carry logical axis names (jax.eval_shape of an init)."""

@@ -91,9 +91,9 @@ def _wrap_iterator(delay: float, kill_at: int | None, kill_marker: Path):
 def _slow_compile(delay: float, marker: Path) -> None:
     """The train step's compile, then a wait with SIGTERM blocked, as inside XLA's compile (where no Python
     handler runs): the signal is delivered when it returns."""
-    from photon_jax.train import loop
+    from photon_jax.train import session
 
-    real = loop._compile
+    real = session.compile_step
 
     def compile_(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -103,7 +103,7 @@ def _slow_compile(delay: float, marker: Path) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
         return out
 
-    loop._compile = compile_
+    session.compile_step = compile_
 
 
 def _break_save(step: int, hang_marker: Path | None, code: int = errno.ENOSPC) -> None:

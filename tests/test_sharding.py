@@ -22,9 +22,10 @@ from photon_jax.cli.main import main
 from photon_jax.config import MeshConfig, load_config
 from photon_jax.data.loading import pipeline
 from photon_jax.generation import CACHE_AXES
+from photon_jax.scaleout.dry_run import describe_dry_run, dry_run
 from photon_jax.sharding import batch_sharding, describe_mesh, logical_names, logical_rules, make_mesh, mesh_shape
-from photon_jax.train.loop import describe_dry_run, dry_run, train_step_program
 from photon_jax.train.state import learning_rate_schedule, make_optimizer, state_layout
+from photon_jax.train.step import train_step_program
 
 GOLDEN = Path(__file__).parent / "golden" / "photon-600m_partition_specs.json"
 VOCAB = 384  # the smallest sentencepiece vocabulary three plays allow

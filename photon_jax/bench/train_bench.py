@@ -1,11 +1,12 @@
 """`bench train`: tokens/s and MFU of the real train step, for several models in one run.
 
-Each model's step is the one training runs (train.step.make_train_step with the optimizer
-of train.state), jitted with the state shardings of train.state.state_layout on the
-config's mesh (over the first --devices devices), on a fixed batch of random tokens. Compilation and --warmup steps are
-excluded; the step time is the median over --steps timed steps. MFU = tokens/s x analytic
-train FLOPs per token / (peak FLOP/s per device x devices), peak from
-train.metrics.peak_flops_per_device (a datasheet entry, or a measured fp32 matmul on CPU).
+Each model's step is the program training runs (train.step.train_step_program with the optimizer
+of train.state and the state shardings of train.state.state_layout), compiled and audited by
+scaleout.dry_run.audit_step as the dry run does, on the config's mesh (over the first --devices
+devices), on a fixed batch of random tokens. Compilation and --warmup steps are excluded; the step
+time is the median over --steps timed steps. MFU = tokens/s x analytic train FLOPs per token / (peak
+FLOP/s per device x devices), peak from train.metrics.peak_flops_per_device (a datasheet entry, or a
+measured fp32 matmul on CPU).
 Ratios against the first vanilla model: analytic FLOPs per token, measured time per token,
 and FLOPs per token per parameter (the paper's "same parameters" comparison).
 """
@@ -30,12 +31,12 @@ from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.model.attention import uses_fused
 from photon_jax.model.projection import compiling_for
 from photon_jax.reports.output import envelope
-from photon_jax.scaleout.remat_log import compile_audited
-from photon_jax.scaleout.report import TARGET_NOTES, communication
+from photon_jax.scaleout.dry_run import audit_step
+from photon_jax.scaleout.report import TARGET_NOTES
 from photon_jax.sharding import batch_sharding, logical_rules, make_mesh
 from photon_jax.train.metrics import peak_flops_per_device
 from photon_jax.train.state import learning_rate_schedule, make_optimizer, state_layout
-from photon_jax.train.step import make_train_step
+from photon_jax.train.step import train_step_program
 
 
 def bench_config(cfg: Config, batch_size: int | None, seq_len: int | None) -> Config:
@@ -69,15 +70,12 @@ def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, 
         tokens = rng.integers(0, cfg.model.vocab_size, size=(t.batch_size, cfg.data.seq_len), dtype=np.int32)
         batch = {"tokens": jax.device_put(tokens, in_sharding),
                  "mask": jax.device_put(np.ones(tokens.shape, np.float32), in_sharding)}
-        step_fn = jax.jit(make_train_step(cfg, tx, schedule), in_shardings=(layout.shardings, in_sharding),
-                          out_shardings=(layout.shardings, None), donate_argnums=0)
+        step_fn, _ = train_step_program(cfg, tx, schedule, layout, in_sharding)  # lowered on the real arrays
         start = time.perf_counter()
         with compiling_for(target):  # the accelerator's code path, timed on these devices (docs/scale-out.md)
             lowered = step_fn.lower(state, batch)
-        compiled, remats = compile_audited(lowered)
+        compiled, audit = audit_step(cfg, lowered, layout, mesh, in_sharding)
         compile_s = time.perf_counter() - start
-        step_memory = compiled_memory_bytes(compiled)
-        comm = communication(cfg, compiled, layout, mesh, in_sharding)
         for _ in range(warmup):
             (state, _), _ = timed(compiled, state, batch)
         times = []
@@ -89,22 +87,9 @@ def bench_one(cfg: Config, steps: int, warmup: int, devices: int | None = None, 
     del state
     gc.collect()
     return {"compile_s": compile_s, "step_times_s": times, "step_time_s": median(times), "final_loss": loss,
-            "devices": int(np.prod(list(mesh.shape.values()))), "memory": step_memory,
-            "peak_device_bytes": device_peak_bytes(), "communication": comm,
-            "rematerializations": [r.describe() for r in remats]}
-
-
-def compiled_memory_bytes(compiled) -> dict | None:
-    """XLA's memory analysis of the compiled train step, per device (None where the backend has none)."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend reports it
-        return None
-    if m is None:
-        return None
-    keys = {"arguments": "argument_size_in_bytes", "outputs": "output_size_in_bytes",
-            "temporaries": "temp_size_in_bytes", "aliased": "alias_size_in_bytes"}
-    return {name: int(getattr(m, attr, 0) or 0) for name, attr in keys.items()}
+            "devices": int(np.prod(list(mesh.shape.values()))), "memory": audit["memory"],
+            "peak_device_bytes": device_peak_bytes(), "communication": audit["communication"],
+            "rematerializations": audit["rematerializations"]}
 
 
 def device_peak_bytes() -> int | None:

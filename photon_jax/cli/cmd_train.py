@@ -36,7 +36,7 @@ def run(args) -> int:
     if args.target and not args.dry_run:
         raise UserError("--target needs --dry-run (a real run trains on the devices it has)")
     if args.dry_run:
-        from photon_jax.train.loop import describe_dry_run, dry_run
+        from photon_jax.scaleout.dry_run import describe_dry_run, dry_run
 
         report = dry_run(cfg, target=args.target)
         if distributed.is_main_process():

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from photon_jax.config import RUNTIME_MODEL_FIELDS, Config, config_from_json
 from photon_jax.errors import UserError
+from photon_jax.sharding import sharded_abstract
 
 log = logging.getLogger(__name__)
 
@@ -263,15 +264,14 @@ def restore_metadata(manager, step: int) -> tuple[Config, dict]:
 
 def restore_state(manager, step: int, abstract_state, shardings):
     """Train state into the current shardings, plus the data iterator state."""
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    target = sharded_abstract(abstract_state, shardings)
     restored = _restore_item(manager, step, state=_pytree_restore(target), data_iter=ocp.args.JsonRestore())
     return restored["state"], dict(restored["data_iter"])
 
 
 def restore_params(manager, step: int, abstract_params, shardings):
     """Params only (no optimizer state), into the current shardings: partial restore of `state`."""
-    target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                     abstract_params, shardings)}
+    target = {"params": sharded_abstract(abstract_params, shardings)}
     restored = _restore_item(manager, step, state=_pytree_restore(target, partial=True))
     return restored["state"]["params"]
 

@@ -21,15 +21,10 @@ from photon_jax.model.hierarchy import Hierarchy, modes_for
 from photon_jax.runs.workdir import params_layout
 from photon_jax.scaleout.remat_log import compile_audited
 from photon_jax.sharding import batch_sharding, check_batch, logical_rules, make_mesh
-from photon_jax.train.loop import train_step_program
 from photon_jax.train.state import learning_rate_schedule, make_optimizer, state_layout
+from photon_jax.train.step import abstract_batch, train_step_program
 
 PROGRAMS = ("train", "eval", "prefill", "decode")
-
-
-def _abstract(layout):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        layout.abstract, layout.shardings)
 
 
 def lower_train(cfg: Config, mesh, rules):
@@ -41,11 +36,9 @@ def lower_train(cfg: Config, mesh, rules):
 
 def lower_eval(cfg: Config, mesh, rules):
     """The eval step as evaluation/evaluate.py jits it: params sharded, batch split, sums replicated."""
-    in_sharding = batch_sharding(mesh, rules)
-    batch = {k: jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.data.seq_len), dt, sharding=in_sharding)
-             for k, dt in (("tokens", jnp.int32), ("mask", jnp.float32))}
+    batch = abstract_batch(cfg, batch_sharding(mesh, rules))
     eval_fn = jax.jit(make_eval_step(cfg), out_shardings=NamedSharding(mesh, PartitionSpec()))
-    return eval_fn.lower(_abstract(params_layout(cfg, mesh, rules)), batch)
+    return eval_fn.lower(params_layout(cfg, mesh, rules).sharded_abstract(), batch)
 
 
 def generation_spec(cfg: Config, mode: str, rows: int, prompt_len: int, new_tokens: int) -> engine.RunSpec:
@@ -68,7 +61,7 @@ def lower_generation(cfg: Config, mesh, rules, mode: str | None = None, prompt_l
     mode = mode or modes_for(cfg.model)[0]
     prompt_len = prompt_len or cfg.data.seq_len // 2
     spec = generation_spec(cfg, mode, cfg.train.batch_size, prompt_len, new_tokens)
-    params = _abstract(params_layout(dataclasses.replace(cfg, model=spec.cfg), mesh, rules))
+    params = params_layout(dataclasses.replace(cfg, model=spec.cfg), mesh, rules).sharded_abstract()
     replicated = NamedSharding(mesh, PartitionSpec())
     rows = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=replicated)  # noqa: E731
     start_args = (params, rows(spec.groups, spec.prompt_pad), rows(spec.groups), rows(spec.rows), rows(spec.rows),

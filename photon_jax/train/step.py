@@ -1,4 +1,6 @@
-"""The pure train step (jitted by the caller with explicit shardings); the eval step is eval/metrics.py."""
+"""The pure train step, the jitted program built from it (explicit shardings, donated state, abstract
+arguments), and the compiled program's memory per device. The eval step is eval/metrics.py; the dry run
+that audits this program's memory and communication is scaleout/dry_run.py."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import optax
 from photon_jax.config import Config
 from photon_jax.model import build_model
 from photon_jax.model.losses import loss_fn
+from photon_jax.sharding import StateLayout
 
 
 def make_train_step(cfg: Config, tx, schedule):
@@ -63,3 +66,40 @@ def make_train_step(cfg: Config, tx, schedule):
         return new_state, metrics
 
     return train_step
+
+
+def train_step_program(cfg: Config, tx, schedule, layout: StateLayout, in_sharding):
+    """The jitted train step (explicit in/out shardings, donated state) and abstract arguments carrying
+    the shardings, so that `.lower(*abstract).compile()` needs no allocated state or data."""
+    step_fn = jax.jit(make_train_step(cfg, tx, schedule), in_shardings=(layout.shardings, in_sharding),
+                      out_shardings=(layout.shardings, None), donate_argnums=0)
+    return step_fn, (layout.sharded_abstract(), abstract_batch(cfg, in_sharding))
+
+
+def abstract_batch(cfg: Config, in_sharding) -> dict:
+    """A (batch, length) batch of tokens and loss mask, as ShapeDtypeStructs carrying the batch sharding."""
+    return {k: jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.data.seq_len), dt, sharding=in_sharding)
+            for k, dt in (("tokens", jnp.int32), ("mask", jnp.float32))}
+
+
+MEMORY_FIELDS = {"arguments": "argument_size_in_bytes", "outputs": "output_size_in_bytes",
+                 "temporaries": "temp_size_in_bytes", "aliased": "alias_size_in_bytes",
+                 "code": "generated_code_size_in_bytes"}
+
+
+def compiled_memory_bytes(compiled) -> dict | None:
+    """XLA's memory analysis of a compiled program, per device ({field: bytes}); None where the backend
+    reports none."""
+    try:
+        memory = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if memory is None:
+        return None
+    return {name: int(getattr(memory, attr, 0) or 0) for name, attr in MEMORY_FIELDS.items()}
+
+
+def describe_memory_bytes(memory: dict | None, what: str = "train step") -> str:
+    if memory is None:
+        return f"{what} memory: analysis unavailable on this backend"
+    return f"{what} memory per device: " + ", ".join(f"{name} {n / 2**20:.1f} MiB" for name, n in memory.items())
