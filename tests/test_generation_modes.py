@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_generation import GREEDY, ragged_prompts, tiny_model
@@ -11,6 +13,7 @@ from photon_jax.generation import SamplingConfig, generate
 from photon_jax.generation.agreement import agreement
 from photon_jax.generation.api import plan, run_rows
 from photon_jax.generation.caches import CACHE_AXES, cache_axes, cache_memory_report
+from photon_jax.model.losses import token_nll
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -78,6 +81,43 @@ def test_agreement_reports_recgen_against_hiergen():
     assert free["prefix"] >= cfg.levels[0].chunk
     assert tf["kl"] > 1e-6
     assert "hiergen_vs_exact-local" not in out  # not a block-local model
+
+
+def _training_nll(cfg, model, params, windows):
+    """The training forward's per-target NLL (train/step.py: model.apply, then losses.token_nll): column i
+    is the NLL of token i + 1 given tokens 0..i."""
+    tokens = jnp.asarray(windows)
+    logits, _ = jax.jit(model.apply)(params, tokens)
+    return np.asarray(token_nll(cfg, logits, tokens))
+
+
+def test_agreement_nll_is_the_training_nll_where_recgen_is_exact():
+    """The teacher-forced NLLs agreement reports (RecGen's own perplexity on the frontier) against the
+    training forward on the same windows. Under A, RecGen is exact up to the end of the first level-1
+    unit after a meta-context-aligned prompt: with a continuation of C_1 tokens both NLLs equal the
+    training NLL of those tokens; one token more and RecGen's differs (HierGen's still equals it)."""
+    cfg, model, params = tiny_model("photon", (2, 3), "A", False, True)
+    windows, p, c1 = _windows(cfg), 12, cfg.levels[0].chunk  # 12 = 2 meta-contexts
+    nll = _training_nll(cfg, model, params, windows)
+    exact = agreement(cfg, params, windows[:, :p + c1], prompt_len=p, free_running=False)
+    want = nll[:, p - 1:p - 1 + c1].mean()
+    assert exact["nll_hiergen"] == pytest.approx(want, abs=1e-5)
+    assert exact["hiergen_vs_recgen"]["teacher_forced"]["nll"] == pytest.approx(want, abs=1e-5)
+    beyond = agreement(cfg, params, windows[:, :p + c1 + 1], prompt_len=p, free_running=False)
+    want = nll[:, p - 1:p + c1].mean()
+    assert beyond["nll_hiergen"] == pytest.approx(want, abs=1e-5)
+    assert abs(beyond["hiergen_vs_recgen"]["teacher_forced"]["nll"] - want) > 1e-3
+
+
+def test_agreement_nll_with_one_level_is_the_training_nll():
+    """With one level RecGen is exact on every token: its NLL equals the training forward's, here after
+    a prompt that ends inside a unit."""
+    cfg, model, params = tiny_model("photon", (4,), "A", False, False)
+    windows, p = _windows(cfg), 5
+    want = _training_nll(cfg, model, params, windows)[:, p - 1:].mean()
+    out = agreement(cfg, params, windows, prompt_len=p, free_running=False, modes=["recgen"])
+    assert out["nll_hiergen"] == pytest.approx(want, abs=1e-5)
+    assert out["hiergen_vs_recgen"]["teacher_forced"]["nll"] == pytest.approx(want, abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- exact-local
