@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from photon_jax import distributed
-from photon_jax.cli.common import add_json_flag, add_run_args, print_json
+from photon_jax.cli.common import add_json_flag, add_mesh_flag, add_run_args, parse_mesh, print_json
 from photon_jax.errors import UserError
 
 
@@ -43,24 +43,9 @@ def register(subparsers) -> None:
     pos.add_argument("--compare", default=None, metavar="RUN,RUN",
                      help="also profile these runs, folded by the same periods (e.g. a vanilla run)")
     pos.add_argument("--plot", default=None, metavar="FILE.png", help="draw the profiles, runs overlaid")
-    p.add_argument("--mesh", default=None,
-                   help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh; same as mesh.* overrides)")
+    add_mesh_flag(p, "the saved mesh; same as mesh.* overrides")
     add_json_flag(p, "the results")
     p.set_defaults(run=run)
-
-
-def parse_mesh(text: str | None):
-    if text is None:
-        return None
-    from photon_jax.config import MeshConfig, from_dict
-
-    values = {}
-    for part in text.split(","):
-        key, _, value = part.partition("=")
-        if key not in ("data", "fsdp", "tensor") or not value.lstrip("-").isdigit():
-            raise UserError(f"--mesh {text!r}: expected data=N,fsdp=N,tensor=N")
-        values[key] = int(value)
-    return from_dict(MeshConfig, {"data": 1, "fsdp": 1, "tensor": 1, **values}, "mesh")
 
 
 def run(args) -> int:

@@ -6,8 +6,7 @@ import dataclasses
 from types import SimpleNamespace
 
 from photon_jax import distributed
-from photon_jax.cli.cmd_eval import parse_mesh
-from photon_jax.cli.common import add_overrides
+from photon_jax.cli.common import add_mesh_flag, add_overrides, parse_mesh
 from photon_jax.errors import UserError
 from photon_jax.generation.api import ALL_MODES
 from photon_jax.serve.options import DEFAULT_KV_BUDGET_GIB, ServeOptions
@@ -48,8 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--harness-tokenizer", default=None, metavar="DIR",
                    help="write the tokenizer directory lm-evaluation-harness's local-completions model scores "
                         "through this server with (docs/serving.md), then serve")
-    p.add_argument("--mesh", default=None,
-                   help="e.g. data=1,fsdp=4,tensor=2 (default: the saved mesh; same as mesh.* overrides)")
+    add_mesh_flag(p, "the saved mesh; same as mesh.* overrides")
     p.set_defaults(run=run)
 
 
@@ -90,31 +88,13 @@ def _random_weights(preset: str, overrides, mesh_cfg):
 
     from photon_jax.bench.models import random_params
     from photon_jax.config import load_config
+    from photon_jax.runs.workdir import place_params
     from photon_jax.serve.text import TokenIdText
 
     cfg = load_config(preset=preset, overrides=overrides)
     if mesh_cfg is not None:
         cfg = dataclasses.replace(cfg, mesh=mesh_cfg)
     params = random_params(cfg.model)
-    if jax.process_count() > 1:
-        params = _on_mesh(params, cfg)
+    if jax.process_count() > 1:  # each process drew the same values (same key): spread them as a run loads
+        params = place_params(cfg, params)
     return SimpleNamespace(cfg=cfg, params=params, tokenizer=TokenIdText())
-
-
-def _on_mesh(params, cfg):
-    """Each process drew the same values (same key); spread them over the global mesh as a run loads."""
-    import flax.linen as nn
-    import jax
-    import numpy as np
-
-    from photon_jax.runs.workdir import params_layout
-    from photon_jax.sharding import logical_rules, make_mesh
-
-    mesh, rules = make_mesh(cfg.mesh), logical_rules(cfg.mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        shardings = params_layout(cfg, mesh, rules).shardings
-
-    def put(x, sharding):
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-    return jax.tree.map(put, params, shardings)

@@ -10,7 +10,15 @@ Multi-process runs: see photon_jax/distributed.py and launch/README.md.
 from __future__ import annotations
 
 from photon_jax import distributed
-from photon_jax.cli.common import add_config_args, add_json_flag, config_from_args, default_workdir, print_json
+from photon_jax.cli.common import (
+    add_config_args,
+    add_json_flag,
+    add_mesh_flag,
+    config_from_args,
+    default_workdir,
+    print_json,
+    with_mesh,
+)
 from photon_jax.errors import UserError
 
 
@@ -26,12 +34,13 @@ def register(subparsers) -> None:
     p.add_argument("--target", choices=("cpu", "gpu", "tpu"), default=None,
                    help="with --dry-run: compile the code path of this platform on the devices at hand (default: "
                         "theirs), so a CPU box plans an accelerator run's memory and communication")
+    add_mesh_flag(p, "the config's mesh.*; the config's logical rules are kept")
     distributed.add_arguments(p)
     p.set_defaults(run=run, host_allocator=True)  # a train-step loop (photon_jax/host_allocator.py)
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)  # bad config fails before any process joins a run
+    cfg = with_mesh(config_from_args(args), args.mesh)  # bad input fails before any process joins a run
     distributed.initialize_from_args(args)
     if args.target and not args.dry_run:
         raise UserError("--target needs --dry-run (a real run trains on the devices it has)")

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from photon_jax import distributed
-from photon_jax.config import Config, load_config
+from photon_jax.config import Config, MeshConfig, from_dict, load_config
+from photon_jax.errors import UserError
 
 RUNS_DIR = Path("runs")
 
@@ -59,6 +61,33 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     add_overrides(parser, RUN_OVERRIDES_HELP)
     distributed.add_arguments(parser)
+
+
+MESH_HELP = "e.g. data=1,fsdp=4,tensor=2; an axis left out is 1"
+
+
+def add_mesh_flag(parser: argparse.ArgumentParser, default: str) -> None:
+    """--mesh, one grammar for train, eval and serve (parse_mesh)."""
+    parser.add_argument("--mesh", default=None, help=f"{MESH_HELP} (default: {default})")
+
+
+def parse_mesh(text: str | None) -> MeshConfig | None:
+    """`data=N,fsdp=N,tensor=N` -> a MeshConfig with the default logical rules; None stays None."""
+    if text is None:
+        return None
+    values = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in ("data", "fsdp", "tensor") or not value.lstrip("-").isdigit():
+            raise UserError(f"--mesh {text!r}: expected data=N,fsdp=N,tensor=N")
+        values[key] = int(value)
+    return from_dict(MeshConfig, {"data": 1, "fsdp": 1, "tensor": 1, **values}, "mesh")
+
+
+def with_mesh(cfg: Config, text: str | None) -> Config:
+    """cfg with --mesh's axis sizes (its logical rules kept); unchanged without --mesh."""
+    mesh = parse_mesh(text)
+    return cfg if mesh is None else dataclasses.replace(cfg, mesh=dataclasses.replace(mesh, rules=cfg.mesh.rules))
 
 
 def add_json_flag(parser: argparse.ArgumentParser, what: str = "the result") -> None:

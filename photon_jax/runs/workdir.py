@@ -18,11 +18,11 @@ from photon_jax.config import Config, MeshConfig, apply_overrides, parse_mixture
 from photon_jax.data.loading.mixture import load_sources
 from photon_jax.data.manifest import load_manifest
 from photon_jax.data.preparation.prepare import prepare
-from photon_jax.tokenizers.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from photon_jax.errors import UserError
 from photon_jax.model.accounting import abstract_params
 from photon_jax.runs import checkpoint as ckpt
 from photon_jax.sharding import StateLayout, layout_of, logical_rules, make_mesh
+from photon_jax.tokenizers.tokenizer import Tokenizer, check_vocab, load_tokenizer
 
 DEFAULT_DATA_DIR = "data"  # <workdir>/data, unless data.data_dir is set
 
@@ -91,6 +91,27 @@ def params_layout(cfg: Config, mesh, rules) -> StateLayout:
     return layout_of(abstract_params(cfg.model, cfg.data.seq_len), mesh, rules)
 
 
+def mesh_placement(cfg: Config) -> tuple[object, tuple, StateLayout]:
+    """The mesh of cfg.mesh, its logical rules, and the params' abstract shapes and shardings on it: where
+    a loaded run's params go (load_run restores into these shardings, place_params copies into them)."""
+    mesh = make_mesh(cfg.mesh)
+    rules = logical_rules(cfg.mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        layout = params_layout(cfg, mesh, rules)
+    return mesh, rules, layout
+
+
+def place_params(cfg: Config, params) -> dict:
+    """Params in host memory, the same values on every process (e.g. drawn from one key), spread over the
+    global mesh in the shardings a loaded run's params get; each process fills only its own shards."""
+    _, _, layout = mesh_placement(cfg)
+
+    def put(x, sharding):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(put, params, layout.shardings)
+
+
 @dataclasses.dataclass
 class LoadedRun:
     cfg: Config
@@ -130,10 +151,8 @@ def load_run(workdir: str | Path, step: int | None = None, mesh_cfg: MeshConfig 
             raise UserError(f"an override changes the parameters of the checkpoint's model ({mismatch})")
         if mesh_cfg is not None:
             cfg = dataclasses.replace(cfg, mesh=mesh_cfg)
-        mesh = make_mesh(cfg.mesh)
-        rules = logical_rules(cfg.mesh)
+        mesh, rules, layout = mesh_placement(cfg)
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            layout = params_layout(cfg, mesh, rules)
             params = ckpt.restore_params(manager, step, layout.abstract, layout.shardings)
     finally:
         manager.close()
