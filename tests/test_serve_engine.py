@@ -18,7 +18,8 @@ from photon_jax.generation.sampling import GREEDY, SamplingConfig
 from photon_jax.model import build_model
 from photon_jax.serve import pool as pool_lib
 from photon_jax.serve.engine import Request
-from photon_jax.serve.launch import ServeOptions, build_engine
+from photon_jax.serve.launch import ServeOptions, build_engine, plan_slots
+from photon_jax.serve.options import GIB
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -138,3 +139,15 @@ def test_slot_bytes_count_every_leaf_and_photon_holds_more_slots():
     assert per["recgen"] < per["hiergen"]
     shapes = pool_lib.pool_shapes(p_params, pool_lib.PoolSpec(photon, "hiergen", 3, context))
     assert pool_lib.tree_nbytes(shapes) == 3 * per["hiergen"]
+    # the same KV budget (what --kv-budget-gib sizes the pool with): 8 vanilla slots exactly, and PHOTON
+    # as many more as its smaller slots give (a budget of 8 vanilla slots over its bytes per slot)
+    budget = 8 * per["vanilla"]
+    slots = {"vanilla": plan_slots(v_params, vanilla, "vanilla", context, budget / GIB, None)[0]}
+    slots.update({mode: plan_slots(p_params, photon, mode, context, budget / GIB, None)[0]
+                  for mode in ("hiergen", "recgen")})
+    assert slots["vanilla"] == 8
+    for mode in ("hiergen", "recgen"):
+        assert slots[mode] == budget // per[mode] > slots["vanilla"], (mode, slots, per)
+        pool = pool_lib.tree_nbytes(pool_lib.pool_shapes(p_params, pool_lib.PoolSpec(photon, mode, slots[mode],
+                                                                                    context)))
+        assert pool <= budget < pool + per[mode]
