@@ -4,16 +4,29 @@ without redoing finished runs (real training, evaluation and TPM measurement of 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import prepare_few_plays, tiny_overrides
+from test_generation import tiny_model
 
+from photon_jax.cli.cmd_sweep import grid_names, grid_path
 from photon_jax.cli.main import main
 from photon_jax.config import load_config
 from photon_jax.errors import UserError
+from photon_jax.eval.windows import score_windows
+from photon_jax.generation.agreement import agreement
 from photon_jax.model.accounting import train_flops_per_token
+from photon_jax.model.losses import loss_fn
 from photon_jax.sweep import load_grid, run_sweep
 from photon_jax.sweep import measure as sweep_measure
+from photon_jax.sweep.frontier_settings import budget_of
+from photon_jax.sweep.runner import shared_data_dir
+from photon_jax.sweep.seeds import aggregate, ratios_by_seed
+from photon_jax.train.loop import train
 
 TINY_MEASURE = {"agreement_windows": 2, "eval_batches": 2,
                 "tpm": {"pf": "16/4", "de": "4/16", "max_batch": 2, "repeats": 1}}
@@ -80,11 +93,26 @@ def test_ablation_presets_change_only_what_they_name():
 
 
 def test_committed_grids_resolve():
-    from photon_jax.cli.cmd_sweep import grid_names
-
     assert {"ablations-tiny", "reproduce-small", "chunks-lr-tiny"} <= set(grid_names())
     for name in grid_names():
         assert main(["sweep", name, "--list"]) == 0
+
+
+def test_frontier_grid_has_four_flop_matched_budgets_up_to_one_epoch():
+    grid = load_grid(grid_path("frontier-tiny"))
+    assert len(grid.runs) == 36 and grid.seeds == (0, 1, 2)
+    budgets: dict[str, list] = {}
+    for spec in grid.runs:
+        budgets.setdefault(budget_of(spec), []).append(spec)
+        t = spec.cfg.train
+        assert t.warmup_steps == round(t.steps / 10), spec.name  # 10% of the run's own steps
+    assert list(budgets) == ["photon-b110", "photon-b220", "photon-b440", "photon-b880"]
+    for budget, specs in budgets.items():
+        assert sorted({s.source for s in specs}) == ["block-tiny", "photon-tiny", "vanilla-tiny"] and len(specs) == 9
+        flops = [s.cfg.train.steps * train_flops_per_token(s.cfg.model, s.cfg.data.seq_len) for s in specs]
+        assert max(flops) / min(flops) - 1 < 1 / min(s.cfg.train.steps for s in specs), budget
+    one_epoch = grid.run("photon-b880-s0").cfg
+    assert one_epoch.train.steps * one_epoch.train.batch_size * one_epoch.data.seq_len == 1_802_240  # ~1.80M
 
 
 @pytest.mark.parametrize("grid, message", [
@@ -152,8 +180,6 @@ def test_seeds_expand_every_run_with_its_own_init_order_and_flop_match():
 
 
 def test_seed_summary_is_mean_and_std_of_per_seed_ratios():
-    from photon_jax.sweep.seeds import aggregate, ratios_by_seed
-
     rows = [{"run": f"{g}-s{s}", "group": g, "seed": s, "train_flops": 10.0, "val_ppl": ppl}
             for g, values in (("photon", (12.0, 15.0, 11.0)), ("vanilla", (10.0, 10.0, 12.0)))
             for s, ppl in enumerate(values)]
@@ -166,6 +192,48 @@ def test_seed_summary_is_mean_and_std_of_per_seed_ratios():
     assert summary["photon"]["ppl_x_std"] == pytest.approx(std)
     assert summary["photon"]["val_ppl_mean"] == pytest.approx(38.0 / 3)
     assert summary["vanilla"]["ppl_x_std"] == 0.0 and summary["vanilla"]["n_seeds"] == 3
+
+
+# ----------------------------------------------------------------------------- window scores
+
+
+@pytest.mark.parametrize("family, chunks", [("photon", (2, 3)), ("photon", (4,)), ("vanilla", (4,))])
+def test_window_scores_are_each_modes_nll_of_the_same_positions(family, chunks, fast_compile):
+    """Every mode scored on the same windows and positions (eval/windows.py): the exact mode's window NLL is
+    the training loss restricted to the continuation targets, and for PHOTON (L = 2) the same NLL comes out
+    of teacher-forced HierGen generation, the path that scores RecGen, whose NLL is agreement's."""
+    cfg, model, params = tiny_model(family, chunks, "A", False, family == "photon")
+    length = 4 * cfg.meta_context if family == "photon" else 24
+    windows = np.random.default_rng(3).integers(0, cfg.vocab_size, (3, length))
+    prompt_len = length // 2
+    scores = score_windows(cfg, params, windows)
+    exact = "vanilla" if family == "vanilla" else "hiergen"
+    assert scores["exact_mode"] == exact and scores["prompt_len"] == prompt_len
+    assert (scores["windows"], scores["positions"]) == (3, 3 * (length - prompt_len))
+
+    tokens = jnp.asarray(windows, jnp.int32)
+    logits, aux = model.apply(params, tokens, jnp.ones(tokens.shape, jnp.float32))
+    scored = np.zeros(windows.shape, np.float32)
+    scored[:, prompt_len:] = 1.0  # loss weights: the targets tokens[:, prompt_len:] only
+    _, metrics = loss_fn(cfg, logits, aux, tokens, jnp.asarray(scored))
+    assert scores["modes"][exact]["nll"] == pytest.approx(float(metrics["token_loss"]), rel=1e-5)
+    assert scores["modes"][exact]["perplexity"] == pytest.approx(math.exp(scores["modes"][exact]["nll"]))
+
+    if len(chunks) < 2:  # vanilla, and Block (L = 1: its recgen is hiergen's computation): the exact mode only
+        assert set(scores["modes"]) == {exact} and "hiergen_generation_nll" not in scores
+        return
+    forced = agreement(cfg, params, windows, free_running=False)
+    assert set(scores["modes"]) == {"hiergen", "recgen"}
+    assert forced["nll_hiergen"] == pytest.approx(scores["modes"]["hiergen"]["nll"], rel=1e-5)
+    assert scores["hiergen_generation_nll"] == pytest.approx(forced["nll_hiergen"], rel=1e-6)
+    recgen = forced["hiergen_vs_recgen"]["teacher_forced"]
+    assert scores["modes"]["recgen"]["nll"] == pytest.approx(recgen["nll"], rel=1e-6)
+    assert recgen["kl"] > 1e-6 and scores["modes"]["recgen"]["nll"] != scores["modes"]["hiergen"]["nll"]
+    # a given agreement result is reused, but only for the same windows and prompt
+    assert score_windows(cfg, params, windows, agreement_result=forced)["modes"] == scores["modes"]
+    with pytest.raises(UserError, match="agreement result covers"):
+        score_windows(cfg, params, windows, prompt_len=prompt_len + cfg.meta_context, agreement_result=forced)
+    assert score_windows(cfg, params, windows[:2])["tokens_sha256"] != scores["tokens_sha256"]
 
 
 # ----------------------------------------------------------------------------- running and resuming
@@ -228,9 +296,6 @@ def test_interrupted_grid_resumes_without_redoing_finished_runs(tmp_path, plays,
 
 
 def test_partly_trained_run_resumes_from_its_checkpoint(tmp_path, plays, fast_compile):
-    from photon_jax.sweep.runner import shared_data_dir
-    from photon_jax.train.loop import train
-
     grid = _grid(plays, names=("photon",), tpm=False)
     work = tmp_path / "sweep"
     spec = shared_data_dir(grid.runs[0], work)
@@ -280,12 +345,10 @@ def test_seeded_frontier_at_equal_flops_resumes_and_uses_one_side_by_side_tpm(tm
                                                                             fast_compile):
     """Two architectures x two budgets x two seeds, interrupted once: finished runs are neither retrained
     nor remeasured; seeds differ in init and window order; the per-group summary is the mean and std of the
-    seeds; every frontier row's quality is the mean of its seeds' own measurements (held-out perplexity;
-    RecGen: its own window perplexity), ratios are paired within a seed, TPM comes from one interleaved
-    bench over both architectures, and a rerun reuses that bench."""
-    import math
-    import statistics
-
+    seeds; every frontier row's quality is the mean of its seeds' own measurements, held-out perplexity
+    (exact modes) and window perplexity (every mode, the same windows for every run) apart, ratios are
+    paired within a seed on the same measure, TPM comes from one interleaved bench over both architectures;
+    a rerun reuses that bench and measures again (without training) a run measured by an older version."""
     grid = load_grid({"overrides": tiny_overrides(layers=1, vocab=VOCAB) + TRAIN + [f"data.data_dir={plays}"],
                       "measure": {**TINY_MEASURE, "tpm": None}, "seeds": [0, 1],
                       "frontier": {"contexts": [{"pf": "8/4", "de": "4/8"}], "repeats": 2, "max_batch": 2},
@@ -338,20 +401,49 @@ def test_seeded_frontier_at_equal_flops_resumes_and_uses_one_side_by_side_tpm(tm
         ppl = {f: [records[f"{f}-b{steps}-s{s}"]["validation"]["perplexity"] for s in (0, 1)]
                for f in ("photon", "vanilla")}
         hier, van = rows[(budget, "photon-tiny", "hiergen")], rows[(budget, "vanilla-tiny", "vanilla")]
-        assert hier["ppl_mean"] == pytest.approx(statistics.fmean(ppl["photon"]))
-        assert hier["ppl_std"] == pytest.approx(statistics.stdev(ppl["photon"]))
-        assert hier["ppl_x_mean"] == pytest.approx(statistics.fmean(p / v for p, v in zip(ppl["photon"],
-                                                                                         ppl["vanilla"])))
-        assert van["ppl_x_mean"] == 1.0 and van["ppl_x_std"] == 0.0
+        assert hier["heldout_ppl_mean"] == pytest.approx(statistics.fmean(ppl["photon"]))
+        assert hier["heldout_ppl_std"] == pytest.approx(statistics.stdev(ppl["photon"]))
+        assert hier["heldout_ppl_x_mean"] == pytest.approx(statistics.fmean(p / v for p, v in zip(ppl["photon"],
+                                                                                                 ppl["vanilla"])))
+        assert van["heldout_ppl_x_mean"] == 1.0 and van["heldout_ppl_x_std"] == 0.0
+        assert van["window_ppl_x_mean"] == 1.0
+        # window perplexity: every mode on the same windows, RecGen beside window numbers only
+        photon_runs = [records[f"photon-b{steps}-s{s}"] for s in (0, 1)]
+        van_window = [records[f"vanilla-b{steps}-s{s}"]["windows"]["modes"]["vanilla"]["perplexity"] for s in (0, 1)]
+        hier_window = [math.exp(r["agreement"]["nll_hiergen"]) for r in photon_runs]  # through generation
+        assert hier["window_ppl_mean"] == pytest.approx(statistics.fmean(hier_window), rel=1e-4)
         rec = rows[(budget, "photon-tiny", "recgen")]
-        forced = [records[f"photon-b{steps}-s{s}"]["agreement"]["hiergen_vs_recgen"]["teacher_forced"]
-                  for s in (0, 1)]
-        assert rec["ppl_mean"] == pytest.approx(statistics.fmean(math.exp(f["nll"]) for f in forced))
+        rec_window = [math.exp(r["agreement"]["hiergen_vs_recgen"]["teacher_forced"]["nll"]) for r in photon_runs]
+        assert rec["heldout_ppl_mean"] is None and rec["heldout_ppl_x_mean"] is None
+        assert rec["window_ppl_mean"] == pytest.approx(statistics.fmean(rec_window))
+        assert rec["window_ppl_x_mean"] == pytest.approx(statistics.fmean(r / v for r, v in zip(rec_window,
+                                                                                               van_window)))
+        assert rec["window_vs_exact_mean"] == pytest.approx(statistics.fmean(r / h for r, h in zip(rec_window,
+                                                                                                  hier_window)),
+                                                            rel=1e-4)
         assert rec[f"tpm_de_{label}"] == tpm_of[("photon-tiny", "recgen", "de")]
         assert rec[f"tpm_de_{label}_x"] == pytest.approx(tpm_of[("photon-tiny", "recgen", "de")]
                                                          / tpm_of[("vanilla-tiny", "vanilla", "de")])
-    for name in ("frontier.json", "frontier.csv", "frontier.txt", "frontier.png", "frontier_flops.png"):
+    digests = {r["windows"]["tokens_sha256"] for r in records.values()}
+    assert digests == {frontier["windows"]["tokens_sha256"]}  # one set of windows for every run and mode
+    assert frontier["windows"]["positions"] == 2 * grid.runs[0].cfg.data.seq_len // 2
+    for name in ("frontier.json", "frontier.csv", "frontier.txt", "frontier.md", "frontier.png",
+                 "frontier_flops.png"):
         assert (work / name).stat().st_size > 0
+    assert "window ppl" in (work / "frontier.txt").read_text()
+
+    # a run measured by an older measure() (no window scores) is measured again, not trained again
+    stale_path = work / "runs" / "vanilla-b6-s1" / "results.json"
+    stale = json.loads(stale_path.read_text())
+    del stale["windows"]
+    stale["fingerprint"]["measure"]["version"] = 1
+    stale_path.write_text(json.dumps(stale))
+    trained = _lines(work / "runs" / "vanilla-b6-s1" / "metrics.jsonl")
     stamp = tpm_file.stat().st_mtime_ns
-    run_sweep(grid, work, plot=False, quiet=True)
+    again = run_sweep(grid, work, plot=False, quiet=True)
     assert tpm_file.stat().st_mtime_ns == stamp  # the side-by-side bench is reused, not rerun
+    remeasured = json.loads(stale_path.read_text())
+    assert remeasured["fingerprint"]["measure"]["version"] == sweep_measure.VERSION
+    assert remeasured["windows"] == records["vanilla-b6-s1"]["windows"]
+    assert _lines(work / "runs" / "vanilla-b6-s1" / "metrics.jsonl") == trained
+    assert again["frontier"]["rows"] == frontier["rows"]

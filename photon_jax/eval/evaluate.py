@@ -18,6 +18,7 @@ from photon_jax.eval.by_position import unit_periods
 from photon_jax.eval.choices import load_choice_file, score_choices
 from photon_jax.eval.metrics import evaluate_batches, make_eval_step
 from photon_jax.eval.tasks import evaluate_tasks
+from photon_jax.eval.windows import held_out_windows, score_windows
 from photon_jax.generation.agreement import agreement
 from photon_jax.runs.workdir import load_run
 from photon_jax.sharding import batch_sharding, check_batch
@@ -55,9 +56,11 @@ def read_text(path: str) -> str:
 
 def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation", choices=None,
                  max_batches=None, batch_size=None, mesh_cfg=None, agreement_windows: int = 0,
-                 overrides=(), by_position: dict[str, int] | None = None) -> dict:
+                 overrides=(), by_position: dict[str, int] | None = None, window_scores: int = 0) -> dict:
     """by_position: slot periods ({} = the model's own unit sizes) for a held-out NLL profile by position
-    (eval/by_position.py), from the same pass as the loss; None = no profile."""
+    (eval/by_position.py), from the same pass as the loss; None = no profile. window_scores: score every
+    generation mode on the first that many held-out windows (eval/windows.py; the agreement windows when
+    agreement_windows is the same count)."""
     run = load_run(workdir, step=step, mesh_cfg=mesh_cfg, overrides=overrides)
     cfg, tok = run.cfg, run.tokenizer
     batch_size = batch_size or cfg.train.batch_size
@@ -97,6 +100,11 @@ def evaluate_run(workdir, *, step=None, text=None, data=None, split="validation"
                                       **position_profile(sums.nll_t, sums.targets_t, periods)}
         if agreement_windows:
             results["agreement"] = held_out_agreement(run, agreement_windows)
+        if window_scores:
+            same = results.get("agreement") if agreement_windows == window_scores else None  # same windows
+            results["window_scores"] = score_windows(cfg.model, run.params,
+                                                     held_out_windows(run.data_dir, seq_len, window_scores),
+                                                     agreement_result=same)
         if choices is not None:
             rows = load_choice_file(choices)
             results["choices"] = score_choices(cfg.model, run.params, tok, rows, seq_len, batch_size, run.mesh,
@@ -147,9 +155,4 @@ def evaluate_run_tasks(workdir, tasks, *, step=None, mesh_cfg=None, overrides=()
 
 def held_out_agreement(run, windows: int) -> dict:
     """recgen / exact-local vs hiergen on the first `windows` full held-out windows (docs/method.md 5.3)."""
-    rows = []
-    for batch in pipeline.eval_batches(run.data_dir, "validation", run.cfg.data.seq_len, windows, 1):
-        rows = [t for t, m in zip(batch["tokens"], batch["mask"]) if m.all()]
-    if not rows:
-        raise UserError("the validation split has no full window for the agreement measurement")
-    return agreement(run.cfg.model, run.params, np.stack(rows))
+    return agreement(run.cfg.model, run.params, held_out_windows(run.data_dir, run.cfg.data.seq_len, windows))

@@ -9,15 +9,18 @@ FLOPs, each on a learning-rate schedule that completes at that budget. After the
    generation mode, timed round-robin (bench/tpm.py, interleave) so that a slow spell of the machine falls
    on all alike. Weights are random: speed and memory do not depend on their values. Stored as
    tpm-<context>.json in the sweep dir and reused while its settings match.
-2. Quality per architecture and mode, per seed. The exact modes (HierGen, exact-local, vanilla) give the
-   teacher-forced held-out perplexity. RecGen is not exact, so its quality is its own: the perplexity of
-   the true continuation under RecGen on the agreement windows (generation/agreement.py), with HierGen's
-   on the same windows beside it. RecGen's ratio is paired twice: its cost over HierGen on the same
-   windows times HierGen's held-out ratio.
-3. Per budget: mean and sample std over seeds; perplexity ratios against the reference architecture of the
-   same seed and budget; TPM and its ratio against the reference's. Written as frontier.json / .csv / .txt,
-   frontier.png (perplexity against TPM, a panel per budget and regime) and frontier_flops.png
-   (perplexity against training FLOPs).
+2. Quality per architecture and mode, per seed, in two measures kept apart. Held-out perplexity: the
+   whole validation split, for the exact modes (HierGen, exact-local, vanilla). Window perplexity: every
+   mode of every run on the same held-out windows and positions (eval/windows.py; the runs share one
+   prepared data dir, and differing window tokens are refused). RecGen is not exact and has only the
+   window perplexity (the true continuation, teacher-forced), so it is only ever set beside other
+   modes' window perplexities, never beside a held-out one.
+3. Per budget: mean and sample std over seeds; ratios against the reference architecture of the same seed
+   and budget on the same measure (held-out over held-out, window over window), and each mode's window
+   perplexity over its own model's exact mode (RecGen over HierGen); TPM and its ratio against the
+   reference's. Written as frontier.json / .csv / .txt / .md (REPORT.md's table), frontier.png (window
+   perplexity against TPM, a panel per budget and regime) and frontier_flops.png (each measure against
+   training FLOPs).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -99,17 +101,46 @@ def side_by_side_tpm(grid: Grid, workdir: Path, log: Callable[[str], None] = pri
 # ----------------------------------------------------------------------------- quality per seed
 
 def _quality(record: dict, mode: str) -> dict | None:
-    """One run's quality in one mode: {ppl, ppl_scale (to pair ratios), ...}; None where not measured."""
-    v = record["validation"]
-    if mode in EXACT_MODES:
-        return {"ppl": v["perplexity"], "bpb": v.get("bits_per_byte"), "ppl_vs_exact": 1.0}
-    agreement = record.get("agreement") or {}
-    forced = (agreement.get("hiergen_vs_recgen") or {}).get("teacher_forced")
-    if mode != "recgen" or not forced:
+    """One run's quality in one mode: held-out perplexity (exact modes: the whole validation split) and
+    window perplexity (every mode its `windows` scored, eval/windows.py); None where neither was measured."""
+    exact = mode in EXACT_MODES
+    windows = record.get("windows") or {}
+    scored = windows.get("modes", {}).get(mode)
+    if not exact and scored is None:
         return None
-    cost = math.exp(forced["nll"] - agreement["nll_hiergen"])  # RecGen over HierGen, same windows
-    return {"ppl": math.exp(forced["nll"]), "hiergen_window_ppl": math.exp(agreement["nll_hiergen"]),
-            "windows": agreement["windows"], "positions": agreement["positions"], "ppl_vs_exact": cost}
+    own_exact = windows.get("modes", {}).get(windows.get("exact_mode"))
+    return {"heldout_ppl": record["validation"]["perplexity"] if exact else None,
+            "bpb": record["validation"].get("bits_per_byte") if exact else None,
+            "window_ppl": scored["perplexity"] if scored else None,
+            # the mode's cost over the same model's exact mode, on the same windows (RecGen over HierGen)
+            "window_vs_exact": (scored["perplexity"] / own_exact["perplexity"]
+                                if scored and own_exact and scored is not own_exact else None)}
+
+
+def _reference_quality(record: dict) -> dict:
+    """The reference run's numbers that ratios divide by: its held-out and its exact mode's window perplexity."""
+    windows = record.get("windows") or {}
+    exact = windows.get("modes", {}).get(windows.get("exact_mode"))
+    return {"heldout_ppl": record["validation"]["perplexity"], "window_ppl": exact["perplexity"] if exact else None}
+
+
+def same_windows(records: dict[str, dict]) -> dict | None:
+    """{windows, positions, tokens_sha256} shared by every record's window scores (None when no record has
+    any); runs scored on other tokens are refused: their window perplexities would not compare."""
+    seen: dict[tuple, list[str]] = {}
+    for name, record in records.items():
+        w = record.get("windows")
+        if w:
+            seen.setdefault((w["windows"], w["positions"], w["tokens_sha256"]), []).append(name)
+    if len(seen) > 1:
+        found = "; ".join(f"{', '.join(names[:2])}: {key[0]} windows, {key[1]} positions, tokens {key[2]}"
+                          for key, names in seen.items())
+        raise UserError(f"frontier: runs were scored on different held-out windows ({found}); they must share "
+                        "one prepared data dir and measure.agreement_windows")
+    if not seen:
+        return None
+    (count, positions, digest), = seen
+    return {"windows": count, "positions": positions, "tokens_sha256": digest}
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -119,9 +150,16 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _ratios(per_seed: dict, refs: dict, key: str) -> list[float]:
+    """This mode's `key` over the reference's, seed by seed (paired)."""
+    return [q[key] / refs[s][key] for s, q in per_seed.items()
+            if s in refs and q[key] is not None and refs[s][key]]
+
+
 def frontier_rows(grid: Grid, records: dict[str, dict], tpm: dict[str, dict]) -> list[dict]:
     """One row per (budget, architecture, mode) with quality over seeds and TPM per context and regime."""
     reference = reference_architecture(grid)
+    windows = same_windows(records)
     by_cell: dict[tuple[str, str], dict] = {}  # (budget, architecture) -> {seed: record}
     flops: dict[str, float] = {}  # budget -> its training FLOPs (equal across its runs by construction)
     for spec in grid.runs:
@@ -134,7 +172,7 @@ def frontier_rows(grid: Grid, records: dict[str, dict], tpm: dict[str, dict]) ->
                 for r in data["results"]}
     rows = []
     for budget in [b for b in budgets if b in flops]:
-        ref_seeds = by_cell.get((budget, reference), {})
+        refs = {s: _reference_quality(rec) for s, rec in by_cell.get((budget, reference), {}).items()}
         for arch, spec in arch_specs.items():
             seeds = by_cell.get((budget, arch))
             if not seeds:
@@ -145,21 +183,18 @@ def frontier_rows(grid: Grid, records: dict[str, dict], tpm: dict[str, dict]) ->
                 per_seed = {s: q for s, rec in seeds.items() if (q := _quality(rec, mode)) is not None}
                 if not per_seed:
                     continue
-                ratios = [q["ppl_vs_exact"] * seeds[s]["validation"]["perplexity"]
-                          / ref_seeds[s]["validation"]["perplexity"] for s, q in per_seed.items() if s in ref_seeds]
                 row = {"budget": budget, "train_flops": flops[budget], "architecture": arch,
                        "family": BenchModel(arch, spec.cfg).family,
                        "mode": mode, "seeds": sorted(s for s in per_seed if s is not None),
-                       "quality": "held-out perplexity" if mode in EXACT_MODES else
-                       "RecGen perplexity on the agreement windows",
                        "steps": seeds[next(iter(seeds))]["steps"]}
-                row["ppl_mean"], row["ppl_std"] = _mean_std([q["ppl"] for q in per_seed.values()])
-                row["ppl_x_mean"], row["ppl_x_std"] = _mean_std(ratios)
-                row["bpb_mean"], row["bpb_std"] = _mean_std([q.get("bpb") for q in per_seed.values()])
-                if mode not in EXACT_MODES:
-                    row["hiergen_window_ppl_mean"], _ = _mean_std([q["hiergen_window_ppl"]
-                                                                   for q in per_seed.values()])
-                    row["windows"] = next(iter(per_seed.values()))["windows"]
+                for key in ("heldout_ppl", "window_ppl"):
+                    row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([q[key] for q in per_seed.values()])
+                    row[f"{key}_x_mean"], row[f"{key}_x_std"] = _mean_std(_ratios(per_seed, refs, key))
+                row["window_vs_exact_mean"], row["window_vs_exact_std"] = _mean_std(
+                    [q["window_vs_exact"] for q in per_seed.values()])
+                row["bpb_mean"], row["bpb_std"] = _mean_std([q["bpb"] for q in per_seed.values()])
+                if windows:
+                    row["windows"], row["window_positions"] = windows["windows"], windows["positions"]
                 for (model, tmode, label, regime), r in tpm_rows.items():
                     if model == arch and tmode == mode:
                         ref = next((x for (m, _, lab, reg), x in tpm_rows.items()
@@ -173,28 +208,72 @@ def frontier_rows(grid: Grid, records: dict[str, dict], tpm: dict[str, dict]) ->
 
 # ----------------------------------------------------------------------------- outputs
 
-PRINTED = [("ppl", "ppl", ".2f"), ("ppl_x", "ppl x", ".3f")]
+# (row key, header, format) of the printed quality columns: held-out (exact modes) and window perplexity
+# (every mode on the same windows) apart; "ppl" is the one column of frontier.json files written before
+# the window scores (held-out for the exact modes, RecGen's window perplexity in the same column).
+PRINTED = [("heldout_ppl", "held-out ppl", ".2f"), ("heldout_ppl_x", "x", ".3f"),
+           ("window_ppl", "window ppl", ".2f"), ("window_ppl_x", "x", ".3f"),
+           ("window_vs_exact", "vs exact", ".3f"), ("ppl", "ppl", ".2f"), ("ppl_x", "ppl x", ".3f")]
+
+
+def _present(rows: list[dict]) -> list[tuple[str, str, str]]:
+    return [c for c in PRINTED if any(r.get(f"{c[0]}_mean") is not None for r in rows)]
+
+
+def _window_words(rows: list[dict]) -> str:
+    row = next((r for r in rows if r.get("windows")), None)
+    return f"the same {row['windows']} held-out windows ({row['window_positions']} positions)" if row else \
+        "the same held-out windows"
 
 
 def frontier_text(rows: list[dict], reference: str, contexts: list[str]) -> str:
-    headers = ["budget (FLOPs)", "architecture", "mode", "seeds", "ppl", "ppl x"]
+    printed = _present(rows)
+    headers = ["budget (FLOPs)", "architecture", "mode", "seeds"] + [h for _, h, _ in printed]
     for label in contexts:
         headers += [f"DE TPM {label}", "x", f"PF TPM {label}", "x"]
     body = []
     for r in rows:
         cells = [f"{r['budget']} ({r['train_flops']:.3g})", r["architecture"], r["mode"], str(len(r["seeds"]))]
-        for key, _, spec in PRINTED:
+        for key, _, spec in printed:
             mean, std = r.get(f"{key}_mean"), r.get(f"{key}_std")
             cells.append("-" if mean is None else f"{fmt(mean, spec)} ± {fmt(std, spec)}")
         for label in contexts:
             for regime in ("de", "pf"):
                 cells += [fmt(r.get(f"tpm_{regime}_{label}"), ".4g"), fmt(r.get(f"tpm_{regime}_{label}_x"), ".3g")]
         body.append(cells)
-    notes = [f"mean ± sample std over seeds; ppl x = vs {reference} of the same seed and budget (paired);",
-             "exact modes: held-out perplexity; recgen: its own perplexity on the agreement windows, its ratio =",
-             "its cost over HierGen on those windows x HierGen's held-out ratio; TPM = K generated tokens/s per GiB",
-             "of KV cache from one interleaved side-by-side bench tpm per context (x = vs the reference's)"]
+    if any(key == "ppl" for key, _, _ in printed):  # a frontier.json from before the window scores
+        notes = [f"mean ± sample std over seeds; ppl x = vs {reference} of the same seed and budget (paired);",
+                 "exact modes: held-out perplexity; recgen: its own perplexity on the agreement windows, its ratio =",
+                 "its cost over HierGen on those windows x HierGen's held-out ratio; TPM = K generated tokens/s "
+                 "per GiB",
+                 "of KV cache from one interleaved side-by-side bench tpm per context (x = vs the reference's)"]
+    else:
+        notes = [f"mean ± sample std over seeds; x = vs {reference} of the same seed and budget on the same measure "
+                 "(paired);",
+                 "held-out ppl: the whole validation split, exact modes only (RecGen has no held-out perplexity);",
+                 f"window ppl: every mode on {_window_words(rows)}, teacher-forced; vs exact = over the same",
+                 "model's exact mode on those windows (RecGen: its cost over HierGen); TPM = K generated tokens/s",
+                 "per GiB of KV cache from one interleaved side-by-side bench tpm per context (x = vs the reference's)"]
     return table(headers, body) + "\n" + "\n".join(notes)
+
+
+def frontier_markdown(rows: list[dict], reference: str, contexts: list[str]) -> str:
+    """The table of REPORT.md's Frontier section: quality columns apart, TPM as ratios to the reference."""
+    printed = _present(rows)
+    names = {"heldout_ppl": "held-out ppl", "heldout_ppl_x": f"held-out / {reference}",
+             "window_ppl": "window ppl", "window_ppl_x": f"window / {reference}",
+             "window_vs_exact": "window / own exact mode", "ppl": "perplexity", "ppl_x": f"ppl / {reference}"}
+    headers = ["budget (training FLOPs)", "model", "mode", "steps"] + [names[k] for k, _, _ in printed]
+    headers += [f"{regime.upper()} TPM x ({label})" for label in contexts for regime in ("de", "pf")]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        cells = [f"{r['budget']} ({r['train_flops']:.3g})", r["architecture"], r["mode"], str(r["steps"])]
+        for key, _, spec in printed:
+            mean = r.get(f"{key}_mean")
+            cells.append("-" if mean is None else f"{fmt(mean, spec)} ± {fmt(r.get(f'{key}_std'), spec)}")
+        cells += [f"{fmt(r.get(f'tpm_{regime}_{label}_x'), '.3g')}x" for label in contexts for regime in ("de", "pf")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_frontier(workdir: Path, rows: list[dict], meta: dict, plot: bool = True) -> None:
@@ -208,9 +287,21 @@ def write_frontier(workdir: Path, rows: list[dict], meta: dict, plot: bool = Tru
         writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
     write_atomic(workdir / "frontier.csv", buffer.getvalue())
     write_atomic(workdir / "frontier.txt", frontier_text(rows, meta["reference"], contexts) + "\n")
+    write_atomic(workdir / "frontier.md", frontier_markdown(rows, meta["reference"], contexts) + "\n")
     if plot and rows:
         frontier_figure(rows, contexts, str(workdir / "frontier.png"))
         flops_figure(rows, str(workdir / "frontier_flops.png"))
+
+
+# (row key, axis label) of the perplexities a figure can show, in order of preference for the TPM frontier:
+# one measure per axis, so RecGen only ever sits beside numbers taken on its own windows.
+MEASURES = [("window_ppl", "window perplexity, every mode on the same windows"),
+            ("heldout_ppl", "held-out perplexity (exact modes)"),
+            ("ppl", "perplexity (RecGen: its window perplexity)")]  # a frontier.json from before the windows
+
+
+def _measures(rows: list[dict]) -> list[tuple[str, str]]:
+    return [m for m in MEASURES if any(r.get(f"{m[0]}_mean") is not None for r in rows)]
 
 
 def frontier_figure(rows: list[dict], contexts: list[str], path: str) -> None:
@@ -218,8 +309,10 @@ def frontier_figure(rows: list[dict], contexts: list[str], path: str) -> None:
 
 
 def draw_frontier(rows: list[dict], contexts: list[str]):
-    """Perplexity (mean ± std over seeds) against TPM: a column per budget, a row per regime and context
-    (a matplotlib Figure; the notebook shows it from the committed frontier.json)."""
+    """Perplexity (mean ± std over seeds; the window perplexity, which every mode has) against TPM: a column
+    per budget, a row per regime and context (a matplotlib Figure; the notebook shows it from the committed
+    frontier.json)."""
+    key, ylabel = (_measures(rows) or MEASURES[:1])[0]
     budgets = list(dict.fromkeys(r["budget"] for r in rows))
     panels = [(regime, label) for label in contexts for regime in ("de", "pf")]
     arch_marker = {a: ARCH_MARKERS[i % len(ARCH_MARKERS)]
@@ -230,10 +323,10 @@ def draw_frontier(rows: list[dict], contexts: list[str]):
         for row_index, (regime, label) in enumerate(panels):
             ax = axes[row_index][col]
             for r in [x for x in rows if x["budget"] == budget]:
-                tpm = r.get(f"tpm_{regime}_{label}")
-                if tpm is None or r["ppl_mean"] is None:
+                tpm, value = r.get(f"tpm_{regime}_{label}"), r.get(f"{key}_mean")
+                if tpm is None or value is None:
                     continue
-                ax.errorbar([tpm], [r["ppl_mean"]], yerr=[r["ppl_std"] or 0.0], fmt=arch_marker[r["architecture"]],
+                ax.errorbar([tpm], [value], yerr=[r.get(f"{key}_std") or 0.0], fmt=arch_marker[r["architecture"]],
                             color=MODE_COLORS.get(r["mode"], "black"), capsize=3,
                             label=f"{r['architecture']} {r['mode']}")
             ax.set_xscale("log")
@@ -241,7 +334,7 @@ def draw_frontier(rows: list[dict], contexts: list[str]):
             ax.set_title(f"{rows_flops(rows, budget):.3g} training FLOPs: {regime.upper()} {label}", fontsize=8)
             ax.set_xlabel(f"{regime.upper()} TPM (K tok/s per GiB)", fontsize=8)
             if col == 0:
-                ax.set_ylabel("perplexity (lower is better)", fontsize=8)
+                ax.set_ylabel(f"{ylabel}\n(lower is better)", fontsize=7)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7)
@@ -254,23 +347,27 @@ def rows_flops(rows: list[dict], budget: str) -> float:
 
 
 def flops_figure(rows: list[dict], path: str) -> None:
-    """Perplexity (mean ± std over seeds) against training FLOPs, a line per architecture and mode."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lines = dict.fromkeys((r["architecture"], r["mode"]) for r in rows)
-    for i, (arch, mode) in enumerate(lines):
-        points = sorted((r["train_flops"], r["ppl_mean"], r["ppl_std"] or 0.0) for r in rows
-                        if r["architecture"] == arch and r["mode"] == mode and r["ppl_mean"] is not None)
-        if not points:
-            continue
-        x, y, err = zip(*points)
-        ax.errorbar(x, y, yerr=err, marker=ARCH_MARKERS[i % len(ARCH_MARKERS)], capsize=3,
-                    linestyle="-" if mode in EXACT_MODES else "--", label=f"{arch} {mode}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("perplexity (mean ± std over seeds)")
-    ax.set_title("quality against training compute", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    """Perplexity (mean ± std over seeds) against training FLOPs, a line per architecture and mode: a panel
+    per measure (held-out for the exact modes, the window perplexity for every mode)."""
+    measures = _measures(rows) or MEASURES[:1]
+    fig, axes = plt.subplots(1, len(measures), figsize=(6 * len(measures), 4), squeeze=False)
+    lines = list(dict.fromkeys((r["architecture"], r["mode"]) for r in rows))
+    for ax, (key, label) in zip(axes[0], measures):
+        for i, (arch, mode) in enumerate(lines):
+            points = sorted((r["train_flops"], r[f"{key}_mean"], r.get(f"{key}_std") or 0.0) for r in rows
+                            if r["architecture"] == arch and r["mode"] == mode and r.get(f"{key}_mean") is not None)
+            if not points:
+                continue
+            x, y, err = zip(*points)
+            ax.errorbar(x, y, yerr=err, marker=ARCH_MARKERS[i % len(ARCH_MARKERS)], capsize=3,
+                        linestyle="-" if mode in EXACT_MODES else "--", label=f"{arch} {mode}")
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs")
+        ax.set_ylabel(f"{label}\n(mean ± std over seeds)", fontsize=8)
+        ax.set_title("quality against training compute", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -281,7 +378,7 @@ def run_frontier(grid: Grid, workdir: Path, records: dict[str, dict], plot: bool
     reference = reference_architecture(grid)
     rows = frontier_rows(grid, records, tpm)
     meta = {"reference": reference, "contexts": list(tpm), "settings": grid.frontier,
-            "runs_measured": len(records), "runs": len(grid.runs),
+            "runs_measured": len(records), "runs": len(grid.runs), "windows": same_windows(records),
             "tpm_files": [f"tpm-{label}.json" for label in tpm]}
     write_frontier(workdir, rows, meta, plot)
     return {**meta, "rows": rows}

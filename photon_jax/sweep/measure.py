@@ -2,8 +2,10 @@
 
 Perplexity and bits per byte are computed on the whole held-out split of the run's prepared data
 (eval.evaluate.evaluate_run); agreement compares RecGen with exact HierGen on held-out windows
-(PHOTON L >= 2 only); TPM runs the paper's PF / DE protocol (bench/tpm.py) at the grid's CPU-sized
-regimes on random weights of the run's shape (speed and memory do not depend on weight values).
+(PHOTON L >= 2 only); `windows` scores every mode of every run on those same windows and positions
+(eval/windows.py: the only quality RecGen has, so it is compared like with like); TPM runs the paper's
+PF / DE protocol (bench/tpm.py) at the grid's CPU-sized regimes on random weights of the run's shape
+(speed and memory do not depend on weight values).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from photon_jax.eval.evaluate import evaluate_run
 from photon_jax.model.accounting import count_params, train_flops_per_token
 from photon_jax.reports.output import GIB
 from photon_jax.sweep.grid import RunSpec, budget_steps_of
+
+# What measure() records, beyond the grid's settings; part of a result's fingerprint (sweep/runner.py), so
+# raising it makes a sweep measure its finished runs again (without training them). 2: `windows`.
+VERSION = 2
 
 
 def family_of(spec: RunSpec) -> str:
@@ -51,10 +57,13 @@ def training_curve(workdir: Path, key: str = "token_loss") -> dict:
 def quality(spec: RunSpec, workdir: Path, agreement_windows: int, eval_batches: int = 0) -> dict:
     model = spec.cfg.model
     windows = agreement_windows if model.family == "photon" and len(model.levels) > 1 else 0
-    results = evaluate_run(workdir, agreement_windows=windows, max_batches=eval_batches or None)
+    results = evaluate_run(workdir, agreement_windows=windows, max_batches=eval_batches or None,
+                           window_scores=agreement_windows)
     out = {"validation": results["validation"]}
     if windows:
         out["agreement"] = results["agreement"]
+    if agreement_windows:  # every run, every mode: the agreement windows (the same tokens for runs sharing data)
+        out["windows"] = results["window_scores"]
     return out
 
 

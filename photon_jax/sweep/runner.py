@@ -1,6 +1,8 @@
 """Run a grid: one work directory per run under <workdir>/runs/<name>, resumable at every level.
 
 - A run whose results.json exists with the same config and measurement settings is skipped.
+- A finished run whose measurement settings (the grid's `measure`, or measure.VERSION) changed is measured
+  again, not trained again.
 - A run that was interrupted resumes from its last checkpoint (train() does that), a run whose
   training finished but whose measurement did not is measured without training again.
 - Runs with the same corpus and tokenizer settings share one prepared data directory
@@ -44,7 +46,7 @@ def fingerprint(spec: RunSpec, grid: Grid) -> dict:
     """What a stored result must match to be reused (the data dir's location may move with the sweep)."""
     cfg = spec.cfg.to_dict()
     cfg["data"] = {k: v for k, v in cfg["data"].items() if k != "data_dir"}
-    return json.loads(json.dumps({"config": cfg, "measure": grid.measure}))
+    return json.loads(json.dumps({"config": cfg, "measure": {**grid.measure, "version": measure.VERSION}}))
 
 
 def _difference(a: dict, b: dict, prefix: str = "") -> str:
@@ -82,11 +84,14 @@ def run_one(spec: RunSpec, grid: Grid, workdir: Path, log=print, quiet: bool = F
     wanted = fingerprint(spec, grid)
     stored = _load_result(result_path)
     if stored is not None:
-        if stored.get("fingerprint") == wanted:
+        then = stored.get("fingerprint", {})
+        if then == wanted:
             return stored, "reused"
-        raise UserError(f"run {spec.name} in {run_dir} finished with another setting "
-                        f"({_difference(stored.get('fingerprint', {}), wanted)}); "
-                        f"delete that directory or use another --workdir")
+        if then.get("config") != wanted["config"]:
+            raise UserError(f"run {spec.name} in {run_dir} finished with another setting "
+                            f"({_difference(then, wanted)}); delete that directory or use another --workdir")
+        # the same run measured otherwise: its checkpoint is measured again below (trained only if missing)
+        log(f"[sweep] {spec.name}: measured with other settings ({_difference(then, wanted)}); measuring again")
     run_dir.mkdir(parents=True, exist_ok=True)
     what = "measured"
     train_seconds = None

@@ -31,6 +31,8 @@ def flat_row(rec: dict) -> dict:
            "train_seconds": rec.get("train_seconds"), "overrides": " ".join(rec["overrides"])}
     for point in rec.get("budget") or []:  # held-out perplexity along the run (measure.budget_steps)
         row[f"val_ppl_at_{point['step']}"] = point["perplexity"]
+    for mode, scored in ((rec.get("windows") or {}).get("modes") or {}).items():  # every mode, the same windows
+        row[f"window_ppl_{mode}"] = scored["perplexity"]
     agreement = (rec.get("agreement") or {}).get("hiergen_vs_recgen")
     if agreement:
         row["recgen_agreement"] = agreement["teacher_forced"]["greedy_agreement"]
