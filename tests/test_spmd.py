@@ -146,8 +146,9 @@ def _persistent_cache(path):
 
 def test_canary_audit_partitions_a_program_the_compilation_caches_hold(monkeypatch, tmp_path):
     """A program compiled normally with the persistent cache on is stored there and kept in memory; its
-    audit must still run the partitioner and see the lookup's rematerializations, both for a new lowering
-    (persistent cache) and for the same Lowered (JAX's in-memory cache of executables)."""
+    audit must still run the partitioner and see the lookup's rematerializations, for a new lowering
+    (persistent cache), for the same Lowered (JAX's in-memory cache of executables), and for a Lowered
+    whose option-less compile() kept its executable."""
     monkeypatch.setattr(photon, "token_embedding", _flax_embedding)
     monkeypatch.setattr(vanilla, "token_embedding", _flax_embedding)
     cfg = spmd_config("photon", "float32", (2, 4, 1))
@@ -161,6 +162,12 @@ def test_canary_audit_partitions_a_program_the_compilation_caches_hold(monkeypat
         found = compile_audited(lowered, FAST_COMPILE)[1]
         assert len(found) >= 2, [r.describe() for r in found]
         assert set(tmp_path.iterdir()) == stored  # the audits stored nothing
+        # a Lowered compiled without options keeps that executable and returns it from its next such call
+        again = lowered_programs(cfg, ("train",))["train"]
+        again.compile()
+        found = compile_audited(again)[1]
+        assert len(found) >= 2, [r.describe() for r in found]
+        stored = set(tmp_path.iterdir())
         # and after them the cache is on again: a new program is stored
         jax.jit(lambda x: x * 3).lower(jax.ShapeDtypeStruct((3,), jnp.float32)).compile()
         assert [p.name.split("-")[0] for p in set(tmp_path.iterdir()) - stored] == ["jit__lambda"]

@@ -75,8 +75,8 @@ def rematerializations(lines) -> list[Rematerialization]:
 def fresh_compile():
     """Compile afresh inside the block, so that the partitioner runs: nothing comes from the persistent
     compilation cache, nor from JAX's in-memory cache of executables (which answers a Lowered compiled
-    before with the same options without compiling it). Out of reach here: the executable a Lowered keeps
-    of its own `compile()` without compiler options."""
+    before with the same options without compiling it). The executable a Lowered keeps of its own
+    option-less `compile()` is skipped by compile_audited (it always passes options)."""
     previous = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     # JAX decides once per process, at its first compile, whether the persistent cache is used
@@ -94,7 +94,8 @@ def fresh_compile():
 def compile_audited(lowered, compiler_options=None):
     """(compiled executable, [Rematerialization]) for a jax `Lowered`; other stderr lines pass through."""
     with fresh_compile(), captured_fd2() as lines:
-        compiled = lowered.compile(compiler_options=compiler_options)
+        # options, even empty, make the Lowered compile again instead of returning its own earlier executable
+        compiled = lowered.compile(compiler_options=dict(compiler_options or {}))
     others = [line for line in lines if MARKER not in line]
     if others:
         print("\n".join(others), file=sys.stderr)
