@@ -15,6 +15,19 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "laun
 _BLOCK = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
 
 
+def logical_lines(block: str) -> list[tuple[int, str]]:
+    """(offset of its first line, text) of each shell line, a line ending in a backslash joined to the next."""
+    out, start, parts = [], 0, []
+    for offset, line in enumerate(block.splitlines()):
+        if not parts:
+            start = offset
+        parts.append(line.removesuffix("\\"))
+        if not line.endswith("\\"):
+            out.append((start, " ".join(parts)))
+            parts = []
+    return out + ([(start, " ".join(parts))] if parts else [])
+
+
 def shown_commands() -> list[tuple[str, list[str]]]:
     """(page:line, argv after `photon-jax`) for every photon-jax command in a shell block."""
     out = []
@@ -22,8 +35,7 @@ def shown_commands() -> list[tuple[str, list[str]]]:
         text = page.read_text()
         for block in _BLOCK.finditer(text):
             first_line = text[: block.start(1)].count("\n") + 1
-            lines = block.group(1).replace("\\\n", " \n").splitlines()
-            for offset, line in enumerate(lines):
+            for offset, line in logical_lines(block.group(1)):
                 words = shlex.split(line, comments=True)
                 starts = [i for i, w in enumerate(words) if w.endswith("photon-jax")]
                 if not starts:
