@@ -26,6 +26,8 @@ from test_serve import TINY as SERVE_TINY
 
 from photon_jax.data.preparation.corpus import shakespeare_files
 
+pytestmark = pytest.mark.slow  # about 50 s each on 2 CPU cores: a sharded training run, a server's compiles
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 CONSOLE_SCRIPT = Path(sys.executable).parent / "photon-jax"
