@@ -1,7 +1,7 @@
 """lm-evaluation-harness tasks during training (train.eval_tasks, every train.eval_tasks_every steps).
 
 Task names are checked before the first step, so a typo costs seconds, not a training run. Every
-process runs the evaluation (process 0 drives the harness, eval/lockstep.py); the scores come back as
+process runs the evaluation (process 0 drives the harness, photon_jax/lockstep.py); the scores come back as
 metrics "<task>/<metric>" under the split "tasks" in metrics.jsonl and TensorBoard.
 """
 
