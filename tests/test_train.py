@@ -17,6 +17,10 @@ from photon_jax.runs import checkpoint as ckpt
 from photon_jax.train.loop import train
 
 VOCAB = 512
+# Every run of a preset has the same schedule (train.steps sets the learning-rate decay, a constant of the
+# compiled step), so the tests that stop early (stop_after) reuse the programs the loss test compiled
+# (persistent compilation cache, tests/conftest.py) instead of compiling their own.
+STEPS = 40
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +31,18 @@ def shakespeare_dir(tmp_path_factory):
 
 
 def small_cfg(preset, data_dir, *extra):
-    """A tiny model of the preset's family on real text, one device, few steps."""
+    """A tiny model of the preset's family on real text, one device, a STEPS-step schedule."""
     return load_config(preset=preset, overrides=[
         f"data.data_dir={data_dir}", f"model.vocab_size={VOCAB}", "model.width=64", "model.ffn_width=128",
         "data.seq_len=64", "train.batch_size=8", "train.warmup_steps=5", "train.learning_rate=3e-3",
         "train.log_every=5", "train.eval_every=1000", "train.eval_batches=4", "train.checkpoint_every=1000",
-        "mesh.data=1", *extra])
+        f"train.steps={STEPS}", "mesh.data=1", *extra])
 
 
 @pytest.mark.parametrize("preset", ["photon-tiny", "block-tiny", "vanilla-tiny"])
 def test_training_lowers_validation_loss(preset, shakespeare_dir, tmp_path, monkeypatch):
     use_one_device(monkeypatch)
-    cfg = small_cfg(preset, shakespeare_dir, "train.steps=40")
+    cfg = small_cfg(preset, shakespeare_dir)
 
     summary = train(cfg, tmp_path / "run", quiet=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -60,20 +64,22 @@ def _final_params(workdir):
 
 @pytest.mark.slow
 def test_resume_is_bitwise_exact(shakespeare_dir, tmp_path, monkeypatch):
+    """8 steps straight = 4 steps, a restart from the checkpoint, 4 more: every logged loss and the final
+    parameters, bit for bit."""
     use_one_device(monkeypatch)
-    cfg = small_cfg("photon-tiny", shakespeare_dir, "train.steps=12", "train.log_every=1")
+    cfg = small_cfg("photon-tiny", shakespeare_dir, "train.log_every=1")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(cfg, straight, quiet=True)
-    first = train(cfg, resumed, quiet=True, stop_after=6)
-    assert first["step"] == 6
-    second = train(cfg, resumed, quiet=True)
-    assert second["step"] == 12
+    assert train(cfg, straight, quiet=True, stop_after=8)["step"] == 8
+    first = train(cfg, resumed, quiet=True, stop_after=4)
+    assert first["step"] == 4
+    second = train(cfg, resumed, quiet=True, stop_after=4)
+    assert second["step"] == 8
     loss = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
                       if json.loads(x)["split"] == "train"]
     assert loss(straight) == loss(resumed)
     step_a, params_a = _final_params(straight)
     step_b, params_b = _final_params(resumed)
-    assert step_a == step_b == 12
+    assert step_a == step_b == 8
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -83,7 +89,7 @@ def test_sigterm_saves_and_resumes(shakespeare_dir, tmp_path, monkeypatch):
     use_one_device(monkeypatch)
     import signal
 
-    cfg = small_cfg("photon-tiny", shakespeare_dir, "train.steps=10", "train.log_every=1")
+    cfg = small_cfg("photon-tiny", shakespeare_dir, "train.log_every=1")
     calls = {"n": 0}
     from photon_jax.data.loading import pipeline
 
@@ -109,7 +115,7 @@ def test_sigterm_saves_and_resumes(shakespeare_dir, tmp_path, monkeypatch):
     summary = train(cfg, tmp_path / "run", quiet=True)
     assert summary["stopped_by"] == "SIGTERM" and summary["step"] == 4
     monkeypatch.setattr(pipeline, "train_iterator", real)
-    assert train(cfg, tmp_path / "run", quiet=True)["step"] == 10
+    assert train(cfg, tmp_path / "run", quiet=True, stop_after=6)["step"] == 10
 
 
 def _cli(capsys, *argv):
@@ -143,9 +149,9 @@ def test_bad_training_inputs(shakespeare_dir, tmp_path, capsys, monkeypatch):
 
 def test_corrupted_checkpoint_is_refused_not_reinitialised(shakespeare_dir, tmp_path, capsys, monkeypatch):
     use_one_device(monkeypatch)
-    cfg = small_cfg("photon-tiny", shakespeare_dir, "train.steps=3")
+    cfg = small_cfg("photon-tiny", shakespeare_dir)
     run = tmp_path / "run"
-    train(cfg, run, quiet=True)
+    train(cfg, run, quiet=True, stop_after=3)
     state_dir = run / "checkpoints" / "3" / "state"
     victims = [p for p in state_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
     assert victims
@@ -153,7 +159,7 @@ def test_corrupted_checkpoint_is_refused_not_reinitialised(shakespeare_dir, tmp_
         p.write_bytes(b"\x00garbage" * 3)
     before = sorted(str(p) for p in run.rglob("*"))
     with pytest.raises(UserError, match="checkpoint"):
-        train(small_cfg("photon-tiny", shakespeare_dir, "train.steps=6"), run, quiet=True)
+        train(cfg, run, quiet=True, stop_after=3)
     assert sorted(str(p) for p in run.rglob("*")) == before  # nothing written, nothing deleted
     # and a workdir trained with another model is refused through the CLI with one line
     code, err = _cli(capsys, "train", "--workdir", str(run), "--preset", "vanilla-tiny",
