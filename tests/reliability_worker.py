@@ -23,6 +23,8 @@ Options:
   --kill-at-batch N       SIGKILL this process when it fetches batch N (with --kill-process I: only
                           in the process whose PHOTON_PROCESS_ID is I), after writing the time to
                           DIR/killed-<PHOTON_PROCESS_ID or 0>
+  --hold-at-batch N       before fetching batch N (started up, compiled), write DIR/holding and wait until
+                          DIR/go exists (so a test can load the machine for the steps that follow only)
 
 `compile_cache(dir)` is the in-process side: the tests' programs go to the same cache.
 """
@@ -53,6 +55,7 @@ def _parse(argv):
     p.add_argument("--write-pid", action="store_true")
     p.add_argument("--kill-at-batch", type=int, default=None)
     p.add_argument("--kill-process", type=int, default=None)
+    p.add_argument("--hold-at-batch", type=int, default=None)
     split = argv.index("--")
     return p.parse_args(argv[:split]), argv[split + 1:]
 
@@ -61,7 +64,8 @@ def _workdir(cli_args) -> Path:
     return Path(cli_args[cli_args.index("--workdir") + 1]).resolve()
 
 
-def _wrap_iterator(delay: float, kill_at: int | None, kill_marker: Path):
+def _wrap_iterator(delay: float, kill_at: int | None, kill_marker: Path, hold_at: int | None = None,
+                   hold_dir: Path | None = None):
     from photon_jax.data.loading import pipeline
 
     real = pipeline.train_iterator
@@ -73,6 +77,10 @@ def _wrap_iterator(delay: float, kill_at: int | None, kill_marker: Path):
         class Iterator:
             def __next__(self):
                 count["n"] += 1
+                if hold_at is not None and count["n"] == hold_at:
+                    (hold_dir / "holding").write_text(str(os.getpid()))
+                    while not (hold_dir / "go").exists():
+                        time.sleep(0.01)
                 if kill_at is not None and count["n"] == kill_at:
                     kill_marker.write_text(repr(time.time()))
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -171,9 +179,9 @@ def main(argv=None) -> int:
     kill_at = opts.kill_at_batch
     if opts.kill_process is not None and os.environ.get("PHOTON_PROCESS_ID") != str(opts.kill_process):
         kill_at = None
-    if opts.step_delay or kill_at is not None:
+    if opts.step_delay or kill_at is not None or opts.hold_at_batch is not None:
         marker = _workdir(cli_args) / f"killed-{os.environ.get('PHOTON_PROCESS_ID', '0')}"
-        _wrap_iterator(opts.step_delay, kill_at, marker)
+        _wrap_iterator(opts.step_delay, kill_at, marker, opts.hold_at_batch, _workdir(cli_args))
     if opts.write_pid:
         _workdir(cli_args).mkdir(parents=True, exist_ok=True)
         (_workdir(cli_args) / f"pid-{os.environ.get('PHOTON_PROCESS_ID', '0')}").write_text(str(os.getpid()))

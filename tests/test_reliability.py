@@ -514,11 +514,16 @@ def test_failed_write_in_a_real_process_prints_one_line_and_exits_promptly(env, 
     (orbax logs every failed writer thread with a traceback, its writer coroutines were never awaited,
     and tensorstore I/O finishing after orbax closed its event loop raised 'Event loop is closed'), and
     no wait for orbax's commit threads (after a failed mkdir they used to hold the exit for 300 s).
-    scripts/stress_failed_writes.py repeats these 20 times each."""
+    The cores are kept busy from the first step on (the worker waits for them there, started and compiled):
+    both checkpoints, the failure and the exit run under load. scripts/stress_failed_writes.py repeats these
+    20 times each."""
     run = tmp_path / "run"
+    proc = start_worker(env, tmp_path, "train", "--quiet", "--workdir", run, *overrides(env.data),
+                        flags=["--fail-save-step", "4", "--fail-in", where, "--fail-errno", code,
+                               "--hold-at-batch", "1"])
+    wait_for((run / "holding").exists, proc, "the worker to be ready for its first step")
     with busy_cores():
-        proc = start_worker(env, tmp_path, "train", "--quiet", "--workdir", run, *overrides(env.data),
-                            flags=["--fail-save-step", "4", "--fail-in", where, "--fail-errno", code])
+        (run / "go").touch()
         assert proc.wait(timeout=120) == 2, proc.logs[1].read_text()[-3000:]
     lines = proc.logs[1].read_text().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("photon-jax: error: could not write a checkpoint"), lines
