@@ -155,10 +155,12 @@ def tiny_photon():
 
 # The longest files, longest first (timed: docs/setup.md); scripts/test.sh hands whole files to parallel
 # workers in collection order, so these start first and no worker ends the suite on one of them alone.
-LONGEST_FIRST = ("test_prepare_parallel.py", "test_spmd.py", "test_notebook.py", "test_sweep.py", "test_train.py",
-                 "test_serve_multihost.py", "test_slurm.py", "test_bench.py", "test_run_tracking.py",
-                 "test_serve_engine.py", "test_reliability.py", "test_harness.py", "test_serve.py",
-                 "test_multihost.py", "test_interop.py")
+# The notebook is one test of about 5.5 minutes of CPU: it starts first. test_sharding.py (no slow test, so
+# it used to start among the last files) runs its matrix for minutes.
+LONGEST_FIRST = ("test_notebook.py", "test_spmd.py", "test_sweep.py", "test_sharding.py", "test_prepare_parallel.py",
+                 "test_reliability.py", "test_train.py", "test_slurm.py", "test_serve_engine.py", "test_bench.py",
+                 "test_install.py", "test_run_tracking.py", "test_readme_road.py", "test_harness.py", "test_serve.py",
+                 "test_multihost.py", "test_serve_multihost.py", "test_interop.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
