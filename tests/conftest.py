@@ -7,6 +7,7 @@ CPU as second backend ("auto": JAX_PLATFORMS left as it is) and no fake CPU devi
 
 import atexit
 import os
+import re
 import shutil
 import tempfile
 
@@ -29,7 +30,8 @@ if os.environ.get("PHOTON_TEST_COMPILE_CACHE", "1") != "0" and not os.environ.ge
 
 _PLATFORM = os.environ.get("PHOTON_TEST_PLATFORM", "cpu").strip().lower() or "cpu"
 if _PLATFORM == "cpu":
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    _other_xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = " ".join([*_other_xla_flags.split(), "--xla_force_host_platform_device_count=8"])
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 elif _PLATFORM != "auto":
     os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(_PLATFORM, _PLATFORM) + ",cpu"

@@ -84,8 +84,11 @@ def mesh_run(tmp_path_factory):
     argv = swapped(readme_command("train", "--mesh", "--cpu-devices"),
                    {"--workdir": str(root / "run"), "data.data_dir": str(root / "data")})  # prepared on first use
     # the 8 devices must come from --cpu-devices, not from the tests' XLA_FLAGS (conftest.py)
-    env = dict(os.environ, **FAST_COMPILE, XLA_FLAGS=re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                                                          os.environ.get("XLA_FLAGS", "")))
+    # (XLA reads a blank XLA_FLAGS as a file name and aborts: CI's own XLA_FLAGS may hold only that flag)
+    env = dict(os.environ, **FAST_COMPILE)
+    other_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.pop("XLA_FLAGS", "")).split()
+    if other_flags:
+        env["XLA_FLAGS"] = " ".join(other_flags)
     proc = subprocess.run([str(CONSOLE_SCRIPT), *argv, *TINY, f"data.corpus={corpus}"], capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
