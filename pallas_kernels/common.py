@@ -9,6 +9,9 @@ the cache itself is never copied or transposed.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 
@@ -91,7 +94,22 @@ def window(lengths_b, starts_b, cache_len: int):
     return start, end
 
 
+_COMPILING_ON = contextvars.ContextVar("pallas_kernels_compiling_on", default="")
+
+
+@contextlib.contextmanager
+def compiling_on(platform: str | None):
+    """Trace for `platform`'s devices ("gpu" / "tpu") while the default backend is another: ahead-of-time
+    compilation for an accelerator this process describes but does not run (photon_jax/scaleout/topology.py).
+    Every dispatch that asks on_platform() then picks that platform's kernels, compiled, not interpreted."""
+    token = _COMPILING_ON.set(platform or "")
+    try:
+        yield
+    finally:
+        _COMPILING_ON.reset(token)
+
+
 def on_platform() -> str:
-    """'gpu', 'tpu' or 'cpu' for the default backend."""
-    platform = jax.default_backend()
+    """'gpu', 'tpu' or 'cpu': the devices being compiled for (compiling_on), else the default backend."""
+    platform = _COMPILING_ON.get() or jax.default_backend()
     return {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)

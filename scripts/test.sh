@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+bash scripts/setup_aot.sh  # .venv-aot: the TPU and CUDA compilers the deviceless AOT tests run (docs/aot.md)
 .venv/bin/ruff check .  # lint first (pyproject.toml: pyflakes, pycodestyle at 120 columns, isort)
 cores=$(nproc 2>/dev/null || echo 1)
 workers=${PHOTON_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}

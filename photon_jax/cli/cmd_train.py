@@ -34,6 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--target", choices=("cpu", "gpu", "tpu"), default=None,
                    help="with --dry-run: compile the code path of this platform on the devices at hand (default: "
                         "theirs), so a CPU box plans an accelerator run's memory and communication")
+    p.add_argument("--topology", default=None, metavar="NAME",
+                   help="with --dry-run: compile for this accelerator with its real compiler, no device needed: a "
+                        "TPU slice (v5e:4x4, v5p:2x2x2, v6e:16x16, ...) or GPUs (h100:8, h200:64, a100:16); the mesh "
+                        "spans its devices. Needs the compilers of scripts/setup_aot.sh (docs/aot.md)")
     add_mesh_flag(p, "the config's mesh.*; the config's logical rules are kept")
     distributed.add_arguments(p)
     p.set_defaults(run=run, host_allocator=True)  # a train-step loop (photon_jax/host_allocator.py)
@@ -41,13 +45,23 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     cfg = with_mesh(config_from_args(args), args.mesh)  # bad input fails before any process joins a run
-    distributed.initialize_from_args(args)
     if args.target and not args.dry_run:
         raise UserError("--target needs --dry-run (a real run trains on the devices it has)")
+    if args.topology:
+        if not args.dry_run:
+            raise UserError("--topology needs --dry-run (it compiles for devices this machine does not have)")
+        if args.target:
+            raise UserError("--topology and --target exclude each other (the topology's platform is the target)")
+        from photon_jax.scaleout import topology
+
+        topology.parse(args.topology)  # a bad name fails before jax starts
+        topology.use_cpu_backend()
+    else:
+        distributed.initialize_from_args(args)
     if args.dry_run:
         from photon_jax.scaleout.dry_run import describe_dry_run, dry_run
 
-        report = dry_run(cfg, target=args.target)
+        report = dry_run(cfg, target=args.target, topology=args.topology)
         if distributed.is_main_process():
             print_json(report) if args.json else print(describe_dry_run(report))
         return 0

@@ -44,6 +44,7 @@ from jax.sharding import PartitionSpec as P
 
 from pallas_kernels.common import on_platform
 from pallas_kernels.dispatch import decode_attention, resolve_impl
+from pallas_kernels.flash_attention_gpu import causal_attention_gpu, gpu_flash_takes
 from pallas_kernels.flash_attention_tpu import causal_attention_tpu, splash_takes
 from pallas_kernels.merge import merge_two
 from photon_jax.model.softmax_attention import attend, reference_attention  # noqa: F401 (re-exported)
@@ -82,7 +83,7 @@ def uses_fused(impl: str) -> bool:
     """Whether causal self-attention runs fused: always with pallas, on GPU/TPU with auto, never with xla."""
     if impl == "xla":
         return False
-    return impl == "pallas" or jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+    return impl == "pallas" or on_platform() in ("gpu", "tpu")
 
 
 def resolve_mask(mask, length: int, impl: str, kv_length: int | None = None):
@@ -113,6 +114,11 @@ def fused_causal_attention(q_bthd, k_bthd, v_bthd, block: int = 0):
     if block and block < t:
         fold = lambda x: x.reshape(b * (t // block), block, *x.shape[2:])  # noqa: E731
         return fused_causal_attention(fold(q_bthd), fold(k_bthd), fold(v_bthd)).reshape(b, t, h, d)
+    if flash_platform() == "gpu" and not cudnn_in_process() and gpu_flash_takes(t):
+        # compiling for a GPU this process does not have: cuDNN cannot be traced, the Triton kernel can
+        kernel = lambda q, k, v: causal_attention_gpu(q, k, v, interpret=on_platform() != "gpu")  # noqa: E731
+        with jax.named_scope(FUSED_SCOPE):
+            return per_shard(kernel, q_bthd, k_bthd, v_bthd)
     with jax.named_scope(FUSED_SCOPE):  # visible in traced programs: tests check the path was taken
         if not cudnn_takes(q_bthd.dtype, d):
             return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, is_causal=True, implementation="xla")
@@ -148,9 +154,15 @@ def per_shard(kernel, q_bthd, k_bskd, v_bskd):
                          check_vma=False)(q_bthd, k_bskd, v_bskd)
 
 
+def cudnn_in_process() -> bool:
+    """Whether this process runs on a GPU: cuDNN's attention reads its library and the device's compute
+    capability while tracing, so a deviceless compile for a GPU cannot take it."""
+    return jax.default_backend() in ("gpu", "cuda")
+
+
 def cudnn_takes(dtype, head_dim: int) -> bool:
     """cuDNN flash attention: on a GPU, bf16/fp16, head dim up to 128 (after padding to a multiple of 8)."""
-    return (jax.default_backend() in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    return (on_platform() == "gpu" and cudnn_in_process() and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
             and head_dim <= 128)
 
 

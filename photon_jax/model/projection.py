@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.common import on_platform
+
 Dtype = Any
 
 
@@ -63,7 +65,7 @@ def compiling_for(platform: str | None):
 
 
 def target_platform() -> str:
-    return _TARGET.get() or jax.default_backend()
+    return _TARGET.get() or on_platform()
 
 
 def on_cpu_bf16(dtype: Dtype) -> bool:
