@@ -56,7 +56,10 @@ def causal_attention_tpu(q_bthd, k_bskd, v_bskd, block: int = 0, interpret: bool
     padded = -(-d // LANES) * LANES
     pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, padded - d)))  # noqa: E731
     heads_first = lambda x: jnp.swapaxes(pad(x), 1, 2)  # noqa: E731  (batch, heads, T, head_dim)
+    # Mosaic has no float16 vectors ("Invalid vector type for load", every TPU generation): fp16 inputs
+    # run in fp32 (exact; bf16 would drop 3 mantissa bits)
+    up = lambda x: x.astype(jnp.float32) if x.dtype == jnp.float16 else x  # noqa: E731
     q_scaled = (q_bthd.astype(jnp.float32) * d ** -0.5).astype(q_bthd.dtype)
     kernel = _kernel(t, h, block, interpret)
-    out_bhtd = jax.vmap(kernel)(heads_first(q_scaled), heads_first(k_bskd), heads_first(v_bskd))
+    out_bhtd = jax.vmap(kernel)(heads_first(up(q_scaled)), heads_first(up(k_bskd)), heads_first(up(v_bskd)))
     return jnp.swapaxes(out_bhtd, 1, 2)[..., :d].astype(q_bthd.dtype)
