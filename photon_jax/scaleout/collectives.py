@@ -26,6 +26,8 @@ _OP = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(?P<type>.*?)\s+(?P<kind>" + "|".j
 _ARRAY = re.compile(r"\b(pred|s4|s8|s16|s32|s64|u4|u8|u16|u32|u64|f8e4m3fn|f8e5m2|bf16|f16|f32|f64|c64|c128)"
                     r"\[([0-9,]*)\]")
 _WHILE = re.compile(r"\bwhile\(.*\bbody=%([^\s,]+)")
+_CONDITION = re.compile(r"\bcondition=%([^\s,]+)")
+_INT_CONSTANT = re.compile(r"=\s*s(?:32|64)\[\]\S*\s+constant\((\d+)\)")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _CALLS = re.compile(r"\b(?:to_apply|calls|true_computation|false_computation|branch_computations)=\{?%([^\s,}]+)")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
@@ -91,6 +93,19 @@ def _computations(hlo_text: str) -> dict[str, list[str]]:
     return comps
 
 
+def _condition_bound(comps: dict[str, list[str]], while_line: str) -> int:
+    """A while loop's trip count read off its condition when the backend records none (the TPU compiler):
+    a scan's `i < N` over a counter from 0, i.e. one LT compare against the condition's only integer
+    constant. 1 when the condition has another form."""
+    cond = _CONDITION.search(while_line)
+    lines = comps.get(cond.group(1), []) if cond else []
+    constants = [int(m.group(1)) for ln in lines if (m := _INT_CONSTANT.search(ln))]
+    compares = [ln for ln in lines if " compare(" in ln]
+    if len(constants) == 1 and len(compares) == 1 and "direction=LT" in compares[0]:
+        return max(constants[0], 1)
+    return 1
+
+
 def _multipliers(comps: dict[str, list[str]]) -> dict[str, int]:
     """How many times each computation runs per execution of the entry (while bodies x trip count)."""
     entry = next(name for name, lines in comps.items() if name != "__entry__" and lines is comps.get("__entry__"))
@@ -104,7 +119,8 @@ def _multipliers(comps: dict[str, list[str]]) -> dict[str, int]:
             body = _WHILE.search(line)
             if body:
                 trips = _TRIPS.search(line)
-                visit(body.group(1), n * (int(trips.group(1)) if trips else 1), depth + 1)
+                count = int(trips.group(1)) if trips else _condition_bound(comps, line)
+                visit(body.group(1), n * count, depth + 1)
             for callee in _CALLS.findall(line):
                 visit(callee, n, depth + 1)
 

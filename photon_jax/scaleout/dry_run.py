@@ -6,6 +6,7 @@ it runs against the analytic floor, and XLA's involuntary rematerializations. `p
 
 from __future__ import annotations
 
+import collections
 import re
 import time
 
@@ -89,12 +90,14 @@ def dry_run(cfg: Config, *, compiler_options=None, target: str | None = None, to
                          "capacity_bytes": refusal["available"],
                          "headroom_bytes": None if refusal["required"] is None
                          else refusal["available"] - refusal["required"]}
-    elif topo is not None and topo.facts is not None:
+    else:
+        report["custom_calls"] = custom_calls(compiled.as_text())
+    if compiled is not None and topo is not None and topo.facts is not None:
         report["fit"] = device_fit(memory, topo.facts.memory_bytes)
         tokens = cfg.train.batch_size * cfg.data.seq_len
         report["roofline"] = roofline.estimate(
             topo.facts, model_flops=train_flops_per_token(cfg.model, cfg.data.seq_len) * tokens / mesh.size,
-            cost=roofline.cost_of(compiled), memory=memory,
+            remat=cfg.model.remat, memory=memory,
             wire_bytes=audit["communication"]["compiled"]["total"]["wire_bytes"], spans_hosts=topo.hosts > 1)
     return report
 
@@ -113,6 +116,12 @@ def out_of_memory(error: Exception) -> dict | None:
     sizes = [float(n) * 2 ** (10 * "KMGT".index(unit) + 10) for n, unit in _SIZE.findall(line)]
     required, available = (int(sizes[0]), int(sizes[-1])) if len(sizes) >= 2 else (None, None)
     return {"message": line.strip()[:300], "required": required, "available": available}
+
+
+def custom_calls(hlo_text: str) -> dict:
+    """{custom call target: count} in a compiled program: a Pallas kernel shows as its compiler's call
+    (Mosaic's tpu_custom_call, Triton's __gpu$xla.gpu.triton), so the report says which kernels really ran."""
+    return dict(sorted(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', hlo_text)).items()))
 
 
 def device_fit(memory: dict, capacity: int) -> dict:
@@ -150,6 +159,9 @@ def describe_dry_run(report: dict) -> str:
                      f" -> {verdict}, {'headroom' if fit['fits'] else 'short by'} {_gib(short)}")
         if fit.get("compiler_error"):
             lines.append(f"  the compiler refused the step: {fit['compiler_error']}")
+    if report.get("custom_calls"):
+        lines.append("  custom calls in the compiled step: "
+                     + ", ".join(f"{name} x{n}" for name, n in report["custom_calls"].items()))
     if report["communication"] is not None:
         lines += describe_communication(report["communication"], len(report["rematerializations"]))
     if roof := report.get("roofline"):

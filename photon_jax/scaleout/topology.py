@@ -93,7 +93,11 @@ def gpu_target_config(gen: str) -> str:
 
 
 def _require(module: str, what: str) -> None:
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing too
+        found = False
+    if not found:
         raise UserError(f"the {what} is not installed in this environment: {SETUP_HINT}")
 
 
@@ -113,6 +117,13 @@ def use_cpu_backend() -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
+def _compile_only_libtpu() -> None:
+    """libtpu would take a machine-wide lock meant for real chips (a second compiling process would then
+    fail) and warn that it cannot find this VM's TPU workers: neither applies to a compile-only process."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+
 @functools.lru_cache(maxsize=None)
 def devices_for(name: str) -> Topology:
     """The topology's devices, from its real compiler (a UserError if that is missing or refuses)."""
@@ -122,6 +133,7 @@ def devices_for(name: str) -> Topology:
     key = f"{gen}:{shape}"
     if platform == "tpu":
         _require("libtpu", "TPU compiler (libtpu)")
+        _compile_only_libtpu()
         try:
             topo = topologies.get_topology_desc(topology_name=key, platform="tpu")
         except Exception as e:  # noqa: BLE001 - libtpu says which shapes it builds
