@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 import sys
 import time
@@ -145,9 +144,6 @@ def compile_kernels(topology_name: str, cases=None) -> list[dict]:
     one result dict per case (see compile_case). topology.use_cpu_backend() must have run before jax started."""
     from photon_jax.scaleout.topology import devices_for
 
-    # libtpu takes a machine-wide lock (/tmp/libtpu_lockfile) that guards a real TPU; none is opened here,
-    # so a concurrent compile (a dry run, another topology) must not make this one fail
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     topo = devices_for(topology_name)
     if cases is None:
         cases = [c for c in CASES if topo.platform in c.platforms]
