@@ -30,14 +30,17 @@ KERNEL_DTYPES = ("float32", "bfloat16", "float16")
 KERNEL_MAX_HEAD_DIM = 256
 
 
-def kernel_shape_problem(head_dim: int, dtype) -> str | None:
-    """Why the Pallas kernels cannot take this head dim / cache dtype, or None when they can. Any head
-    dim in [1, 256] works: the GPU kernel loads a power-of-two tile and masks the extra columns, the
-    TPU kernel lays whole kv heads side by side in lanes."""
+def kernel_shape_problem(head_dim: int, dtype, target: str | None = None) -> str | None:
+    """Why the Pallas kernels (`target`'s, "gpu" / "tpu"; None: either) cannot take this head dim / cache
+    dtype, or None when they can. Any head dim in [1, 256] works: the GPU kernel loads a power-of-two tile
+    and masks the extra columns, the TPU kernel lays whole kv heads side by side in lanes. Mosaic (TPU)
+    rejects float16 loads ("Invalid vector type for load" from libtpu for v4, v5e, v5p and v6e)."""
     if not 1 <= head_dim <= KERNEL_MAX_HEAD_DIM:
         return f"head dim {head_dim} is outside [1, {KERNEL_MAX_HEAD_DIM}]"
     if jnp.dtype(dtype).name not in KERNEL_DTYPES:
         return f"dtype {jnp.dtype(dtype).name} is not one of {', '.join(KERNEL_DTYPES)}"
+    if target == "tpu" and jnp.dtype(dtype) == jnp.float16:
+        return "float16 caches do not compile under Mosaic (TPU); use bfloat16 or float32"
     return None
 
 

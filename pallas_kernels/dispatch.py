@@ -50,7 +50,7 @@ def resolve_impl(impl: str, head_dim: int, dtype, *, target=None, interpret=None
     if target not in ("gpu", "tpu"):
         raise ValueError(f"target must be 'gpu' or 'tpu', got {target!r}")
     if impl == "auto":
-        if platform not in ("gpu", "tpu") or common.kernel_shape_problem(head_dim, dtype):
+        if platform not in ("gpu", "tpu") or common.kernel_shape_problem(head_dim, dtype, target):
             return "xla", False
     if interpret is None:
         interpret = platform != target
@@ -95,7 +95,7 @@ def decode_attention(q_bqhd, k_bskd, v_bskd, lengths_b, starts_b=None, *, scale=
     """
     common.check_shapes(q_bqhd, k_bskd, v_bskd, lengths_b, starts_b)
     kind, interp = resolve_impl(impl, q_bqhd.shape[-1], k_bskd.dtype, target=target, interpret=interpret)
-    if kind != "xla" and (problem := common.kernel_shape_problem(q_bqhd.shape[-1], k_bskd.dtype)):
+    if kind != "xla" and (problem := common.kernel_shape_problem(q_bqhd.shape[-1], k_bskd.dtype, kind)):
         raise ValueError(f"impl={impl!r}: the decode kernel cannot run: {problem}")
     scale = None if scale is None else float(scale)
     kw = tuple(sorted(kernel_kwargs.items())) if kind != "xla" else ()

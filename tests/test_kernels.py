@@ -259,6 +259,18 @@ def test_auto_picks_the_compiled_kernel_on_gpu_and_tpu_and_xla_on_cpu(platform):
     # a shape no kernel takes falls back to XLA everywhere; "xla" never takes a kernel
     assert resolve_impl("auto", 320, jnp.bfloat16, platform=platform) == ("xla", False)
     assert resolve_impl("xla", 64, jnp.bfloat16, platform=platform) == ("xla", False)
+    # float16: the GPU kernel takes it; Mosaic rejects float16 loads, so TPU stays on XLA (tests/test_aot_kernels.py
+    # compiled both with the real compilers)
+    expected = {"cpu": ("xla", False), "gpu": ("gpu", False), "tpu": ("xla", False)}[platform]
+    assert resolve_impl("auto", 64, jnp.float16, platform=platform) == expected
+
+
+def test_a_float16_cache_on_the_tpu_kernel_is_refused_by_name():
+    assert "Mosaic" in kernel_shape_problem(64, jnp.float16, "tpu")
+    assert kernel_shape_problem(64, jnp.float16, "gpu") is None
+    q, k, v, lengths = make_inputs(11, 1, 1, 4, 2, 64, 16, jnp.float16, [16])
+    with pytest.raises(ValueError, match="float16 caches do not compile under Mosaic"):
+        decode_attention(q, k, v, lengths, impl="pallas", target="tpu")
 
 
 def test_dispatch_impls_agree_on_cpu():
