@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from photon_jax.cli.main import main
-from photon_jax.scaleout import collectives, hardware, topology
+from photon_jax.scaleout import collectives, hardware, plan, topology
 
 REPO = Path(__file__).resolve().parents[1]
 AOT_CLI = REPO / ".venv-aot" / "bin" / "photon-jax"
@@ -101,3 +101,22 @@ def test_device_kinds_map_to_their_figures_and_gpu_target_configs_name_them():
     config = topology.gpu_target_config("h100")
     assert "cuda_compute_capability { major: 9 minor: 0 }" in config
     assert f"device_memory_size: {hardware.BY_NAME['h100'].memory_bytes}" in config
+
+
+def test_the_plan_table_lists_every_planned_row_and_says_which_are_not_compiled(tmp_path):
+    assert plan.mesh_overrides("data=2,fsdp=4") == ["mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1"]
+    row = plan.ROWS[0]
+    report = {"fit": {"fits": True, "peak_bytes": 3 * 2**30, "capacity_bytes": 80 * 10**9},
+              "communication": {"compiled": {"total": {"wire_bytes": 2**30}}, "compiled_over_analytic": 0.5},
+              "rematerializations": [],
+              "roofline": {"step_seconds": 0.2, "step_seconds_overlapped": 0.1, "mfu": 0.3, "mfu_overlapped": 0.6}}
+    done = {row.key("photon-600m"): {"key": row.key("photon-600m"), "command": row.command("photon-600m"),
+                                     "model": "photon-600m", "topology": row.topology, "mesh": row.mesh,
+                                     "report": report}}
+    plan.write(tmp_path, done)
+    lines = (tmp_path / "pod_plan.md").read_text().splitlines()[2:]
+    assert len(lines) == len(plan.MODELS) * len(plan.ROWS)
+    assert "| yes (3.0 / 74.5) | 1.00 (0.50x) | 0 | 0.10-0.20 | 30-60% |" in lines[0]
+    assert sum("not compiled yet" in line for line in lines) == len(lines) - 1
+    assert len(json.loads((tmp_path / "pod_plan.json").read_text())) == 1
+    assert f"--mesh {row.mesh} train.batch_size=256" in lines[0]

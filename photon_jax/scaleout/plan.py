@@ -90,6 +90,10 @@ def table(rows: list[dict]) -> str:
              "| est. step s | est. MFU | command |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "pending" in r:
+            lines.append(f"| {r['model']} | {r['topology']} | {r['mesh']} | not compiled yet | | | | | "
+                         f"`{r['command']}` |")
+            continue
         if "error" in r:
             lines.append(f"| {r['key']} | | | error: {r['error']} | | | | | `{r['command']}` |")
             continue
@@ -125,10 +129,18 @@ def main(argv=None) -> int:
                 continue
             print(f"[plan] {key}", file=sys.stderr, flush=True)
             done[key] = run_row(model, row)
-            ordered = [done[r.key(m)] for m in MODELS for r in ROWS if r.key(m) in done]
-            path.write_text(json.dumps(ordered, indent=1) + "\n")
-            (out / "pod_plan.md").write_text(table(ordered) + "\n")
+            write(out, done)
+    write(out, done)
     return 0
+
+
+def write(out: Path, done: dict) -> None:
+    """pod_plan.json (the compiled rows) and pod_plan.md (every planned row; those not compiled say so)."""
+    ordered = [done[r.key(m)] for m in MODELS for r in ROWS if r.key(m) in done]
+    (out / "pod_plan.json").write_text(json.dumps(ordered, indent=1) + "\n")
+    planned = [done.get(r.key(m)) or {"pending": True, "model": m, "topology": r.topology, "mesh": r.mesh,
+                                      "command": r.command(m)} for m in MODELS for r in ROWS]
+    (out / "pod_plan.md").write_text(table(planned) + "\n")
 
 
 if __name__ == "__main__":
