@@ -15,6 +15,6 @@ for topology in v5e:2x2 v6e:2x2 h100:1; do
     .venv-aot/bin/python -m photon_jax.scaleout.kernel_aot --topology "$topology" --json > "$OUT/kernels_$name.json" \
         || status=1
 done
-.venv-aot/bin/python -m photon_jax.scaleout.plan --out "$OUT"
+.venv-aot/bin/python -m photon_jax.scaleout.plan --out "$OUT" --doc docs/scale-out.md
 .venv-aot/bin/python -m photon_jax.scaleout.serve_plan --out "$OUT"
 exit $status

@@ -15,12 +15,13 @@ import jax
 
 from pallas_kernels.common import compiling_on
 from photon_jax.config import Config
+from photon_jax.errors import UserError
 from photon_jax.model.accounting import train_flops_per_token
 from photon_jax.model.projection import compiling_for
 from photon_jax.scaleout import roofline
 from photon_jax.scaleout.remat_log import compile_audited
 from photon_jax.scaleout.report import TARGET_NOTES, communication, describe_communication
-from photon_jax.scaleout.topology import devices_for
+from photon_jax.scaleout.topology import DEVICELESS_OPTIONS, devices_for
 from photon_jax.sharding import batch_sharding, bytes_per_device, check_batch, describe_mesh, logical_rules, make_mesh
 from photon_jax.train.state import learning_rate_schedule, make_optimizer, state_layout
 from photon_jax.train.step import compiled_memory_bytes, train_step_program
@@ -47,6 +48,8 @@ def dry_run(cfg: Config, *, compiler_options=None, target: str | None = None, to
     rules = logical_rules(cfg.mesh)
     check_batch(mesh, rules, cfg.train.batch_size, topo.hosts if topo else jax.process_count())
     platform = topo.platform if topo else target
+    if topo is not None:
+        compiler_options = {**DEVICELESS_OPTIONS[topo.platform], **(compiler_options or {})}
     tx, schedule = make_optimizer(cfg), learning_rate_schedule(cfg)
     in_sharding = batch_sharding(mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules), compiling_for(platform), \
@@ -60,9 +63,13 @@ def dry_run(cfg: Config, *, compiler_options=None, target: str | None = None, to
         try:
             compiled, audit = audit_step(cfg, lowered, layout, mesh, in_sharding, compiler_options)
         except jax.errors.JaxRuntimeError as e:
-            refusal = out_of_memory(e) if topo is not None else None
-            if refusal is None:
+            if topo is None:
                 raise
+            refusal = out_of_memory(e)
+            if refusal is None:  # the accelerator's compiler rejected the program: say so in its words
+                first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                raise UserError(f"the {topo.platform.upper()} compiler rejected the step for {topo.name}: "
+                                f"{first.strip()[:400]}") from None
             compiled, audit = None, {"memory": None, "communication": None, "rematerializations": []}
         compile_s = time.perf_counter() - start
     memory = audit["memory"] or {}

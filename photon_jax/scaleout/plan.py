@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="experiments/results/aot", help="folder of pod_plan.json / pod_plan.md")
     parser.add_argument("--only", default="", help="run the rows whose key contains this text")
     parser.add_argument("--redo", action="store_true", help="recompile rows already in the JSON")
+    parser.add_argument("--doc", default=None, help="also put the table between <!-- pod_plan.md --> markers "
+                                                    "of this page (docs/scale-out.md)")
     args = parser.parse_args(argv)
     use_cpu_backend()
     out = Path(args.out)
@@ -131,7 +133,19 @@ def main(argv=None) -> int:
             done[key] = run_row(model, row)
             write(out, done)
     write(out, done)
+    if args.doc:
+        insert_table(Path(args.doc), (out / "pod_plan.md").read_text())
     return 0
+
+
+MARKERS = ("<!-- pod_plan.md -->\n", "<!-- /pod_plan.md -->")
+
+
+def insert_table(doc: Path, table_text: str) -> None:
+    """Replace what stands between the page's two markers with the table."""
+    text = doc.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    doc.write_text(text[:start] + table_text + text[end:])
 
 
 def write(out: Path, done: dict) -> None:
