@@ -120,3 +120,9 @@ def test_the_plan_table_lists_every_planned_row_and_says_which_are_not_compiled(
     assert sum("not compiled yet" in line for line in lines) == len(lines) - 1
     assert len(json.loads((tmp_path / "pod_plan.json").read_text())) == 1
     assert f"--mesh {row.mesh} train.batch_size=256" in lines[0]
+
+
+def test_scale_out_doc_shows_the_committed_plan():
+    table_md = (REPO / "experiments" / "results" / "aot" / "pod_plan.md").read_text()
+    doc = (REPO / "docs" / "scale-out.md").read_text()
+    assert plan.MARKERS[0] + table_md + plan.MARKERS[1] in doc
