@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deviceless AOT, the whole check (docs/aot.md): the Pallas kernels compiled by libtpu (v5e, v6e) and by
-# XLA's CUDA plugin + ptxas (H100), then the pod-scale train-step plan and the one-device serving pool,
+# XLA's CUDA plugin + ptxas (H100), then the pod-scale train-step plan,
 # written under OUT (default experiments/results/aot; finished rows are kept, so a rerun resumes).
 # Runs on a CPU box; sets up .venv-aot first. Exits non-zero when a kernel case fails to compile.
 set -euo pipefail
@@ -16,5 +16,4 @@ for topology in v5e:2x2 v6e:2x2 h100:1; do
         || status=1
 done
 .venv-aot/bin/python -m photon_jax.scaleout.plan --out "$OUT" --doc docs/scale-out.md
-.venv-aot/bin/python -m photon_jax.scaleout.serve_plan --out "$OUT"
 exit $status
