@@ -76,12 +76,7 @@ def sample_tokens(logits_bv, keys_b, kind: str, temperature, top_k, top_p):
     """(B, V) logits -> (B,) int32 tokens. kind from sampling_kind, or "per_row": temperature, top_k and
     top_p are (B,) and each row gets what its own values would select (a server's requests differ)."""
     if kind == "per_row":
-        greedy = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-        t = jnp.maximum(temperature, 1e-6)
-        plain = logits_bv.astype(jnp.float32) / t[:, None]
-        filtered = jnp.where(((top_k > 0) | (top_p < 1.0))[:, None], filter_logits(logits_bv, t, top_k, top_p), plain)
-        drawn = jax.vmap(jax.random.categorical)(keys_b, filtered).astype(jnp.int32)
-        return jnp.where(temperature <= 0.0, greedy, drawn)
+        return _per_row(logits_bv, keys_b, temperature, top_k, top_p)
     if kind == "greedy":
         return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     if kind == "filtered":
@@ -89,3 +84,22 @@ def sample_tokens(logits_bv, keys_b, kind: str, temperature, top_k, top_p):
     else:
         x = logits_bv.astype(jnp.float32) / temperature
     return jax.vmap(jax.random.categorical)(keys_b, x).astype(jnp.int32)
+
+
+def _per_row(logits_bv, keys_b, temperature, top_k, top_p):
+    """Each row by its own knobs. The vocabulary sort (top-k / top-p) and the random draw are skipped
+    when no row needs them (lax.cond): on a CPU they cost more than a small model's whole step, and a
+    server's rows are often all greedy. Skipping changes no value: a row's token is the same either way."""
+    greedy = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    t = jnp.maximum(temperature, 1e-6)
+
+    def drawn(_):
+        plain = logits_bv.astype(jnp.float32) / t[:, None]
+        wants_filter = (top_k > 0) | (top_p < 1.0)
+        x = jax.lax.cond(jnp.any(wants_filter & (temperature > 0.0)),
+                         lambda: jnp.where(wants_filter[:, None], filter_logits(logits_bv, t, top_k, top_p), plain),
+                         lambda: plain)
+        tokens = jax.vmap(jax.random.categorical)(keys_b, x).astype(jnp.int32)
+        return jnp.where(temperature <= 0.0, greedy, tokens)
+
+    return jax.lax.cond(jnp.all(temperature <= 0.0), lambda _: greedy, drawn, None)

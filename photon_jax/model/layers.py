@@ -90,6 +90,20 @@ def write_cache(cache_bskd, new_btkd, write_index_b):
     return jax.vmap(one)(cache_bskd, new_btkd, write_index_b)
 
 
+def write_stacked_cache(cache_lbskd, layer: int, new_btkd, write_index_b):
+    """write_cache into layer `layer` of a layer-stacked cache, as one scatter into the whole array.
+
+    Unrolled layers used to slice their layer out, write it and stack every layer back: two copies of
+    the whole cache per decode step, most of a CPU step's time. A chain of scatters into the one
+    array is done in place. Starts are clamped as dynamic_update_slice clamps them, so both agree.
+    """
+    b, t = new_btkd.shape[:2]
+    start_b = jnp.clip(write_index_b, 0, cache_lbskd.shape[2] - t)
+    pos_bt = start_b[:, None] + jnp.arange(t, dtype=start_b.dtype)[None, :]
+    return cache_lbskd.at[layer, jnp.arange(b)[:, None], pos_bt].set(new_btkd.astype(cache_lbskd.dtype),
+                                                                       mode="promise_in_bounds")
+
+
 class Projection(nn.Module):
     """A bias-free projection with an explicit N-d kernel whose first `contract` axes meet x's last
     ones (DenseGeneral reshapes its kernel during init, which breaks logical sharding constraints on
@@ -111,7 +125,10 @@ class Projection(nn.Module):
 
 
 class Attention(nn.Module):
+    """`layer` set: `cache` is the whole layer-stacked {"k", "v"} and comes back so, this layer written."""
+
     spec: StackSpec
+    layer: int | None = None
 
     @nn.compact
     def __call__(self, x_btd, positions_bt, mask_bts, cache=None, write_index_b=None):
@@ -130,9 +147,15 @@ class Attention(nn.Module):
         k = apply_rope(k, positions_bt, s.rope_theta).astype(dtype)
         new_cache = None
         if cache is not None:
-            k_all = write_cache(cache["k"], k, write_index_b)
-            v_all = write_cache(cache["v"], v, write_index_b)
-            new_cache = {"k": k_all, "v": v_all}
+            if self.layer is None:
+                new_cache = {"k": write_cache(cache["k"], k, write_index_b),
+                             "v": write_cache(cache["v"], v, write_index_b)}
+                k_all, v_all = new_cache["k"], new_cache["v"]
+            else:
+                new_cache = {name: write_stacked_cache(cache[name], self.layer, new, write_index_b)
+                             for name, new in (("k", k), ("v", v))}
+                k_all, v_all = new_cache["k"][self.layer], new_cache["v"][self.layer]
+                cache = {"k": k_all, "v": v_all}  # what attention() reads: this layer's
             if isinstance(mask_bts, CausalMask):  # prefill of an empty cache from slot 0: fused over the new keys
                 cache = None
             else:
@@ -165,13 +188,14 @@ class Block(nn.Module):
     """Pre-norm LLaMA block. Signature fits nn.scan: (x, *broadcast, cache) -> (x, cache)."""
 
     spec: StackSpec
+    layer: int | None = None  # Attention.layer: the cache is the layer-stacked one
 
     @nn.compact
     def __call__(self, x_btd, positions_bt, mask_bts, write_index_b, cache):
         s = self.spec
         norm = lambda name: RMSNorm(s.norm_eps, s.dtype, s.param_dtype, name=name)  # noqa: E731
-        attn_out, new_cache = Attention(s, name="attention")(norm("attention_norm")(x_btd), positions_bt, mask_bts,
-                                                             cache, write_index_b)
+        attention = Attention(s, self.layer, name="attention")
+        attn_out, new_cache = attention(norm("attention_norm")(x_btd), positions_bt, mask_bts, cache, write_index_b)
         x_btd = x_btd + attn_out
         x_btd = x_btd + SwiGLU(s, name="mlp")(norm("mlp_norm")(x_btd))
         x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
@@ -208,6 +232,11 @@ class Stack(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x_btd, new_cache = scanned(s, name="layers")(x_btd, positions_bt, mask_bts, write_index_b, cache)
+        elif cache is not None and set(cache) == {"k", "v"}:  # written in place (write_stacked_cache)
+            for i in range(self.num_layers):
+                x_btd, cache = block_cls(s, i, name=f"layers_{i}")(x_btd, positions_bt, mask_bts, write_index_b,
+                                                                   cache)
+            new_cache = cache
         else:
             new_layers = []
             for i in range(self.num_layers):
