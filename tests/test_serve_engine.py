@@ -20,6 +20,7 @@ from photon_jax.serve import pool as pool_lib
 from photon_jax.serve.engine import Request
 from photon_jax.serve.launch import ServeOptions, build_engine, plan_slots
 from photon_jax.serve.options import GIB
+from photon_jax.serve.scheduler import Tokens
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -47,13 +48,14 @@ class Collect:
         self.finish = [None] * n
         self.done = threading.Event()
 
-    def __call__(self, kind, sample, payload):
-        if kind == "tokens":
-            self.tokens[sample] += payload[0]
-        else:
-            self.finish[sample] = payload
-            if all(f is not None for f in self.finish):
-                self.done.set()
+    def __call__(self, events):
+        for e in events:
+            if isinstance(e, Tokens):
+                self.tokens[e.sample] += e.ids
+            else:
+                self.finish[e.sample] = e.reason
+        if all(f is not None for f in self.finish):
+            self.done.set()
 
 
 def _prompts(seed=0):
@@ -83,8 +85,9 @@ def test_engine_greedy_equals_generate_under_staggered_load(family, mode):
                                                                       slots=SLOTS))
     try:
         warm = engine.compiled_programs()
-        # an insert per prompt bucket, a decode per width, one release
-        assert warm == len(pool_lib.buckets(engine.spec.cfg, MAX_CONTEXT)) + len(engine.widths) + 1
+        # an insert per prompt bucket and admit size, a decode per width, one release
+        assert warm == (len(pool_lib.buckets(engine.spec.cfg, MAX_CONTEXT)) * len(engine.programs.admit_sizes)
+                        + len(engine.widths) + 1)
         prompts = _prompts()
         sinks = _run_staggered(engine, prompts, temperature=0.0)
         assert engine.peak_busy >= 4

@@ -24,13 +24,12 @@ def _fill(programs, prompt_lens, budget):
     spec = programs.spec
     pool = pool_lib.empty_pool(programs.params, spec)
     rng = np.random.default_rng(0)
-    knobs = {"seed": 0, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
+    knobs = {"seed": [0], "temperature": [0.0], "top_k": [0], "top_p": [1.0]}
     for slot, p in enumerate(prompt_lens):
-        mask = np.zeros(spec.slots, bool)
-        mask[slot] = True
-        width = next(w for w in pool_lib.buckets(spec.cfg, spec.cap) if w >= pool_lib.prompt_width(spec.cfg, p))
+        source = np.full(spec.slots, -1, np.int32)
+        source[slot] = 0
         prompt = [int(x) for x in rng.integers(1, spec.cfg.vocab_size, size=p)]
-        pool = programs.insert(pool, prompt, width, p + budget, min(p + budget, spec.cap), mask,
+        pool = programs.insert(pool, [prompt], [p + budget], [min(p + budget, spec.cap)], source,
                                np.zeros(spec.slots, np.int32), knobs)
     return pool
 
@@ -40,7 +39,7 @@ def _time_steps(programs, pool, steps: int) -> list[float]:
     for _ in range(steps):
         t0 = time.perf_counter()
         pool, view = programs.decode(pool, 1, -1)
-        view["last"].block_until_ready()
+        view["count"].block_until_ready()
         out.append(time.perf_counter() - t0)
     return out
 

@@ -37,11 +37,16 @@ def register(subparsers) -> None:
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the run's name)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: none)")
     p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
-                   help=f"requests waiting for a slot before 429 (default {DEFAULTS.max_queue})")
+                   help=f"requests that may wait beyond the free slots before 429 (default {DEFAULTS.max_queue})")
     p.add_argument("--request-timeout", type=float, default=DEFAULTS.request_timeout_s,
                    help=f"seconds a request may take before it is cut (default {DEFAULTS.request_timeout_s:g})")
     p.add_argument("--grace", type=float, default=30.0,
                    help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 30)")
+    p.add_argument("--decode-steps", type=int, default=DEFAULTS.decode_steps,
+                   help=f"most decode steps per device call when no request waits to join (tokens stream in groups "
+                        f"of up to this many; default {DEFAULTS.decode_steps})")
+    p.add_argument("--admit-batch", type=int, default=DEFAULTS.admit_batch,
+                   help=f"most waiting requests prefilled by one insert call (default {DEFAULTS.admit_batch})")
     p.add_argument("--no-align", action="store_true",
                    help="admit at any phase of the meta-context (default: aligned slots, docs/serving.md)")
     p.add_argument("--harness-tokenizer", default=None, metavar="DIR",
@@ -65,6 +70,9 @@ def run(args) -> int:
         raise UserError(f"--kv-budget-gib must be > 0, got {args.kv_budget_gib}")
     if args.max_queue < 0 or (args.request_timeout is not None and args.request_timeout <= 0) or args.grace < 0:
         raise UserError("--max-queue and --grace must be >= 0, --request-timeout > 0")
+    if args.decode_steps < 1 or args.admit_batch < 1:
+        raise UserError(f"--decode-steps and --admit-batch must be >= 1, got {args.decode_steps} and "
+                        f"{args.admit_batch}")
     distributed.initialize_from_args(args)  # several processes: process 0 serves, the others follow
     if args.preset:
         loaded = _random_weights(args.preset, args.overrides, parse_mesh(args.mesh))
@@ -78,6 +86,7 @@ def run(args) -> int:
               f"max_length={loaded.cfg.data.seq_len + 1})", flush=True)
     opts = ServeOptions(mode=args.mode, max_context=args.max_context, kv_budget_gib=args.kv_budget_gib,
                         slots=args.slots, max_queue=args.max_queue, align=not args.no_align,
+                        decode_steps=args.decode_steps, admit_batch=args.admit_batch,
                         request_timeout_s=args.request_timeout)
     return serve(loaded, opts, args.host, args.port, args.served_model_name or loaded.cfg.name, args.api_key,
                  grace_s=args.grace)

@@ -18,8 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
 from photon_jax.serve import protocol
-from photon_jax.serve.engine import Draining, QueueFull
+from photon_jax.serve.engine import Draining, EngineFailed, QueueFull
 from photon_jax.serve.engine import Request as EngineRequest
+from photon_jax.serve.scheduler import Tokens
 from photon_jax.serve.text import SampleText, TokenIdText
 
 DISCONNECT_POLL_S = 0.25
@@ -110,8 +111,8 @@ class Job:
         timeout = min(t for t in (req.timeout, served.request_timeout_s, float("inf")) if t is not None)
         seed = req.seed if req.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little") >> 1
         for i, ids in enumerate(prompts):
-            def sink(kind, sample, payload, base=i * req.n):
-                loop.call_soon_threadsafe(self.queue.put_nowait, (kind, base + sample, payload))
+            def sink(events, base=i * req.n):  # one wake-up of the event loop per request per engine round
+                loop.call_soon_threadsafe(self.queue.put_nowait, (base, events))
             self.engine_reqs.append(EngineRequest(
                 prompt=ids, max_tokens=req.max_tokens, sink=sink, n=req.n, temperature=req.temperature,
                 top_k=req.top_k, top_p=req.top_p, seed=seed, stop_ids=frozenset(req.stop_token_ids),
@@ -122,7 +123,7 @@ class Job:
         try:
             for r in self.engine_reqs:
                 done.append(self.served.engine.submit(r))
-        except (QueueFull, Draining):
+        except (QueueFull, Draining, EngineFailed):
             for r in done:
                 self.served.engine.cancel(r)
             raise
@@ -135,19 +136,19 @@ class Job:
     def finished(self) -> bool:
         return all(c.finish is not None for c in self.choices)
 
-    def apply(self, event) -> int:
-        """Apply one engine event; returns the choice index it touched."""
-        kind, index, payload = event
+    def apply(self, base: int, event) -> int:
+        """Apply one engine event (scheduler.Tokens / Done) of the prompt whose choices start at `base`;
+        returns the choice index it touched."""
+        index = base + event.sample
         choice = self.choices[index]
         if choice.finish is not None:
             return index  # already ended by a stop string; the engine's late events change nothing
-        if kind == "tokens":
-            ids, lps, count = payload
-            if choice.add(ids, lps, count):
+        if isinstance(event, Tokens):
+            if choice.add(event.ids, event.logprobs, event.count):
                 req = self.engine_reqs[index // self.req.n]
                 self.served.engine.cancel(req, "stop", index % self.req.n)
         else:
-            choice.finish = payload
+            choice.finish = event.reason
         return index
 
     def usage(self) -> dict:
@@ -176,7 +177,7 @@ def create_app(served: Served) -> FastAPI:
     @app.get("/health")
     async def health():
         if served.engine.error is not None:
-            return error(500, f"engine failed: {served.engine.error}", None, "server_error")
+            return error(503, f"engine failed: {served.engine.error}", None, "server_error")
         if served.engine.draining:
             return error(503, "shutting down", None, "server_error")
         return {"status": "ok"}
@@ -214,7 +215,7 @@ def create_app(served: Served) -> FastAPI:
         except QueueFull as e:
             metrics.requests.labels("429").inc()
             return error(429, str(e), None, "rate_limit_error")
-        except Draining as e:
+        except (Draining, EngineFailed) as e:
             metrics.requests.labels("503").inc()
             return error(503, str(e), None, "server_error")
         metrics.requests.labels("200").inc()
@@ -226,8 +227,9 @@ def create_app(served: Served) -> FastAPI:
     return app
 
 
-async def _next_event(job: Job, request: Request):
-    """The next engine event, or None when the client has gone (its slots are then freed)."""
+async def _next_events(job: Job, request: Request):
+    """The next batch of engine events (base, events), or None when the client has gone (its slots are
+    then freed)."""
     while True:
         try:
             return await asyncio.wait_for(job.queue.get(), DISCONNECT_POLL_S)
@@ -239,10 +241,13 @@ async def _next_event(job: Job, request: Request):
 
 async def _whole(job: Job, request: Request, ident: str, created: int):
     while not job.finished:
-        event = await _next_event(job, request)
-        if event is None:
+        batch = await _next_events(job, request)
+        if batch is None:
             return error(499, "client disconnected")
-        job.apply(event)
+        for event in batch[1]:
+            job.apply(batch[0], event)
+    if any(c.finish == "error" for c in job.choices):
+        return error(503, f"the engine failed: {job.served.engine.error}", None, "server_error")
     prompt_lp = [[] for _ in job.prompts]
     if job.req.echo and job.req.logprobs is not None:  # off the event loop: a forward of the model
         prompt_lp = [await asyncio.to_thread(job.served.scorer, ids, job.req.logprobs) for ids in job.prompts]
@@ -267,16 +272,18 @@ async def _stream(job: Job, request: Request, ident: str, created: int):
             yield chunk([{"index": i, "text": job.prefix(i), "finish_reason": None, "logprobs": None}
                          for i in range(len(job.choices))])
         while not job.finished:
-            event = await _next_event(job, request)
-            if event is None:
+            batch = await _next_events(job, request)
+            if batch is None:
                 return
-            i = job.apply(event)
-            c = job.choices[i]
-            text = c.release(final=c.finish is not None)
-            entries = list(event[2][1] or []) if job.req.logprobs is not None and event[0] == "tokens" else []
-            if text or entries or c.finish is not None:  # a stop token has no text but has its logprob
-                lp = _logprobs_json(job.served.tok, entries) if entries else None
-                yield chunk([{"index": i, "text": text, "finish_reason": c.finish, "logprobs": lp}])
+            for event in batch[1]:
+                i = job.apply(batch[0], event)
+                c = job.choices[i]
+                text = c.release(final=c.finish is not None)
+                entries = list(event.logprobs or []) if job.req.logprobs is not None and isinstance(event, Tokens) \
+                    else []
+                if text or entries or c.finish is not None:  # a stop token has no text but has its logprob
+                    lp = _logprobs_json(job.served.tok, entries) if entries else None
+                    yield chunk([{"index": i, "text": text, "finish_reason": c.finish, "logprobs": lp}])
         if job.req.include_usage:
             yield chunk([], job.usage())
         yield "[DONE]"

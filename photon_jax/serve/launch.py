@@ -3,6 +3,9 @@
 Several processes (one mesh over all their devices): process 0 does all of this; the others build the
 same programs and run them in lockstep with process 0 (serve/lockstep.py) until it stops.
 
+An engine failure: every request in flight and waiting ends with an error, /health and new requests get
+503, and FAILED_EXIT_AFTER_S later the process exits 1 (a supervisor restarts it).
+
 SIGTERM / SIGINT: the engine stops admitting (503), the requests in flight get `grace_s` to finish
 (the rest end with finish_reason "abort"), then uvicorn exits and the process returns 0. A second
 signal exits at once.
@@ -30,6 +33,8 @@ from photon_jax.serve.prompt_logprobs import PromptScorer
 from photon_jax.serve.text import TokenIdText
 from photon_jax.sharding import strip_boxes
 
+FAILED_EXIT_AFTER_S = 2.0
+
 
 def plan_slots(params, cfg, mode: str, max_context: int, budget_gib: float | None, slots: int | None):
     """(slots, bytes per slot): --slots as given, else as many as the budget holds."""
@@ -54,12 +59,13 @@ def build_programs(model_cfg, params, opts: ServeOptions, host=None) -> pool_lib
     cfg, params = unrolled(model_cfg, strip_boxes(_as_params(params)))  # decoding runs unrolled (model/convert.py)
     slots, _ = plan_slots(params, cfg, mode, opts.max_context, opts.kv_budget_gib, opts.slots)
     spec = pool_lib.PoolSpec(cfg, mode, slots, pool_lib.capacity(cfg, opts.max_context))
-    return pool_lib.Programs(spec, params, host)
+    return pool_lib.Programs(spec, params, host, opts.decode_steps, opts.admit_batch)
 
 
-def build_engine(model_cfg, params, eos_id, opts: ServeOptions, metrics=None, programs=None) -> Engine:
+def build_engine(model_cfg, params, eos_id, opts: ServeOptions, metrics=None, programs=None,
+                 on_failure=None) -> Engine:
     programs = programs or build_programs(model_cfg, params, opts)
-    engine = Engine(programs, eos_id, opts.max_queue, opts.align, metrics)
+    engine = Engine(programs, eos_id, opts.max_queue, opts.align, metrics, on_failure)
     engine.max_context = opts.max_context
     if metrics is not None:
         metrics.bind(engine)
@@ -92,7 +98,9 @@ def serve(loaded, opts: ServeOptions, host: str, port: int, model_name: str, api
     error = None
     try:
         metrics = Metrics()
-        engine = build_engine(loaded.cfg.model, loaded.params, loaded.tokenizer.eos_id, opts, metrics, programs)
+        holder = {}  # the uvicorn server, once made: an engine failure stops it (exit 1, for a supervisor)
+        engine = build_engine(loaded.cfg.model, loaded.params, loaded.tokenizer.eos_id, opts, metrics, programs,
+                              on_failure=lambda e: _stop_soon(holder))
         say(f"photon-jax serve: {model_name} ({engine.spec.mode}), {engine.spec.slots} slots of {opts.max_context} "
             f"tokens, {engine.slot_bytes:,} bytes per slot, {engine.compiled_programs()} programs compiled in "
             f"{time.perf_counter() - t0:.1f}s" + (f", {jax.process_count()} processes" if mirror else ""))
@@ -100,10 +108,14 @@ def serve(loaded, opts: ServeOptions, host: str, port: int, model_name: str, api
                         api_key, opts.request_timeout_s, scorer)
         config = uvicorn.Config(create_app(served), host=host, port=port, log_level="warning",
                                 timeout_graceful_shutdown=5)
-        server = _DrainingServer(config, engine, grace_s)
+        server = holder["server"] = _DrainingServer(config, engine, grace_s)
         say(f"listening on http://{host}:{port}/v1", flush=True)
         server.run()
         engine.stop()
+        if engine.error is not None:
+            say(f"photon-jax serve: the engine failed: {type(engine.error).__name__}: {engine.error}",
+                file=sys.stderr, flush=True)
+            return 1
     except BaseException as e:  # the other processes stop with the same one line
         if isinstance(e, UserError):
             error = str(e)
@@ -117,6 +129,15 @@ def serve(loaded, opts: ServeOptions, host: str, port: int, model_name: str, api
             mirror.stop(error)  # always: the others wait for it
     say("photon-jax serve: stopped", flush=True)
     return 0
+
+
+def _stop_soon(holder: dict, after_s: float = FAILED_EXIT_AFTER_S):
+    """After an engine failure: answer 503 for a moment (health checks see it), then stop the server."""
+    def stop():
+        time.sleep(after_s)
+        if "server" in holder:
+            holder["server"].should_exit = True
+    threading.Thread(target=stop, name="photon-serve-failed", daemon=True).start()
 
 
 def _follow(mirror: LockstepPrograms, say) -> int:

@@ -39,6 +39,8 @@ class LockstepPrograms:
     def __init__(self, programs: pool_lib.Programs, scorer=None, keepalive_s: float = KEEPALIVE_S):
         self.inner = programs
         self.spec, self.params, self.compiled = programs.spec, programs.params, programs.compiled
+        self.max_steps, self.admit_sizes = programs.max_steps, programs.admit_sizes
+        self.slot_bytes = programs.slot_bytes
         self.scorer = scorer
         self.pool = programs.empty_pool()  # every process runs this constructor, so every process makes it
         self.lock = threading.Lock()
@@ -55,12 +57,16 @@ class LockstepPrograms:
     def empty_pool(self):
         return self.pool
 
-    def insert(self, pool, prompt, width, budget, stop, mask_n, row_id_n, knobs):
-        return self._call("insert", {"prompt": [int(t) for t in prompt], "width": int(width), "budget": int(budget),
-                                     "stop": int(stop), "mask": np.asarray(mask_n, bool),
+    def insert(self, pool, prompts, budgets, stops, source_n, row_id_n, knobs, width=None):
+        return self._call("insert", {"prompts": [[int(t) for t in p] for p in prompts],
+                                     "width": None if width is None else int(width),
+                                     "budgets": [int(b) for b in budgets], "stops": [int(s) for s in stops],
+                                     "source": np.asarray(source_n, np.int32),
                                      "row_id": np.asarray(row_id_n, np.int32),
-                                     "knobs": {k: float(v) if k in ("temperature", "top_p") else int(v)
+                                     "knobs": {k: [float(x) if k in ("temperature", "top_p") else int(x) for x in v]
                                                for k, v in knobs.items()}})
+
+    warm_up = pool_lib.Programs.warm_up  # through this class's insert / decode / release: every process compiles
 
     def decode(self, pool, steps, eos_id, width=None):
         width = int(width or self.spec.slots)
@@ -109,8 +115,9 @@ class LockstepPrograms:
     # ---- handlers: every process, same payloads, same order
 
     def _insert(self, p):
-        self.pool = self.inner.insert(self.pool, p["prompt"], p["width"], p["budget"], p["stop"],
-                                      np.asarray(p["mask"], bool), np.asarray(p["row_id"], np.int32), p["knobs"])
+        self.pool = self.inner.insert(self.pool, p["prompts"], p["budgets"], p["stops"],
+                                      np.asarray(p["source"], np.int32), np.asarray(p["row_id"], np.int32),
+                                      p["knobs"], p["width"])
         return self.pool
 
     def _decode(self, p):

@@ -21,8 +21,13 @@ class Metrics:
         self.requests = Counter("photon_serve_requests", "completion requests by outcome", ["status"], registry=r)
         self.ttft = Histogram("photon_serve_time_to_first_token_seconds", "arrival to first token",
                               buckets=LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("photon_serve_inter_token_latency_seconds", "time between a sample's tokens",
+        self.itl = Histogram("photon_serve_inter_token_latency_seconds",
+                             "time between a sample's token deliveries (a multi-step decode delivers several)",
                              buckets=LATENCY_BUCKETS, registry=r)
+
+    def observer(self):
+        """What the scheduler reports to (scheduler.Scheduler.observer)."""
+        return _Observer(self)
 
     def bind(self, engine):
         """Gauges read the engine when scraped."""
@@ -31,3 +36,17 @@ class Metrics:
         self.slots.set(engine.spec.slots)
         self.kv_bytes.set_function(lambda: engine.busy * engine.slot_bytes)
         self.peak.set_function(lambda: engine.peak_busy)
+
+
+class _Observer:
+    def __init__(self, metrics: Metrics):
+        self.m = metrics
+
+    def first_token(self, seconds: float):
+        self.m.ttft.observe(seconds)
+
+    def gap(self, seconds: float):
+        self.m.itl.observe(seconds)
+
+    def tokens(self, k: int):
+        self.m.tokens.inc(k)

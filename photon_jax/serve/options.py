@@ -16,5 +16,7 @@ class ServeOptions:
     slots: int | None = None
     max_queue: int = 64
     align: bool = True
+    decode_steps: int = 4  # most decode steps per device call (tokens are read back once per call)
+    admit_batch: int = 8  # most requests prefilled by one insert call
     request_timeout_s: float | None = 600.0
     warm_up: bool = True

@@ -3,12 +3,13 @@
 The pool is the generation loop's state (generation/loop.py) for N rows of token capacity `cap`,
 plus each row's own sampling knobs (seed, temperature, top_k, top_p). Three programs:
 
-* insert (one per prompt bucket width): prefill ONE prompt with the family's runner and write the
-  result into every slot of a mask (n > 1 samples share the prefill); the pool is donated and only
-  the masked rows change, so requests in flight keep their caches.
+* insert (one per prompt bucket width and admit size): prefill up to `admit_batch` prompts in one batch
+  with the family's runner and copy each into the slots that take it (n > 1 samples share a prefill);
+  the pool is donated and only those rows change, so requests in flight keep their caches.
 * decode (one per width in decode_widths): generation.loop.run_loop over the first `width` rows for up
-  to `steps` steps (traced), every row sampling with its own knobs (sampling.sample_tokens "per_row");
-  also returns those rows' lengths, finish codes and last tokens, all the host reads per step.
+  to `steps` <= max_steps steps (traced), every row sampling with its own knobs (sampling.sample_tokens
+  "per_row"); also returns each row's token count, finish code and the tokens of this call: all the host
+  reads, once per call.
 * release: marks rows inactive (a cut, a stop string, a disconnect); their state is garbage until
   the next insert overwrites it.
 
@@ -71,20 +72,21 @@ def prompt_width(cfg: ModelConfig, prompt_len: int) -> int:
     return prompt_len if cfg.family == "vanilla" else Hierarchy.of(cfg).prompt_pad(prompt_len)
 
 
-def _row(params, prompt_bt, prompt_len_b, budget_b, stop_b, spec: PoolSpec):
-    """Prefill one prompt into the loop state of one row of capacity cap."""
+def _rows(params, prompt_bt, prompt_len_b, budget_b, stop_b, spec: PoolSpec):
+    """Prefill b prompts into the loop state of b rows of capacity cap."""
+    b = prompt_bt.shape[0]
     runner = make_runner(spec.cfg, spec.mode)
     state, logits = runner.prefill(params, prompt_bt, prompt_len_b, spec.cap)
-    tokens = jnp.zeros((1, spec.cap), jnp.int32).at[:, : prompt_bt.shape[1]].set(prompt_bt)
-    loop = init_loop(tokens, prompt_len_b, budget_b, stop_b, jnp.zeros((1,), jnp.int32), logits, state, None, False)
+    tokens = jnp.zeros((b, spec.cap), jnp.int32).at[:, : prompt_bt.shape[1]].set(prompt_bt)
+    loop = init_loop(tokens, prompt_len_b, budget_b, stop_b, jnp.zeros((b,), jnp.int32), logits, state, None, False)
     loop.pop("forced")
-    loop.update({k: jnp.zeros((1,), t) for k, t in KNOBS.items()})
+    loop.update({k: jnp.zeros((b,), t) for k, t in KNOBS.items()})
     return loop
 
 
 def pool_shapes(params, spec: PoolSpec):
     """ShapeDtypeStructs of the pool of spec.slots rows."""
-    one = jax.eval_shape(functools.partial(_row, spec=spec), params, jax.ShapeDtypeStruct((1, spec.unit), jnp.int32),
+    one = jax.eval_shape(functools.partial(_rows, spec=spec), params, jax.ShapeDtypeStruct((1, spec.unit), jnp.int32),
                          *(jax.ShapeDtypeStruct((1,), jnp.int32),) * 3)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(_with_batch(x.shape, spec.slots, _batch_axis(x.shape)), x.dtype),
                         one)
@@ -109,17 +111,22 @@ def empty_pool(params, spec: PoolSpec):
     return pool
 
 
-def _insert(params, pool, prompt_bt, prompt_len, budget, stop, mask_n, row_id_n, knobs, spec: PoolSpec):
-    one = _row(params, prompt_bt, prompt_len[None], budget[None], stop[None], spec)
-    one["row_id"] = row_id_n  # sample index within its request: the PRNG row (sampling.position_keys)
-    one.update({k: jnp.broadcast_to(v, (spec.slots,)).astype(KNOBS[k]) for k, v in knobs.items()})
+def _insert(params, pool, prompt_mt, prompt_len_m, budget_m, stop_m, source_n, row_id_n, knobs_m, spec: PoolSpec):
+    """Prefill m prompts in one batch; pool row n becomes a copy of prompt source_n[n] (-1: unchanged), so
+    the n > 1 samples of a prompt share its prefill and requests in flight keep their rows."""
+    new = _rows(params, prompt_mt, prompt_len_m, budget_m, stop_m, spec)
+    new.update({k: v.astype(KNOBS[k]) for k, v in knobs_m.items()})
+    take_n = jnp.maximum(source_n, 0)
+    keep_n = source_n < 0
 
-    def put(new, old):
+    def put(fresh, old):
         axis = _batch_axis(old.shape)
         shape = [1] * old.ndim
         shape[axis] = spec.slots
-        return jnp.where(mask_n.reshape(shape), new, old)  # new broadcasts from one row to all
-    return jax.tree.map(put, one, pool)
+        return jnp.where(keep_n.reshape(shape), old, jnp.take(fresh, take_n, axis=axis))
+    pool = jax.tree.map(put, new, pool)
+    pool["row_id"] = jnp.where(keep_n, pool["row_id"], row_id_n)  # sample index: its PRNG row (sampling.position_keys)
+    return pool
 
 
 def decode_widths(slots: int, smallest: int = 8) -> tuple[int, ...]:
@@ -131,17 +138,20 @@ def decode_widths(slots: int, smallest: int = 8) -> tuple[int, ...]:
     return tuple(out) + (slots,)
 
 
-def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int, host=None):
-    """Decode the first `width` rows only (the engine fills the lowest free slots first): a step costs
-    what the busy rows need, not what the whole pool holds. `host`: the sharding of what the host reads."""
+def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int, max_steps: int, host=None):
+    """Decode the first `width` rows only (the engine fills the lowest free slots first) for up to `steps`
+    <= max_steps steps: a step costs what the busy rows need, not what the whole pool holds, and the host
+    reads back once per call. `host`: the sharding of what the host reads."""
     def rows(x):
         return jax.lax.slice_in_dim(x, 0, width, axis=_batch_axis(x.shape))
     part = pool if width == spec.slots else jax.tree.map(rows, pool)
+    start = part["length"]
     part = run_loop(make_runner(spec.cfg, spec.mode), params, part, steps, part["seed"], eos_id, "per_row",
                     part["temperature"], part["top_k"], part["top_p"])
-    # what the host reads back: per decoded row, its length, finish code and last token (one step per call)
-    last = part["tokens"][jnp.arange(width), jnp.maximum(part["length"] - 1, 0)]
-    view = _for_host({"length": part["length"], "finish": part["finish"], "last": last}, host)
+    # what the host reads back: per decoded row, its token count, finish code and the tokens of this call
+    at = jnp.minimum(start[:, None] + jnp.arange(max_steps)[None, :], spec.cap - 1)
+    new = jnp.take_along_axis(part["tokens"], at, axis=1)
+    view = _for_host({"count": part["length"] - start, "finish": part["finish"], "new": new}, host)
     if width == spec.slots:
         return part, view
     return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, 0, axis=_batch_axis(x.shape)), pool,
@@ -168,13 +178,15 @@ class Programs:
     what the host reads back (decode's view, next-token logits) is put, so that process 0 can read it.
     """
 
-    def __init__(self, spec: PoolSpec, params, host=None):
+    def __init__(self, spec: PoolSpec, params, host=None, max_steps: int = 8, admit_batch: int = 8):
         self.spec = spec
         self.params = params
         self.host = host
+        self.max_steps = max_steps  # decode steps one call may run (its view holds that many tokens per row)
+        self.admit_sizes = tuple(sorted({1, admit_batch}))  # prompts per insert call, padded up to one of these
         self._insert = jax.jit(functools.partial(_insert, spec=spec), donate_argnums=(1,))
-        self._decode = jax.jit(functools.partial(_decode, spec=spec, host=host), donate_argnums=(1,),
-                               static_argnames=("width",))
+        self._decode = jax.jit(functools.partial(_decode, spec=spec, host=host, max_steps=max_steps),
+                               donate_argnums=(1,), static_argnames=("width",))
         self._release = jax.jit(_release, donate_argnums=(0,))
         self._logits = jax.jit(functools.partial(_next_logits, host=host), static_argnames=("width",))
         self.compiled: set = set()
@@ -182,17 +194,42 @@ class Programs:
     def _track(self, name, key):
         self.compiled.add((name, key))
 
-    def insert(self, pool, prompt: list[int], width: int, budget: int, stop: int, mask_n: np.ndarray,
-               row_id_n: np.ndarray, knobs: dict):
-        prompt_bt = np.zeros((1, width), np.int32)
-        prompt_bt[0, : len(prompt)] = prompt
-        self._track("insert", width)
-        knobs = {k: np.asarray(v, KNOBS[k]) for k, v in knobs.items()}  # host values: any process count
-        return self._insert(self.params, pool, prompt_bt, np.int32(len(prompt)), np.int32(budget), np.int32(stop),
-                            np.asarray(mask_n, bool), np.asarray(row_id_n, np.int32), knobs)
+    def insert(self, pool, prompts: list, budgets: list, stops: list, source_n: np.ndarray, row_id_n: np.ndarray,
+               knobs: dict, width: int | None = None):
+        """Prefill `prompts` (padded to the smallest prompt bucket that holds them all, or `width`; their
+        count to an admit size) into the rows that source_n points at them; knobs: name -> one value per
+        prompt."""
+        need = max(prompt_width(self.spec.cfg, len(p)) for p in prompts)
+        width = width or next(w for w in buckets(self.spec.cfg, self.spec.cap) if w >= need)
+        m = next(size for size in self.admit_sizes if size >= len(prompts))
+        prompt_mt = np.zeros((m, width), np.int32)
+        lens, budget_m, stop_m = (np.ones(m, np.int32) for _ in range(3))
+        for i, p in enumerate(prompts):
+            prompt_mt[i, : len(p)] = p
+            lens[i], budget_m[i], stop_m[i] = len(p), budgets[i], stops[i]
+        knobs_m = {k: np.resize(np.asarray(v, KNOBS[k]), m) for k, v in knobs.items()}  # host values: any process
+        self._track("insert", (width, m))
+        return self._insert(self.params, pool, prompt_mt, lens, budget_m, stop_m, np.asarray(source_n, np.int32),
+                            np.asarray(row_id_n, np.int32), knobs_m)
+
+    def warm_up(self, pool, eos_id: int, widths=None):
+        """Compile every insert (prompt bucket x admit size) and decode program now; returns the pool."""
+        none = np.full(self.spec.slots, -1, np.int32)
+        knobs = {"seed": [0], "temperature": [1.0], "top_k": [0], "top_p": [1.0]}
+        for width in widths or buckets(self.spec.cfg, self.spec.cap):
+            for m in self.admit_sizes:
+                pool = self.insert(pool, [[0]] * m, [1] * m, [1] * m, none, np.zeros(self.spec.slots, np.int32),
+                                   {k: v * m for k, v in knobs.items()}, width=min(width, self.spec.cap))
+        for width in decode_widths(self.spec.slots):
+            pool, _ = self.decode(pool, 0, eos_id, width)
+        return self.release(pool, np.zeros(self.spec.slots, bool))
+
+    def slot_bytes(self) -> int:
+        """Bytes one slot holds (every leaf of the pool at N = 1)."""
+        return tree_nbytes(pool_shapes(self.params, dataclasses.replace(self.spec, slots=1)))
 
     def decode(self, pool, steps: int, eos_id: int, width: int | None = None):
-        """(pool, view): view holds length, finish and last token of the first `width` rows."""
+        """(pool, view): per row of the first `width`: count (tokens this call), finish, new (max_steps)."""
         width = width or self.spec.slots
         self._track("decode", width)
         return self._decode(self.params, pool, np.int32(steps), np.int32(eos_id), width=width)
