@@ -53,6 +53,12 @@ class Request:
     stop_ids: frozenset = frozenset()
     logprobs: int | None = None  # top alternatives per token (0: only the sampled token's)
     timeout_s: float | None = None
+    # vLLM's dialect (sampling.adjust_logits); min_tokens also keeps stop_ids from ending the sample early
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     # engine-side state
     id: int = 0
     arrived: float = 0.0
@@ -277,7 +283,8 @@ class Engine:
             req, sample = o
             new = [int(last[slot])] if length[slot] > self.seen[slot] else []  # one step: at most one token
             code = int(finish[slot])
-            cut = next((i for i, t in enumerate(new) if t in req.stop_ids), None)
+            early = length[slot] - len(req.prompt) <= req.min_tokens  # vLLM: a stop token may end token min + 1
+            cut = None if early else next((i for i, t in enumerate(new) if t in req.stop_ids), None)
             if cut is not None:
                 new = new[: cut + 1]
                 code = EOS
@@ -313,7 +320,9 @@ class Engine:
 
 
 def _knobs(req: Request) -> dict:
-    return {"seed": req.seed, "temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p}
+    return {"seed": req.seed, "temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p,
+            "ignore_eos": req.ignore_eos, "min_tokens": req.min_tokens, "repetition_penalty": req.repetition_penalty,
+            "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty}
 
 
 def _logprob_entry(logp_v: np.ndarray, token: int, top: int) -> dict:

@@ -59,8 +59,7 @@ class LockstepPrograms:
         return self._call("insert", {"prompt": [int(t) for t in prompt], "width": int(width), "budget": int(budget),
                                      "stop": int(stop), "mask": np.asarray(mask_n, bool),
                                      "row_id": np.asarray(row_id_n, np.int32),
-                                     "knobs": {k: float(v) if k in ("temperature", "top_p") else int(v)
-                                               for k, v in knobs.items()}})
+                                     "knobs": {k: np.asarray(v, pool_lib.KNOBS[k]).item() for k, v in knobs.items()}})
 
     def decode(self, pool, steps, eos_id, width=None):
         width = int(width or self.spec.slots)

@@ -1,7 +1,8 @@
 """The slot pool: a fixed batch of N decode rows on the device, and the jitted programs that use it.
 
 The pool is the generation loop's state (generation/loop.py) for N rows of token capacity `cap`,
-plus each row's own sampling knobs (seed, temperature, top_k, top_p). Three programs:
+plus each row's own sampling knobs (KNOBS: seed, temperature, top_k, top_p, the penalties, min_tokens,
+ignore_eos). Three programs:
 
 * insert (one per prompt bucket width): prefill ONE prompt with the family's runner and write the
   result into every slot of a mask (n > 1 samples share the prefill); the pool is donated and only
@@ -34,7 +35,13 @@ from photon_jax.generation.engine import make_runner
 from photon_jax.generation.loop import init_loop, run_loop
 from photon_jax.model.hierarchy import Hierarchy
 
-KNOBS = {"seed": jnp.int32, "temperature": jnp.float32, "top_k": jnp.int32, "top_p": jnp.float32}
+KNOBS = {"seed": jnp.int32, "temperature": jnp.float32, "top_k": jnp.int32, "top_p": jnp.float32,
+         # vLLM's dialect (sampling.adjust_logits): 4 bytes each per slot; the penalties count tokens from
+         # the row's token buffer at each step rather than keep a (slots, vocab) table here
+         "repetition_penalty": jnp.float32, "presence_penalty": jnp.float32, "frequency_penalty": jnp.float32,
+         "min_tokens": jnp.int32, "ignore_eos": jnp.bool_}
+NEUTRAL = {"repetition_penalty": 1.0}  # a knob not given is this, else 0 / False: what today's requests get
+ADJUST = ("repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens", "prompt_len")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +85,7 @@ def _row(params, prompt_bt, prompt_len_b, budget_b, stop_b, spec: PoolSpec):
     tokens = jnp.zeros((1, spec.cap), jnp.int32).at[:, : prompt_bt.shape[1]].set(prompt_bt)
     loop = init_loop(tokens, prompt_len_b, budget_b, stop_b, jnp.zeros((1,), jnp.int32), logits, state, None, False)
     loop.pop("forced")
+    loop["prompt_len"] = prompt_len_b  # where the output starts (presence / frequency penalties, min_tokens)
     loop.update({k: jnp.zeros((1,), t) for k, t in KNOBS.items()})
     return loop
 
@@ -137,8 +145,9 @@ def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int, host=None):
     def rows(x):
         return jax.lax.slice_in_dim(x, 0, width, axis=_batch_axis(x.shape))
     part = pool if width == spec.slots else jax.tree.map(rows, pool)
-    part = run_loop(make_runner(spec.cfg, spec.mode), params, part, steps, part["seed"], eos_id, "per_row",
-                    part["temperature"], part["top_k"], part["top_p"])
+    eos_b = jnp.where(part["ignore_eos"], -1, eos_id)  # ignore_eos: EOS is a token like any other
+    part = run_loop(make_runner(spec.cfg, spec.mode), params, part, steps, part["seed"], eos_b, "per_row",
+                    part["temperature"], part["top_k"], part["top_p"], {k: part[k] for k in ADJUST})
     # what the host reads back: per decoded row, its length, finish code and last token (one step per call)
     last = part["tokens"][jnp.arange(width), jnp.maximum(part["length"] - 1, 0)]
     view = _for_host({"length": part["length"], "finish": part["finish"], "last": last}, host)
@@ -187,7 +196,8 @@ class Programs:
         prompt_bt = np.zeros((1, width), np.int32)
         prompt_bt[0, : len(prompt)] = prompt
         self._track("insert", width)
-        knobs = {k: np.asarray(v, KNOBS[k]) for k, v in knobs.items()}  # host values: any process count
+        # every knob, always (one pytree: one program); host values, so any process count takes them
+        knobs = {k: np.asarray(knobs.get(k, NEUTRAL.get(k, 0)), t) for k, t in KNOBS.items()}
         return self._insert(self.params, pool, prompt_bt, np.int32(len(prompt)), np.int32(budget), np.int32(stop),
                             np.asarray(mask_n, bool), np.asarray(row_id_n, np.int32), knobs)
 
