@@ -75,7 +75,8 @@ def test_neutral_knobs_leave_logits_bit_identical_and_min_tokens_masks_only_eos(
     same = np.asarray(adjust_logits(jnp.asarray(logits), tokens, length, active, eos, _knobs(3)))
     assert same.tobytes() == logits.tobytes()
     # rows 0 and 2 have 2 output tokens (length 4 - prompt 2), below min_tokens 3; row 2 has no EOS (ignore_eos)
-    masked = np.asarray(adjust_logits(jnp.asarray(logits), tokens, length, active, eos, _knobs(3, min_tokens=[3, 2, 3])))
+    below = _knobs(3, min_tokens=[3, 2, 3])
+    masked = np.asarray(adjust_logits(jnp.asarray(logits), tokens, length, active, eos, below))
     assert masked[0, 3] == -np.inf and np.isfinite(np.delete(masked[0], 3)).all()
     assert masked[1:].tobytes() == logits[1:].tobytes()
     # a penalized row next to neutral ones does not change them
@@ -110,6 +111,8 @@ HOSTILE = [
     ({"repetition_penalty": 1e300}, "repetition_penalty"),
     ({"repetition_penalty": "2"}, "repetition_penalty"),
     ({"timeout": float("inf")}, "timeout"),
+    ({"temperature": 10**400}, "temperature"),  # an integer beyond float's range
+    ({"top_p": float("nan")}, "top_p"),
     ({"prompt_logprobs": 2**70}, "prompt_logprobs"),
     ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs"),
     ({"ignore_eos": 1}, "ignore_eos"),

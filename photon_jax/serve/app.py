@@ -42,6 +42,12 @@ class Served:
         self.scorer = scorer  # prompt_logprobs.PromptScorer: echo with logprobs
 
 
+def _check_vocab(served: Served, ids: list[int], field: str) -> None:
+    bad = [t for t in ids if not 0 <= t < served.vocab_size]
+    if bad:
+        raise protocol.BadRequest(field, f"token id {bad[0]} is outside the vocabulary [0, {served.vocab_size})")
+
+
 def _tokens(served: Served, prompt) -> list[int]:
     if isinstance(prompt, str):
         if isinstance(served.tok, TokenIdText):
@@ -52,9 +58,7 @@ def _tokens(served: Served, prompt) -> list[int]:
             raise protocol.BadRequest("prompt", "prompt encodes to no tokens")
     else:
         ids = list(prompt)
-        bad = [t for t in ids if not 0 <= t < served.vocab_size]
-        if bad:
-            raise protocol.BadRequest("prompt", f"token id {bad[0]} is outside the vocabulary [0, {served.vocab_size})")
+        _check_vocab(served, ids, "prompt")
     if len(ids) >= served.max_context:
         raise protocol.BadRequest("prompt", f"prompt has {len(ids)} tokens; the server's context is "
                                             f"{served.max_context} (--max-context), which leaves no room to generate")
@@ -249,17 +253,11 @@ def create_app(served: Served) -> FastAPI:
     # vLLM's tokenizer endpoints; like vLLM's they sit outside /v1 and need no API key
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        try:
-            return _tokenize(served, await _json_body(request))
-        except protocol.BadRequest as e:
-            return error(400, str(e), e.field)
+        return await _answer(request, lambda body: _tokenize(served, body))
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
-        try:
-            return _detokenize(served, await _json_body(request))
-        except protocol.BadRequest as e:
-            return error(400, str(e), e.field)
+        return await _answer(request, lambda body: _detokenize(served, body))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -290,12 +288,26 @@ def create_app(served: Served) -> FastAPI:
     return app
 
 
-def _tokenize(served: Served, body) -> dict:
-    """{"model" (optional, as vLLM's), "prompt": a string} -> its token ids, their count, the context."""
+async def _answer(request: Request, handle):
+    """handle(the JSON body) -> the answer; a BadRequest becomes the 400 naming its field."""
+    try:
+        return handle(await _json_body(request))
+    except protocol.BadRequest as e:
+        return error(400, str(e), e.field)
+
+
+def _tokenizer_body(served: Served, body) -> dict:
+    """The body of /tokenize or /detokenize: an object whose "model", if given, is ours (optional in vLLM)."""
     if not isinstance(body, dict):
         raise protocol.BadRequest("body", "the request body must be a JSON object")
     if body.get("model") is not None:
         _check_model(served, body["model"])
+    return body
+
+
+def _tokenize(served: Served, body) -> dict:
+    """{"model", "prompt": a string} -> its token ids, their count, the context."""
+    body = _tokenizer_body(served, body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise protocol.BadRequest("prompt", f"prompt must be a string, got {prompt!r}")
@@ -306,17 +318,11 @@ def _tokenize(served: Served, body) -> dict:
 
 
 def _detokenize(served: Served, body) -> dict:
-    """{"model" (optional), "tokens": token ids} -> {"prompt": their text}."""
-    if not isinstance(body, dict):
-        raise protocol.BadRequest("body", "the request body must be a JSON object")
-    if body.get("model") is not None:
-        _check_model(served, body["model"])
-    ids = body.get("tokens")
+    """{"model", "tokens": token ids} -> {"prompt": their text}."""
+    ids = _tokenizer_body(served, body).get("tokens")
     if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
         raise protocol.BadRequest("tokens", "tokens must be a list of token ids")
-    bad = [t for t in ids if not 0 <= t < served.vocab_size]
-    if bad:
-        raise protocol.BadRequest("tokens", f"token id {bad[0]} is outside the vocabulary [0, {served.vocab_size})")
+    _check_vocab(served, ids, "tokens")
     return {"prompt": served.tok.decode(ids)}
 
 

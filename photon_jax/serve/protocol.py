@@ -99,9 +99,16 @@ def _float(body, field, default):
     v = body.get(field, default)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise BadRequest(field, f"{field} must be a number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(_as_float(v)):
+        raise BadRequest(field, f"{field} must be a finite number, got {v!r}")
     return float(v)
+
+
+def _as_float(v) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float's range (JSON allows 10**400)
+        return math.inf
 
 
 def _ranged(body, field, default, low, high):
@@ -126,7 +133,7 @@ def _refuse_unimplemented(body):
         if field in body and body[field] not in neutral:
             raise BadRequest(field, f"{field} is not supported by this server (see docs/serving.md)")
     best_of = body.get("best_of")
-    if best_of is not None and best_of != body.get("n", 1):
+    if best_of is not None and best_of != (body.get("n") or 1):
         raise BadRequest("best_of", f"best_of must equal n (sampling best_of and keeping the best is not "
                                     f"supported), got {best_of!r}")
     user = body.get("user")
