@@ -24,6 +24,7 @@ import numpy as np
 import openai
 import pytest
 
+from photon_jax import __version__
 from photon_jax.cli.main import main
 from photon_jax.data.preparation.corpus import shakespeare_files
 from photon_jax.eval.scoring import make_span_scorer
@@ -291,6 +292,120 @@ def test_bad_input_is_400_naming_the_field(server, name, body, raw, field):
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == field, r.text
     assert _post(server, {"model": "photon-tiny", "prompt": "A", "max_tokens": 2}).status_code == 200
+
+
+# Bodies that crashed the engine thread (OverflowError) or slipped through: each is now served with its
+# numbers bounded (max_tokens capped to the context left, seeds wrapped to 32 bits) or refused naming
+# its field, and a normal request succeeds after it. A prompt of 120 tokens leaves 8 of the 128 to generate.
+LONG = [5] * 120
+HOSTILE = [
+    ("max-tokens-2**31", {"prompt": LONG, "max_tokens": 2**31, "ignore_eos": True}, 8),
+    ("max-tokens-10**12", {"prompt": LONG, "max_tokens": 10**12, "ignore_eos": True}, 8),
+    ("min-tokens-capped-too", {"prompt": LONG, "max_tokens": 2**70, "min_tokens": 2**70}, 8),
+    ("seed-2**70", {"prompt": "A", "max_tokens": 2, "seed": 2**70}, 2),
+    ("seed-minus-2**70", {"prompt": "A", "max_tokens": 2, "seed": -(2**70)}, 2),
+    ("seed-minus-1", {"prompt": "A", "max_tokens": 2, "seed": -1}, 2),
+    ("timeout-1e308", {"prompt": "A", "max_tokens": 2, "timeout": 1e308}, 2),
+    ("min-tokens-above-max", {"prompt": "A", "min_tokens": 10**12}, "min_tokens"),
+    ("presence-nan", {"prompt": "A", "presence_penalty": float("nan")}, "presence_penalty"),
+    ("frequency-inf", {"prompt": "A", "frequency_penalty": float("inf")}, "frequency_penalty"),
+    ("repetition-negative-inf", {"prompt": "A", "repetition_penalty": float("-inf")}, "repetition_penalty"),
+    ("repetition-huge", {"prompt": "A", "repetition_penalty": 1e300}, "repetition_penalty"),
+    ("timeout-inf", {"prompt": "A", "timeout": float("inf")}, "timeout"),
+    ("top-k-2**70", {"prompt": "A", "top_k": 2**70}, "top_k"),
+    ("n-2**70", {"prompt": "A", "n": 2**70}, "n"),
+    ("best-of-2**70", {"prompt": "A", "best_of": 2**70}, "best_of"),
+    ("logprobs-2**70", {"prompt": "A", "logprobs": 2**70}, "logprobs"),
+    ("prompt-logprobs-2**70", {"prompt": "A", "prompt_logprobs": 2**70}, "prompt_logprobs"),
+    ("stop-token-2**70", {"prompt": "A", "stop_token_ids": [2**70]}, "stop_token_ids"),
+    ("prompt-token-2**70", {"prompt": [2**70]}, "prompt"),
+    ("logit-bias", {"prompt": "A", "logit_bias": {"5": 100}}, "logit_bias"),
+    ("suffix", {"prompt": "A", "suffix": "the end"}, "suffix"),
+]
+
+
+@pytest.mark.parametrize("name,body,outcome", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_numbers_are_bounded_or_refused_and_the_server_lives(server, name, body, outcome):
+    r = _post(server, {"model": "photon-tiny", **body})
+    if isinstance(outcome, str):
+        assert r.status_code == 400 and r.json()["error"]["param"] == outcome, r.text
+    else:
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == outcome
+        assert r.json()["choices"][0]["finish_reason"] == "length"
+    assert _post(server, {"model": "photon-tiny", "prompt": "A", "max_tokens": 2}).status_code == 200
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_wrapped_seed_draws_as_its_low_32_bits(server):
+    def text(seed):
+        body = {"model": "photon-tiny", "prompt": PROMPTS[1], "max_tokens": 8, "temperature": 1.0, "seed": seed}
+        return _post(server, body).json()["choices"][0]["text"]
+    assert text(2**70 + 11) == text(11) and text(2**32 + 12) == text(12)
+
+
+def test_vllm_sampling_fields_change_the_text_as_defined(server, client, loaded):
+    def complete(**extra):
+        return client.completions.create(model="photon-tiny", prompt=PROMPTS[0], max_tokens=24, temperature=0,
+                                         **extra).choices[0]
+    base = complete().text
+    stop = base[5:7]
+    kept = complete(stop=[stop], extra_body={"include_stop_str_in_output": True})
+    assert kept.text == base[: base.find(stop) + len(stop)] and kept.finish_reason == "stop"
+    assert complete(extra_body={"ignore_eos": True}).text == base  # no EOS within 24 tokens here: unchanged
+    assert complete(extra_body={"repetition_penalty": 1.0, "presence_penalty": 0, "frequency_penalty": 0}).text == base
+    penalized = complete(extra_body={"repetition_penalty": 2.0, "presence_penalty": 2.0, "frequency_penalty": 2.0})
+    assert penalized.text != base
+    # min_tokens: a stop token cannot end the sample before it (the device masks EOS alike: test_serve_dialect.py)
+    first = int(generate(loaded.cfg.model, loaded.params, [loaded.tokenizer.encode(PROMPTS[0])], max_new_tokens=1,
+                         sampling=GREEDY).tokens[0][0][0])
+    stopped = client.completions.create(model="photon-tiny", prompt=PROMPTS[0], max_tokens=6, temperature=0,
+                                        extra_body={"stop_token_ids": [first]})
+    assert stopped.usage.completion_tokens == 1
+    held = client.completions.create(model="photon-tiny", prompt=PROMPTS[0], max_tokens=6, temperature=0,
+                                     extra_body={"stop_token_ids": [first], "min_tokens": 3})
+    assert held.usage.completion_tokens >= 3 and held.choices[0].text.startswith(loaded.tokenizer.decode([first]))
+
+
+def test_prompt_logprobs_are_the_echo_scores(server, client, loaded):
+    tok = loaded.tokenizer
+    ids = tok.encode(PROMPTS[1])
+    r = _post(server, {"model": "photon-tiny", "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 2})
+    plp = r.json()["choices"][0]["prompt_logprobs"]
+    echo = client.completions.create(model="photon-tiny", prompt=ids, max_tokens=1, temperature=0, echo=True,
+                                     logprobs=2).choices[0].logprobs
+    assert len(plp) == len(ids) and plp[0] is None
+    for j in range(1, len(ids)):
+        own = plp[j][str(ids[j])]
+        assert own["logprob"] == pytest.approx(echo.token_logprobs[j], abs=1e-6)
+        assert own["decoded_token"] == tok.decode([ids[j]])
+        best = max(plp[j].values(), key=lambda e: e["logprob"])
+        assert best["rank"] == 1 and best["logprob"] == pytest.approx(max(echo.top_logprobs[j].values()), abs=1e-6)
+        if len(plp[j]) == 2:  # the prompt's token is one of the two likeliest
+            assert own["rank"] == 1 + sum(e["logprob"] > own["logprob"] for e in plp[j].values())
+        else:  # the two likeliest and the prompt's token
+            assert len(plp[j]) == 3 and own["rank"] >= 3
+
+
+BAD_TOKENIZE = [("/tokenize", {"prompt": 5}, "prompt"), ("/tokenize", {"model": "x", "prompt": "A"}, "model"),
+                ("/detokenize", {"tokens": [10**9]}, "tokens"), ("/detokenize", {"tokens": "A"}, "tokens"),
+                ("/detokenize", [1], "body")]
+
+
+def test_tokenize_detokenize_version_and_models(server, loaded):
+    tok = loaded.tokenizer
+    text = PROMPTS[1]
+    t = httpx.post(f"{server.url}/tokenize", json={"model": "photon-tiny", "prompt": text}).json()
+    assert t == {"tokens": tok.encode(text), "count": len(tok.encode(text)), "max_model_len": CONTEXT}
+    assert httpx.post(f"{server.url}/detokenize", json={"tokens": t["tokens"]}).json() == {"prompt": text}
+    assert httpx.get(f"{server.url}/version").json() == {"version": __version__}
+    entry = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]
+    assert entry["id"] == entry["root"] == "photon-tiny" and entry["max_model_len"] == CONTEXT
+    for path, body, field in BAD_TOKENIZE:
+        r = httpx.post(f"{server.url}{path}", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, (path, body, r.text)
+    r = httpx.post(f"{server.url}/tokenize", content=b"{oops")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body"
 
 
 def test_api_key_is_required(server):

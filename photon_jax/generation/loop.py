@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from photon_jax.generation.sampling import position_keys, sample_tokens
+from photon_jax.generation.sampling import adjust_logits, position_keys, sample_tokens
 
 FINISH_REASONS = ("running", "eos", "length", "context")
 RUNNING, EOS, LENGTH, CONTEXT = range(4)
@@ -38,9 +38,10 @@ def init_loop(tokens_bt, prompt_len_b, budget_b, stop_b, row_id_b, next_logits_b
     return loop
 
 
-def run_loop(runner, params, loop, steps, seed, eos_id, kind: str, temperature, top_k, top_p):
-    """Up to `steps` decode steps (traced). eos_id < 0 disables EOS. kind: sampling.sampling_kind, or
-    "per_row" with (b,) seed, temperature, top_k and top_p (sampling.sample_tokens)."""
+def run_loop(runner, params, loop, steps, seed, eos_id, kind: str, temperature, top_k, top_p, adjust=None):
+    """Up to `steps` decode steps (traced). eos_id (a scalar or one per row) < 0 disables EOS. kind:
+    sampling.sampling_kind, or "per_row" with (b,) seed, temperature, top_k and top_p (sampling.sample_tokens).
+    adjust: None, or a server's (b,) penalty and min_tokens knobs (sampling.adjust_logits)."""
     b, t = loop["tokens"].shape
     row = jnp.arange(b)
 
@@ -53,7 +54,10 @@ def run_loop(runner, params, loop, steps, seed, eos_id, kind: str, temperature, 
         pos = lp["length"]
         active = lp["active"]
         keys = position_keys(seed, lp["row_id"], pos)
-        tok = sample_tokens(lp["next_logits"], keys, kind, temperature, top_k, top_p)
+        logits = lp["next_logits"]
+        if adjust is not None:
+            logits = adjust_logits(logits, lp["tokens"], pos, active, jnp.broadcast_to(eos_id, (b,)), adjust)
+        tok = sample_tokens(logits, keys, kind, temperature, top_k, top_p)
         if "forced" in lp:  # a server's pool has none
             forced = lp["forced"][row, jnp.minimum(pos, t - 1)]
             tok = jnp.where(forced >= 0, forced, tok)

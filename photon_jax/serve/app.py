@@ -1,4 +1,5 @@
-"""The HTTP API (FastAPI): OpenAI-compatible /v1/completions and /v1/models, /health, /metrics.
+"""The HTTP API (FastAPI): OpenAI-compatible /v1/completions and /v1/models, vLLM's /tokenize, /detokenize
+and /version, /health, /metrics.
 
 Handlers only check, tokenize and enqueue; the engine thread decodes and calls each request's sink,
 which hands events to the request's asyncio queue (call_soon_threadsafe), so no handler ever
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
+from photon_jax import __version__
 from photon_jax.serve import protocol
 from photon_jax.serve.engine import Draining, EngineFailed, QueueFull
 from photon_jax.serve.engine import Request as EngineRequest
@@ -41,6 +43,12 @@ class Served:
         self.scorer = scorer  # prompt_logprobs.PromptScorer: echo with logprobs
 
 
+def _check_vocab(served: Served, ids: list[int], field: str) -> None:
+    bad = [t for t in ids if not 0 <= t < served.vocab_size]
+    if bad:
+        raise protocol.BadRequest(field, f"token id {bad[0]} is outside the vocabulary [0, {served.vocab_size})")
+
+
 def _tokens(served: Served, prompt) -> list[int]:
     if isinstance(prompt, str):
         if isinstance(served.tok, TokenIdText):
@@ -51,18 +59,32 @@ def _tokens(served: Served, prompt) -> list[int]:
             raise protocol.BadRequest("prompt", "prompt encodes to no tokens")
     else:
         ids = list(prompt)
-        bad = [t for t in ids if not 0 <= t < served.vocab_size]
-        if bad:
-            raise protocol.BadRequest("prompt", f"token id {bad[0]} is outside the vocabulary [0, {served.vocab_size})")
+        _check_vocab(served, ids, "prompt")
     if len(ids) >= served.max_context:
         raise protocol.BadRequest("prompt", f"prompt has {len(ids)} tokens; the server's context is "
                                             f"{served.max_context} (--max-context), which leaves no room to generate")
     return ids
 
 
+def _room(served: Served, prompt: list[int], max_tokens: int) -> int:
+    """max_tokens capped to the context the prompt leaves (vLLM caps so too): huge values cannot overflow."""
+    return min(max_tokens, served.max_context - len(prompt))
+
+
+async def _json_body(request: Request):
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise protocol.BadRequest("body", f"the body is not valid JSON: {e}") from None
+
+
+def _check_model(served: Served, model) -> None:
+    if model != served.model_name:
+        raise protocol.BadRequest("model", f"unknown model {model!r} (this server has {served.model_name!r})")
+
+
 def _check(served: Served, req: protocol.Completion) -> list[list[int]]:
-    if req.model != served.model_name:
-        raise protocol.BadRequest("model", f"unknown model {req.model!r} (this server has {served.model_name!r})")
+    _check_model(served, req.model)
     if req.top_k > served.vocab_size:
         raise protocol.BadRequest("top_k", f"top_k must be in [0, {served.vocab_size}], got {req.top_k}")
     for t in req.stop_token_ids:
@@ -75,6 +97,8 @@ def _check(served: Served, req: protocol.Completion) -> list[list[int]]:
         raise protocol.BadRequest("stream" if req.stream else "echo",
                                   "echo with logprobs (prompt logprobs) is served without streaming, by a server "
                                   "with a tokenizer")
+    if req.prompt_logprobs is not None and served.scorer is None:
+        raise protocol.BadRequest("prompt_logprobs", "prompt_logprobs are served by a server with a tokenizer")
     return [_tokens(served, p) for p in req.prompts]
 
 
@@ -89,6 +113,30 @@ def _logprobs_json(tok, entries: list, first: int | None = None) -> dict:
     return {"tokens": tokens, "token_logprobs": [None if e is None else e["logprob"] for e in entries],
             "top_logprobs": [None if e is None else _top(tok, e.get("top", {})) for e in entries],
             "text_offset": offsets}
+
+
+def _prompt_logprobs_json(tok, entries: list) -> list:
+    """vLLM's prompt_logprobs: per prompt token, {token id: {logprob, rank, decoded_token}} for the token
+    itself and the most likely alternatives; the first token has none (null)."""
+    out = []
+    for e in entries:
+        if e is None:
+            out.append(None)
+            continue
+        ranked = [(e["token"], e["logprob"], e["rank"])]
+        ranked += [(t, v, r) for r, (t, v) in enumerate(sorted(e.get("top", {}).items(), key=lambda kv: -kv[1]), 1)]
+        entry = {}
+        for t, v, r in ranked:
+            entry.setdefault(str(t), {"logprob": v, "rank": r, "decoded_token": tok.decode([t])})
+        out.append(entry)
+    return out
+
+
+def _cut_top(entries: list, k: int) -> list:
+    """Scored prompt entries with only the k likeliest alternatives (one forward serves echo and prompt_logprobs)."""
+    def cut(top: dict) -> dict:
+        return dict(sorted(top.items(), key=lambda kv: -kv[1])[:k])
+    return [e if e is None else {**e, "top": cut(e.get("top", {}))} for e in entries]
 
 
 def _top(tok, top: dict) -> dict:
@@ -106,17 +154,22 @@ class Job:
         self.served, self.req, self.prompts = served, req, prompts
         self.queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.choices = [SampleText(served.tok, req.stop) for _ in range(len(prompts) * req.n)]
+        self.choices = [SampleText(served.tok, req.stop, req.include_stop_str_in_output, req.min_tokens)
+                        for _ in range(len(prompts) * req.n)]
         self.engine_reqs = []
         timeout = min(t for t in (req.timeout, served.request_timeout_s, float("inf")) if t is not None)
         seed = req.seed if req.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little") >> 1
         for i, ids in enumerate(prompts):
             def sink(events, base=i * req.n):  # one wake-up of the event loop per request per engine round
                 loop.call_soon_threadsafe(self.queue.put_nowait, (base, events))
+            max_tokens = _room(served, ids, req.max_tokens)
             self.engine_reqs.append(EngineRequest(
-                prompt=ids, max_tokens=req.max_tokens, sink=sink, n=req.n, temperature=req.temperature,
+                prompt=ids, max_tokens=max_tokens, sink=sink, n=req.n, temperature=req.temperature,
                 top_k=req.top_k, top_p=req.top_p, seed=seed, stop_ids=frozenset(req.stop_token_ids),
-                logprobs=req.logprobs, timeout_s=None if timeout == float("inf") else timeout))
+                logprobs=req.logprobs, timeout_s=None if timeout == float("inf") else timeout,
+                ignore_eos=req.ignore_eos, min_tokens=min(req.min_tokens, max_tokens),
+                repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty))
 
     def submit(self):
         done = []
@@ -191,7 +244,21 @@ def create_app(served: Served) -> FastAPI:
         if (bad := unauthorized(request)) is not None:
             return bad
         return {"object": "list", "data": [{"id": served.model_name, "object": "model", "created": 0,
-                                            "owned_by": "photon-jax", "max_model_len": served.max_context}]}
+                                            "owned_by": "photon-jax", "root": served.model_name, "parent": None,
+                                            "max_model_len": served.max_context}]}
+
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
+
+    # vLLM's tokenizer endpoints; like vLLM's they sit outside /v1 and need no API key
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        return await _answer(request, lambda body: _tokenize(served, body))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        return await _answer(request, lambda body: _detokenize(served, body))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -199,12 +266,7 @@ def create_app(served: Served) -> FastAPI:
             metrics.requests.labels("401").inc()
             return bad
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            metrics.requests.labels("400").inc()
-            return error(400, f"the body is not valid JSON: {e}", "body")
-        try:
-            req = protocol.parse(body)
+            req = protocol.parse(await _json_body(request))
             prompts = _check(served, req)
         except protocol.BadRequest as e:
             metrics.requests.labels("400").inc()
@@ -225,6 +287,44 @@ def create_app(served: Served) -> FastAPI:
         return await _whole(job, request, ident, created)
 
     return app
+
+
+async def _answer(request: Request, handle):
+    """handle(the JSON body) -> the answer; a BadRequest becomes the 400 naming its field."""
+    try:
+        return handle(await _json_body(request))
+    except protocol.BadRequest as e:
+        return error(400, str(e), e.field)
+
+
+def _tokenizer_body(served: Served, body) -> dict:
+    """The body of /tokenize or /detokenize: an object whose "model", if given, is ours (optional in vLLM)."""
+    if not isinstance(body, dict):
+        raise protocol.BadRequest("body", "the request body must be a JSON object")
+    if body.get("model") is not None:
+        _check_model(served, body["model"])
+    return body
+
+
+def _tokenize(served: Served, body) -> dict:
+    """{"model", "prompt": a string} -> its token ids, their count, the context."""
+    body = _tokenizer_body(served, body)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise protocol.BadRequest("prompt", f"prompt must be a string, got {prompt!r}")
+    if isinstance(served.tok, TokenIdText):
+        raise protocol.BadRequest("prompt", "this server has no tokenizer (a preset's random weights)")
+    ids = [int(t) for t in served.tok.encode(prompt)] if prompt else []
+    return {"tokens": ids, "count": len(ids), "max_model_len": served.max_context}
+
+
+def _detokenize(served: Served, body) -> dict:
+    """{"model", "tokens": token ids} -> {"prompt": their text}."""
+    ids = _tokenizer_body(served, body).get("tokens")
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise protocol.BadRequest("tokens", "tokens must be a list of token ids")
+    _check_vocab(served, ids, "tokens")
+    return {"prompt": served.tok.decode(ids)}
 
 
 async def _next_events(job: Job, request: Request):
@@ -248,17 +348,24 @@ async def _whole(job: Job, request: Request, ident: str, created: int):
             job.apply(batch[0], event)
     if any(c.finish == "error" for c in job.choices):
         return error(503, f"the engine failed: {job.served.engine.error}", None, "server_error")
-    prompt_lp = [[] for _ in job.prompts]
-    if job.req.echo and job.req.logprobs is not None:  # off the event loop: a forward of the model
-        prompt_lp = [await asyncio.to_thread(job.served.scorer, ids, job.req.logprobs) for ids in job.prompts]
+    req = job.req
+    echo_lp = req.echo and req.logprobs is not None
+    scored = [None] * len(job.prompts)
+    if echo_lp or req.prompt_logprobs is not None:  # off the event loop: a forward of the model
+        top = max(req.logprobs or 0, req.prompt_logprobs or 0)
+        scored = [await asyncio.to_thread(job.served.scorer, ids, top) for ids in job.prompts]
     choices = []
     for i, c in enumerate(job.choices):
-        p = i // job.req.n
+        p = i // req.n
         lp = None
-        if job.req.logprobs is not None:
-            lp = _logprobs_json(job.served.tok, prompt_lp[p] + c.logprobs, job.prompts[p][0])
-        choices.append({"index": i, "text": job.prefix(i) + c.release(final=True), "finish_reason": c.finish,
-                        "logprobs": lp})
+        if req.logprobs is not None:
+            prompt_lp = _cut_top(scored[p], req.logprobs) if echo_lp else []
+            lp = _logprobs_json(job.served.tok, prompt_lp + c.logprobs, job.prompts[p][0])
+        choice = {"index": i, "text": job.prefix(i) + c.release(final=True), "finish_reason": c.finish,
+                  "logprobs": lp}
+        if req.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = _prompt_logprobs_json(job.served.tok, _cut_top(scored[p], req.prompt_logprobs))
+        choices.append(choice)
     return {"id": ident, "object": "text_completion", "created": created, "model": job.served.model_name,
             "choices": choices, "usage": job.usage()}
 

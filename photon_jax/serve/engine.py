@@ -189,7 +189,8 @@ class Engine:
 
 
 def _knobs(reqs: list) -> dict:
-    return {k: [getattr(r, k) for r in reqs] for k in ("seed", "temperature", "top_k", "top_p")}
+    """Each pool knob (pool.KNOBS), one value per request."""
+    return {k: [getattr(r, k) for r in reqs] for k in pool_lib.KNOBS}
 
 
 def _logprob_entry(logp_v: np.ndarray, token: int, top: int) -> dict:

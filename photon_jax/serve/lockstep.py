@@ -63,8 +63,7 @@ class LockstepPrograms:
                                      "budgets": [int(b) for b in budgets], "stops": [int(s) for s in stops],
                                      "source": np.asarray(source_n, np.int32),
                                      "row_id": np.asarray(row_id_n, np.int32),
-                                     "knobs": {k: [float(x) if k in ("temperature", "top_p") else int(x) for x in v]
-                                               for k, v in knobs.items()}})
+                                     "knobs": {k: np.asarray(v, pool_lib.KNOBS[k]).tolist() for k, v in knobs.items()}})
 
     warm_up = pool_lib.Programs.warm_up  # through this class's insert / decode / release: every process compiles
 

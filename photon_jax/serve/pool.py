@@ -1,7 +1,8 @@
 """The slot pool: a fixed batch of N decode rows on the device, and the jitted programs that use it.
 
 The pool is the generation loop's state (generation/loop.py) for N rows of token capacity `cap`,
-plus each row's own sampling knobs (seed, temperature, top_k, top_p). Three programs:
+plus each row's own sampling knobs (KNOBS: seed, temperature, top_k, top_p, the penalties, min_tokens,
+ignore_eos). Three programs:
 
 * insert (one per prompt bucket width and admit size): prefill up to `admit_batch` prompts in one batch
   with the family's runner and copy each into the slots that take it (n > 1 samples share a prefill);
@@ -35,7 +36,13 @@ from photon_jax.generation.engine import make_runner
 from photon_jax.generation.loop import init_loop, run_loop
 from photon_jax.model.hierarchy import Hierarchy
 
-KNOBS = {"seed": jnp.int32, "temperature": jnp.float32, "top_k": jnp.int32, "top_p": jnp.float32}
+KNOBS = {"seed": jnp.int32, "temperature": jnp.float32, "top_k": jnp.int32, "top_p": jnp.float32,
+         # vLLM's dialect (sampling.adjust_logits): 4 bytes each per slot; the penalties count tokens from
+         # the row's token buffer at each step rather than keep a (slots, vocab) table here
+         "repetition_penalty": jnp.float32, "presence_penalty": jnp.float32, "frequency_penalty": jnp.float32,
+         "min_tokens": jnp.int32, "ignore_eos": jnp.bool_}
+NEUTRAL = {"repetition_penalty": 1.0}  # a knob not given is this, else 0 / False: what today's requests get
+ADJUST = ("repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens", "prompt_len")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +87,7 @@ def _rows(params, prompt_bt, prompt_len_b, budget_b, stop_b, spec: PoolSpec):
     tokens = jnp.zeros((b, spec.cap), jnp.int32).at[:, : prompt_bt.shape[1]].set(prompt_bt)
     loop = init_loop(tokens, prompt_len_b, budget_b, stop_b, jnp.zeros((b,), jnp.int32), logits, state, None, False)
     loop.pop("forced")
+    loop["prompt_len"] = prompt_len_b  # where the output starts (presence / frequency penalties, min_tokens)
     loop.update({k: jnp.zeros((b,), t) for k, t in KNOBS.items()})
     return loop
 
@@ -146,8 +154,9 @@ def _decode(params, pool, steps, eos_id, spec: PoolSpec, width: int, max_steps: 
         return jax.lax.slice_in_dim(x, 0, width, axis=_batch_axis(x.shape))
     part = pool if width == spec.slots else jax.tree.map(rows, pool)
     start = part["length"]
-    part = run_loop(make_runner(spec.cfg, spec.mode), params, part, steps, part["seed"], eos_id, "per_row",
-                    part["temperature"], part["top_k"], part["top_p"])
+    eos_b = jnp.where(part["ignore_eos"], -1, eos_id)  # ignore_eos: EOS is a token like any other
+    part = run_loop(make_runner(spec.cfg, spec.mode), params, part, steps, part["seed"], eos_b, "per_row",
+                    part["temperature"], part["top_k"], part["top_p"], {k: part[k] for k in ADJUST})
     # what the host reads back: per decoded row, its token count, finish code and the tokens of this call
     at = jnp.minimum(start[:, None] + jnp.arange(max_steps)[None, :], spec.cap - 1)
     new = jnp.take_along_axis(part["tokens"], at, axis=1)
@@ -207,7 +216,9 @@ class Programs:
         for i, p in enumerate(prompts):
             prompt_mt[i, : len(p)] = p
             lens[i], budget_m[i], stop_m[i] = len(p), budgets[i], stops[i]
-        knobs_m = {k: np.resize(np.asarray(v, KNOBS[k]), m) for k, v in knobs.items()}  # host values: any process
+        # every knob, always (one pytree: one program); host values, so any process count takes them
+        knobs_m = {k: np.resize(np.asarray(knobs.get(k, [NEUTRAL.get(k, 0)] * len(prompts)), t), m)
+                   for k, t in KNOBS.items()}
         self._track("insert", (width, m))
         return self._insert(self.params, pool, prompt_mt, lens, budget_m, stop_m, np.asarray(source_n, np.int32),
                             np.asarray(row_id_n, np.int32), knobs_m)
@@ -215,7 +226,7 @@ class Programs:
     def warm_up(self, pool, eos_id: int, widths=None):
         """Compile every insert (prompt bucket x admit size) and decode program now; returns the pool."""
         none = np.full(self.spec.slots, -1, np.int32)
-        knobs = {"seed": [0], "temperature": [1.0], "top_k": [0], "top_p": [1.0]}
+        knobs = {"temperature": [1.0]}
         for width in widths or buckets(self.spec.cfg, self.spec.cap):
             for m in self.admit_sizes:
                 pool = self.insert(pool, [[0]] * m, [1] * m, [1] * m, none, np.zeros(self.spec.slots, np.int32),

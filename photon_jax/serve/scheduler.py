@@ -68,6 +68,12 @@ class Request:
     stop_ids: frozenset = frozenset()
     logprobs: int | None = None  # top alternatives per token (0: only the sampled token's)
     timeout_s: float | None = None
+    # vLLM's dialect (sampling.adjust_logits); min_tokens also keeps stop_ids from ending the sample early
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     # scheduler state
     id: int = 0
     arrived: float = 0.0
@@ -242,7 +248,9 @@ class Scheduler:
             count = int(out.count[slot])
             ids = [int(t) for t in out.new[slot][:count]]
             code = int(out.finish[slot])
-            cut = next((i for i, t in enumerate(ids) if t in req.stop_ids), None)
+            made = self.length[slot] - len(req.prompt)  # output tokens before this call
+            # a stop id ends the sample from output token min_tokens + 1 on (vLLM)
+            cut = next((i for i, t in enumerate(ids) if t in req.stop_ids and made + i + 1 > req.min_tokens), None)
             stopped_by_id = cut is not None
             if stopped_by_id:
                 ids, code = ids[: cut + 1], EOS
