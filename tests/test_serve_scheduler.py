@@ -208,6 +208,7 @@ def test_engine_loop_over_fake_programs_streams_hand_computed_tokens():
     decodes = [c for c in programs.calls if c[0] == "decode"]
     assert all(c[2] <= 4 for c in decodes) and len(decodes) <= 6  # several steps per call
     assert engine.busy == 0 and engine.tokens_out == 6 + 5 + 3
+    assert engine.time_s["round"] >= engine.time_s["decode"] + engine.time_s["insert"] > 0
 
 
 class FailingPrograms(FakePrograms):

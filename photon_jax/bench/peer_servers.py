@@ -54,6 +54,14 @@ class Server:
         m = re.search(rf"^{RUNNING_GAUGE[self.kind]} (\S+)$", text, re.MULTILINE)
         return float(m[1]) if m else float("nan")
 
+    def engine_seconds(self) -> dict:
+        """Ours: the engine thread's time so far (photon_serve_engine_seconds: round, insert, decode)."""
+        if self.kind != "ours":
+            return {}
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return {m[1]: float(m[2]) for m in re.finditer(r'^photon_serve_engine_seconds\{part="(\w+)"\} (\S+)$', text,
+                                                       re.MULTILINE)}
+
     def freeze(self) -> None:
         if not self.frozen and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGSTOP)

@@ -87,7 +87,9 @@ def run_load(args, server, load: dict, result: Path) -> dict:
     server.thaw()
     try:
         t0 = time.time()
+        before = server.engine_seconds()
         proc, peak = asyncio.run(_timed(client_argv(args, server, load, result), server, args.timeout))
+        spent = {k: v - before[k] for k, v in server.engine_seconds().items()}
     finally:
         server.freeze()
     if proc.returncode != 0 or not result.exists():
@@ -95,6 +97,9 @@ def run_load(args, server, load: dict, result: Path) -> dict:
                         f"{(proc.stderr or proc.stdout)[-1500:]}")
     data = json.loads(result.read_text())
     row = {k: data.get(k) for k in METRICS}
+    if spent.get("round"):  # ours: where the engine thread's time went during this run
+        row["engine_share"] = {"decode": spent["decode"] / spent["round"], "insert": spent["insert"] / spent["round"],
+                               "host": 1 - (spent["decode"] + spent["insert"]) / spent["round"]}
     row.update(server=server.name, load=load["name"], peak_running=peak, load_avg=os.getloadavg()[0],
                started=t0, failed=data.get("num_prompts", load["prompts"]) - (data.get("completed") or 0))
     return row
@@ -145,6 +150,9 @@ def summarize(rows: list[dict], reference: str) -> list[dict]:
         mine = [r for r in rows if r["load"] == load and r["server"] == server]
         med = {k: statistics.median(r[k] for r in mine if r[k] is not None) for k in METRICS
                if any(r[k] is not None for r in mine)}
+        shares = [r["engine_share"] for r in mine if "engine_share" in r]
+        if shares:
+            med["engine_share"] = {k: statistics.median(x[k] for x in shares) for k in shares[0]}
         med.update(load=load, server=server, rounds=len(mine), peak_running=max(r["peak_running"] for r in mine),
                    failed=max(r["failed"] for r in mine), load_avg=statistics.median(r["load_avg"] for r in mine))
         out.append(med)

@@ -21,6 +21,8 @@ class Metrics:
         self.requests = Counter("photon_serve_requests", "completion requests by outcome", ["status"], registry=r)
         self.ttft = Histogram("photon_serve_time_to_first_token_seconds", "arrival to first token",
                               buckets=LATENCY_BUCKETS, registry=r)
+        self.engine_time = Gauge("photon_serve_engine_seconds", "engine thread time since start: all rounds, and "
+                                 "of them waiting for the insert (prefill) and decode programs", ["part"], registry=r)
         self.itl = Histogram("photon_serve_inter_token_latency_seconds",
                              "time between a sample's token deliveries (a multi-step decode delivers several)",
                              buckets=LATENCY_BUCKETS, registry=r)
@@ -36,6 +38,8 @@ class Metrics:
         self.slots.set(engine.spec.slots)
         self.kv_bytes.set_function(lambda: engine.busy * engine.slot_bytes)
         self.peak.set_function(lambda: engine.peak_busy)
+        for part in engine.time_s:
+            self.engine_time.labels(part).set_function(lambda part=part: engine.time_s[part])
 
 
 class _Observer:
