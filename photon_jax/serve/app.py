@@ -283,7 +283,9 @@ def create_app(served: Served) -> FastAPI:
         metrics.requests.labels("200").inc()
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
-            return EventSourceResponse(_stream(job, request, ident, created), ping=15)
+            # "\n" line ends, as OpenAI and vLLM send: clients that split events on "\n\n" (vllm bench serve)
+            # lose events that arrive together when they are "\r\n"-separated (sse-starlette's default)
+            return EventSourceResponse(_stream(job, request, ident, created), ping=15, sep="\n")
         return await _whole(job, request, ident, created)
 
     return app
