@@ -88,13 +88,13 @@ def test_aligned_admission_waits_for_the_phase_and_decodes_exactly_until_it():
     assert len(unaligned.schedule().admissions) == 1
 
 
-def test_steps_per_call_shrink_for_a_waiting_request_and_for_logprobs():
+def test_steps_per_call_shrink_only_for_a_phase_or_logprobs():
     s = _sched(slots=2, max_steps=8, max_queue=1)
     s.enqueue(_req(3, max_tokens=30))
     s.enqueue(_req(3, max_tokens=5))
     assert s.schedule().steps == 8  # no one waits
     s.enqueue(_req(3))
-    assert s.schedule().steps == 5  # no free slot: stop when the shorter budget ends
+    assert s.schedule().steps == 8  # no free slot: the call is not shortened (a row may end at any step)
     lp = _sched(slots=2)
     lp.enqueue(_req(3, logprobs=0))
     plan = lp.schedule()

@@ -28,6 +28,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -267,10 +268,12 @@ def main(argv=None) -> int:
                 for s in servers:
                     name = f"r{rnd}-{load['name']}-{s.name}".replace(" ", "_").replace("/", "per")
                     rows.append({**run_load(args, s, load, out / "raw" / f"{name}.json"), "round": rnd})
+                    (out / "raw" / "runs_so_far.json").write_text(json.dumps(rows, indent=1))  # a crash keeps them
                     print(f"{s.name:22s} {load['name']:28s} round {rnd}: {rows[-1]['output_throughput']:.0f} tok/s, "
                           f"TPOT p50 {rows[-1]['median_tpot_ms']:.1f} ms", flush=True)
         summary = summarize(rows, "vLLM vanilla")
         result = {"benchmark": "serve beside vLLM", "client": "vllm bench serve --backend openai",
+                  "commit": _commit(), "command": "scripts/peer_vllm.sh " + " ".join(argv or sys.argv[1:]),
                   "dtype": args.dtype, "max_context": args.max_context, "slots_vanilla": args.slots,
                   "kv_bytes_vllm": args.slots * kv_seq, "ours_vanilla_slot_bytes": ours_vanilla_bytes,
                   "budget_gib_ours": budget_gib, "greedy_text": texts, "loads": plan, "rounds": args.rounds,
@@ -284,6 +287,13 @@ def main(argv=None) -> int:
         for s in servers:
             s.stop()
     return 0
+
+
+def _commit() -> str:
+    """The code that produced the numbers (with "+dirty" when the tree had changes)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "photon_jax"], capture_output=True, text=True).stdout
+    return head + ("+dirty" if dirty.strip() else "")
 
 
 def _slot_bytes(log: Path) -> int:

@@ -12,9 +12,8 @@ Policies:
   meta-context B, so all rows cross the hierarchy's unit boundaries on the same steps. A request of P
   prompt tokens joins only when P = phase (mod B); the decode runs exactly as many steps as it takes
   for the phase to come round (at most B - 1), so it waits no longer than it must.
-* Steps per decode call: up to `max_steps` when no one could be admitted sooner (tokens are read back
-  once per call), one when a request wants logprobs (they are read per step), fewer when a busy row's
-  budget ends sooner and a request waits for its slot.
+* Steps per decode call: `max_steps` (tokens are read back once per call), one when a request wants
+  logprobs (they are read per step), fewer when a waiting request with free slots waits for its phase.
 * Queue: a request is refused (QueueFull, HTTP 429) only when the samples already waiting fill the
   free slots and `max_queue` more: a burst is never refused while slots stand free.
 """
@@ -219,20 +218,14 @@ class Scheduler:
         self.peak_busy = max(self.peak_busy, self.busy)
 
     def _steps(self) -> int:
-        """Decode steps for this call: max_steps, unless a waiting request could join sooner."""
-        steps = self.max_steps
-        if not self.waiting:
-            return steps
+        """Decode steps for this call: max_steps, unless the oldest waiting request has its slots free and
+        waits only for its phase: then exactly the steps until that phase. A request waiting for a slot
+        does not shorten the call: rows end at any step (EOS), and a short call costs a whole call's
+        overhead for every busy row, while a row that ends early idles at most max_steps - 1 steps."""
+        if not (self.waiting and self.align) or self.waiting[0].n > self.free:
+            return self.max_steps
         phase = self.phase()
-        free = self.free
-        for req in self.waiting:
-            if req.n <= free and self.align:  # its slots are free: only its phase holds it back
-                steps = min(steps, (len(req.prompt) - phase) % self.unit or self.unit)
-            if req.n > free:  # it waits for slots: stop when the first row's budget ends
-                ends = [self.budget[s] - self.length[s] for s, o in enumerate(self.owner) if o is not None]
-                steps = min(steps, max(1, min(ends)))
-            break  # the oldest waiting request decides (first come, first served)
-        return max(1, steps)
+        return max(1, min(self.max_steps, (len(self.waiting[0].prompt) - phase) % self.unit or self.unit))
 
     # ------------------------------------------------------------------ applying a decode's output
 
