@@ -1,5 +1,6 @@
-"""Server processes for the side-by-side with vLLM (peer_vllm.py): ours (`photon-jax serve --workdir`) and
-vLLM's (`vllm serve` on the exported weights), each on a free loopback port.
+"""Server processes for the benchmarks that drive real servers: ours (`photon-jax serve --workdir` for the
+side-by-side with vLLM in peer_vllm.py, `--preset` for `bench serve` in serve_load.py) and vLLM's (`vllm serve`
+on the exported weights), each on a free loopback port.
 
 Only the server under test may use the CPU: the others are frozen (SIGSTOP) between their turns, so an
 idle engine's polling never takes cores from the one being measured, and all four stay loaded (vLLM
@@ -8,10 +9,12 @@ takes minutes to start).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,17 +22,22 @@ from pathlib import Path
 
 import httpx
 
-from photon_jax.bench.serve_load import _free_port
 from photon_jax.errors import UserError
 
 # what each server's /metrics calls its running sequences
 RUNNING_GAUGE = {"ours": "photon_serve_busy_slots", "vllm": r'vllm:num_requests_running\{[^}]*\}'}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Server:
     def __init__(self, name: str, kind: str, argv: list[str], env: dict, log_path: Path):
         self.name, self.kind = name, kind
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc = subprocess.Popen(argv + ["--port", str(self.port)], stdout=open(log_path, "w"),
@@ -53,6 +61,13 @@ class Server:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         m = re.search(rf"^{RUNNING_GAUGE[self.kind]} (\S+)$", text, re.MULTILINE)
         return float(m[1]) if m else float("nan")
+
+    def slot_pool(self) -> tuple[int, int]:
+        """Ours: (slots, bytes per slot) from its start-up line."""
+        m = re.search(r"(\d+) slots of \d+ tokens, ([\d,]+) bytes per slot", self.log_path.read_text(errors="replace"))
+        if not m:
+            raise UserError(f"{self.name} printed no slot pool: {_tail(self.log_path)}")
+        return int(m[1]), int(m[2].replace(",", ""))
 
     def engine_seconds(self) -> dict:
         """Ours: the engine thread's time so far (photon_serve_engine_seconds: round, insert, decode)."""
@@ -93,6 +108,15 @@ def ours(name: str, workdir: str, served_name: str, max_context: int, size: list
     return Server(name, "ours", argv, dict(os.environ), log_dir / f"{name}.log")
 
 
+def preset(name: str, preset_name: str, mode: str | None, budget_gib: float, max_context: int, max_queue: int,
+           align: bool, overrides, log_dir: Path) -> Server:
+    """Ours on random weights of a preset (speed and memory do not depend on their values)."""
+    argv = [sys.executable, "-m", "photon_jax.cli.main", "serve", "--preset", preset_name, "--served-model-name",
+            preset_name, "--kv-budget-gib", str(budget_gib), "--max-context", str(max_context), "--max-queue",
+            str(max_queue), *(["--mode", mode] if mode else []), *([] if align else ["--no-align"]), *overrides]
+    return Server(name, "ours", argv, dict(os.environ), log_dir / f"{name}.log")
+
+
 def vllm(name: str, vllm_bin: str, export_dir: str, served_name: str, max_context: int, kv_bytes: int,
          max_seqs: int, dtype: str, log_dir: Path) -> Server:
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CACHE_ROOT=str(log_dir / "vllm-cache"))
@@ -101,6 +125,14 @@ def vllm(name: str, vllm_bin: str, export_dir: str, served_name: str, max_contex
             "--dtype", dtype, "--max-model-len", str(max_context), "--kv-cache-memory-bytes", str(kv_bytes),
             "--max-num-seqs", str(max_seqs), "--no-enable-prefix-caching"]
     return Server(name, "vllm", argv, env, log_dir / f"{name}.log")
+
+
+async def poll_peak(server: Server, peak: list, stop: asyncio.Event, every_s: float) -> None:
+    """peak[0] = the most running sequences the server's /metrics showed until `stop` is set."""
+    while not stop.is_set():
+        with contextlib.suppress(httpx.HTTPError):
+            peak[0] = max(peak[0], await asyncio.to_thread(server.running))
+        await asyncio.sleep(every_s)
 
 
 def _tail(path: Path, lines: int = 5) -> str:

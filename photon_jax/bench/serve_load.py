@@ -2,84 +2,55 @@
 
 Every model gets its own server process (random weights of its preset: speed and memory do not depend
 on their values) at the SAME KV budget and context, so the slot pool of each holds what its bytes per
-slot allow. The client is open-loop: request i is sent at the i-th arrival of a Poisson process of the
-offered rate, whatever the server's state (a closed loop would hide queueing). Every request has the
-same prompt length and is forced to exactly max_tokens tokens (random weights, no EOS: the server's
-text is the token ids). Streams are read to the end; TTFT = send -> first token, ITL = gaps between a
-request's tokens. Peak concurrent sequences = the most busy slots /metrics showed during the run
-(polled every 20 ms). Loopback only; the run is bounded by --requests and a duration limit.
+slot allow. All servers are started first; then, for each round and rate, each server is measured in
+turn (round-robin), so a drifting machine load hits every model alike, and while one is measured the
+others are frozen (SIGSTOP, peer_servers.py) so that an idle server takes no CPU from it. With several
+--rounds the report gives the median per (model, mode, rate) and keeps every round's row. The client is
+open-loop: request i is sent at the i-th arrival of a Poisson process of the offered rate, whatever the
+server's state (a closed loop would hide queueing). Every request has the same prompt length and is
+forced to exactly max_tokens tokens (random weights, no EOS: the server's text is the token ids). Streams
+are read to the end; TTFT = send -> first token, ITL = gaps between a request's tokens. Peak concurrent
+sequences = the most busy slots /metrics showed during the run (polled every 20 ms). Every row records
+the machine's 1-minute load average before and after it. Loopback only; a run is bounded by --requests
+and a duration limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
-import re
-import signal
-import socket
-import subprocess
-import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 
+from photon_jax.bench import peer_servers
 from photon_jax.errors import UserError
 
 POLL_S = 0.02
+START_TIMEOUT_S = 900
+# what a row measures; with several rounds, the reported row holds the median of each
+MEASURED = ("completed", "refused_or_failed", "usage_mismatch", "elapsed_s", "req_per_s", "output_tok_per_s",
+            "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "peak_concurrent")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`photon-jax serve --preset NAME ...` on a free loopback port; stopped with SIGTERM."""
-
-    def __init__(self, preset: str, mode: str | None, budget_gib: float, max_context: int, max_queue: int,
-                 overrides=(), log=print, start_timeout_s: float = 900, align: bool = True):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "photon_jax.cli.main", "serve", "--preset", preset, "--port", str(self.port),
-                "--kv-budget-gib", str(budget_gib), "--max-context", str(max_context), "--max-queue", str(max_queue),
-                "--served-model-name", preset, *(["--mode", mode] if mode else []), *([] if align else ["--no-align"]),
-                *overrides]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=dict(os.environ))
-        self.banner = ""
-        deadline = time.monotonic() + start_timeout_s
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise UserError(f"the server for {preset} exited ({self.proc.returncode}): {self.banner[-2000:]}")
-            self.banner += line
-            if "listening on" in line:
-                break
-        m = re.search(r"(\d+) slots of \d+ tokens, ([\d,]+) bytes per slot", self.banner)
-        if not m:
-            raise UserError(f"the server for {preset} did not start: {self.banner[-2000:]}")
-        self.slots, self.slot_bytes = int(m[1]), int(m[2].replace(",", ""))
-        log(self.banner.strip().splitlines()[-2])
-
-    def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE)[1])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(60)
-        if self.proc.poll() is None:
-            self.proc.kill()
+@dataclasses.dataclass
+class ModelServer:
+    preset: str
+    mode: str  # "vanilla" for a vanilla model
+    server: peer_servers.Server
+    slots: int = 0
+    slot_bytes: int = 0
 
 
 async def _one(client, url, body, t_send, out):
     rec = {"sent": t_send, "tokens": [], "status": None}
+    out.append(rec)  # first: a request cut off at the duration limit (cancelled) still counts as not done
     try:
         async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
             rec["status"] = r.status_code
@@ -95,27 +66,19 @@ async def _one(client, url, body, t_send, out):
                         rec["tokens"] += [now] * len(c["text"].split())  # one id per word (TokenIdText)
                     if data.get("usage"):
                         rec["usage"] = data["usage"]["completion_tokens"]
+                rec["ended"] = True
     except httpx.HTTPError as e:
         rec["status"] = f"error: {e}"
-    out.append(rec)
 
 
-async def _poll_busy(server: ServerProcess, peak: list, stop: asyncio.Event):
-    async with httpx.AsyncClient(timeout=10) as client:
-        while not stop.is_set():
-            text = (await client.get(f"{server.url}/metrics")).text
-            peak[0] = max(peak[0], float(re.search(r"^photon_serve_busy_slots (\S+)$", text, re.MULTILINE)[1]))
-            await asyncio.sleep(POLL_S)
-
-
-async def _load(server, model, rate, requests, prompt_len, max_tokens, duration_s, seed):
+async def _load(server: peer_servers.Server, model, rate, requests, prompt_len, max_tokens, duration_s, seed):
     rng = np.random.default_rng(seed)
     gaps = rng.exponential(1.0 / rate, size=requests)
     vocab = 100  # any ids in the vocabulary: the weights are random
     out, peak, stop = [], [0.0], asyncio.Event()
     limits = httpx.Limits(max_connections=requests + 8, max_keepalive_connections=requests + 8)
     async with httpx.AsyncClient(timeout=duration_s, limits=limits) as client:
-        poller = asyncio.create_task(_poll_busy(server, peak, stop))
+        poller = asyncio.create_task(peer_servers.poll_peak(server, peak, stop, POLL_S))
         t0 = time.perf_counter()
         tasks = []
         for i in range(requests):
@@ -138,45 +101,113 @@ def _pct(values, q):
 
 
 def summarize(records, peak, elapsed, max_tokens) -> dict:
+    """Completed = answered 200 with all max_tokens tokens streamed; usage_mismatch = streams read to their end
+    whose usage (the server's count) differs from the tokens they carried, or is missing: a lost chunk shows."""
     ok = [r for r in records if r["status"] == 200 and len(r["tokens"]) == max_tokens]
     ttft = [r["tokens"][0] - r["sent"] for r in ok]
     itl = [b - a for r in ok for a, b in zip(r["tokens"], r["tokens"][1:])]
-    return {"completed": len(ok), "refused_or_failed": len(records) - len(ok), "elapsed_s": elapsed,
-            "req_per_s": len(ok) / elapsed, "output_tok_per_s": sum(len(r["tokens"]) for r in ok) / elapsed,
+    mismatch = sum(bool(r.get("ended")) and r.get("usage") != len(r["tokens"]) for r in records)
+    return {"completed": len(ok), "refused_or_failed": len(records) - len(ok), "usage_mismatch": mismatch,
+            "elapsed_s": elapsed, "req_per_s": len(ok) / elapsed,
+            "output_tok_per_s": sum(len(r["tokens"]) for r in ok) / elapsed,
             "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99), "itl_p50_s": _pct(itl, 50),
             "itl_p99_s": _pct(itl, 99), "peak_concurrent": int(peak)}
 
 
-def bench_serve(models: list[tuple[str, str | None]], budget_gib: float, max_context: int, rates: list[float],
-                requests: int, prompt_len: int, max_tokens: int, duration_s: float, overrides=(), seed: int = 0,
-                log=print, align: bool = True) -> dict:
-    """models: (preset, mode or None) pairs. Returns the report dict (JSON-ready)."""
+def check_lengths(prompt_len: int, max_tokens: int, max_context: int) -> None:
     if prompt_len + max_tokens > max_context:
         raise UserError(f"--prompt-len {prompt_len} + --max-tokens {max_tokens} exceed --max-context {max_context}")
-    runs = []
-    for preset, mode in models:
-        server = ServerProcess(preset, mode, budget_gib, max_context, max_queue=requests, overrides=overrides, log=log,
-                               align=align)
-        try:
-            warm = {"model": preset, "prompt": [1] * prompt_len, "max_tokens": 2}
-            httpx.post(f"{server.url}/v1/completions", json=warm, timeout=600).raise_for_status()
+
+
+def bench_serve(models: list[tuple[str, str | None]], budget_gib: float, max_context: int, rates: list[float],
+                requests: int, prompt_len: int, max_tokens: int, duration_s: float, overrides=(), seed: int = 0,
+                log=print, align: bool = True, rounds: int = 1) -> dict:
+    """models: (preset, mode or None) pairs. Returns the report dict (JSON-ready)."""
+    check_lengths(prompt_len, max_tokens, max_context)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="photon-bench-serve-") as log_dir, contextlib.ExitStack() as stack:
+        servers = _start_all(models, budget_gib, max_context, requests, overrides, align, Path(log_dir), stack)
+        for ms in servers:
+            _ready(ms, prompt_len, log)
+        for rnd in range(rounds):
             for rate in rates:
-                load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
-                records, peak, elapsed = asyncio.run(_load(server, preset, rate, requests, prompt_len, max_tokens,
-                                                           duration_s, seed))
-                row = {"model": preset, "mode": mode or ("vanilla" if "vanilla" in preset else "hiergen"),
-                       "offered_rate": rate, "slots": server.slots, "bytes_per_slot": server.slot_bytes,
-                       **summarize(records, peak, elapsed, max_tokens),
-                       "load_avg_1m": [load_before, os.getloadavg()[0]]}
-                log(f"{preset} {row['mode']} rate {rate:g}: {row['completed']}/{requests} done, "
-                    f"{row['output_tok_per_s']:.0f} tok/s, peak {row['peak_concurrent']}")
-                runs.append(row)
-        finally:
-            server.stop()
+                for ms in _rotated(servers, rnd):
+                    row = {**_measure(ms, rate, requests, prompt_len, max_tokens, duration_s, seed + rnd),
+                           "round": rnd}
+                    log(f"round {rnd} {ms.preset} {ms.mode} rate {rate:g}: {row['completed']}/{requests} done, "
+                        f"{row['output_tok_per_s']:.0f} tok/s, peak {row['peak_concurrent']}, load "
+                        f"{row['load_avg_1m'][0]:.1f}")
+                    rows.append(row)
+    runs = median_over_rounds(rows)
     return {"benchmark": "serve", "aligned_admission": align, "kv_budget_gib": budget_gib, "max_context": max_context,
-            "requests": requests,
-            "prompt_len": prompt_len, "max_tokens": max_tokens, "duration_limit_s": duration_s, "runs": runs,
-            "ratios": ratios(runs)}
+            "requests": requests, "prompt_len": prompt_len, "max_tokens": max_tokens, "duration_limit_s": duration_s,
+            "interleaved": True, "rounds": rounds, "runs": runs, "runs_by_round": rows, "ratios": ratios(runs)}
+
+
+def _start_all(models, budget_gib, max_context, max_queue, overrides, align, log_dir: Path,
+               stack: contextlib.ExitStack) -> list[ModelServer]:
+    """Every server's process, launched together (their compiles overlap); each is stopped when `stack` closes."""
+    out = []
+    for preset, mode in models:
+        mode_name = mode or ("vanilla" if "vanilla" in preset else "hiergen")
+        server = peer_servers.preset(f"{preset}-{mode_name}", preset, mode, budget_gib, max_context, max_queue, align,
+                                     overrides, log_dir)
+        stack.callback(server.stop)
+        out.append(ModelServer(preset, mode_name, server))
+    return out
+
+
+def _ready(ms: ModelServer, prompt_len: int, log) -> None:
+    """Wait for the server, read its slot pool, send one warm-up request, then freeze it until its turn."""
+    ms.server.wait_ready(START_TIMEOUT_S)
+    ms.slots, ms.slot_bytes = ms.server.slot_pool()
+    warm = {"model": ms.preset, "prompt": [1] * prompt_len, "max_tokens": 2}
+    httpx.post(f"{ms.server.url}/v1/completions", json=warm, timeout=600).raise_for_status()
+    ms.server.freeze()
+    log(f"{ms.preset} {ms.mode}: {ms.slots} slots, {ms.slot_bytes:,} bytes per slot")
+
+
+def _rotated(servers: list, rnd: int) -> list:
+    """Round r starts at server r: no server is always the first after a rate change."""
+    k = rnd % len(servers)
+    return servers[k:] + servers[:k]
+
+
+def _measure(ms: ModelServer, rate, requests, prompt_len, max_tokens, duration_s, seed) -> dict:
+    """One rate against one server, the others frozen; the machine may be shared, so its load is recorded."""
+    ms.server.thaw()
+    try:
+        load_before = os.getloadavg()[0]
+        records, peak, elapsed = asyncio.run(_load(ms.server, ms.preset, rate, requests, prompt_len, max_tokens,
+                                                   duration_s, seed))
+        load_after = os.getloadavg()[0]
+    finally:
+        ms.server.freeze()
+    return {"model": ms.preset, "mode": ms.mode, "offered_rate": rate, "slots": ms.slots,
+            "bytes_per_slot": ms.slot_bytes, **summarize(records, peak, elapsed, max_tokens),
+            "load_avg_1m": [load_before, load_after]}
+
+
+def median_over_rounds(rows: list[dict]) -> list[dict]:
+    """One row per (model, mode, rate) in first-seen order: the median over its rounds of every measurement
+    and of the load average before and after."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["mode"], r["offered_rate"]), []).append(r)
+    out = []
+    for same in groups.values():
+        row = {k: same[0][k] for k in ("model", "mode", "offered_rate", "slots", "bytes_per_slot")}
+        row.update({k: _median([r[k] for r in same]) for k in MEASURED})
+        row["load_avg_1m"] = [_median([r["load_avg_1m"][i] for r in same]) for i in (0, 1)]
+        row["rounds"] = len(same)
+        out.append(row)
+    return out
+
+
+def _median(values: list):
+    """An int stays an int when the rounds agree on it (one round: the value itself); NaN if any round's is."""
+    m = float(np.median(values))
+    return int(m) if all(isinstance(v, int) for v in values) and m.is_integer() else m
 
 
 def ratios(runs: list[dict]) -> list[dict]:
@@ -197,15 +228,17 @@ def ratios(runs: list[dict]) -> list[dict]:
 
 def table(data: dict) -> str:
     head = (f"serve load: KV budget {data['kv_budget_gib']:g} GiB, context {data['max_context']}, "
-            f"{data['requests']} requests of {data['prompt_len']} + {data['max_tokens']} tokens (Poisson arrivals)")
+            f"{data['requests']} requests of {data['prompt_len']} + {data['max_tokens']} tokens (Poisson arrivals), "
+            f"servers interleaved, median of {data['rounds']} round(s)")
     cols = f"{'model':<14}{'mode':<9}{'rate':>6}{'slots':>7}{'done':>6}{'req/s':>8}{'tok/s':>8}" \
-           f"{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}{'peak':>6}"
+           f"{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}{'peak':>6}{'load 1m':>12}"
     lines = [head, cols]
     for r in data["runs"]:
-        lines.append(f"{r['model']:<14}{r['mode']:<9}{r['offered_rate']:>6g}{r['slots']:>7}{r['completed']:>6}"
+        load = "{:.1f}-{:.1f}".format(*r["load_avg_1m"])
+        lines.append(f"{r['model']:<14}{r['mode']:<9}{r['offered_rate']:>6g}{r['slots']:>7}{r['completed']:>6g}"
                      f"{r['req_per_s']:>8.2f}{r['output_tok_per_s']:>8.0f}{r['ttft_p50_s']:>10.2f}"
                      f"{r['ttft_p99_s']:>8.2f}{1e3 * r['itl_p50_s']:>7.0f}ms{1e3 * r['itl_p99_s']:>6.0f}ms"
-                     f"{r['peak_concurrent']:>6}")
+                     f"{r['peak_concurrent']:>6g}{load:>12}")
     if data["ratios"]:
         lines.append("PHOTON / vanilla at the same offered rate:")
         for q in data["ratios"]:

@@ -11,7 +11,8 @@ DEFAULT_MODELS = "photon-tiny,vanilla-tiny"
 
 
 def add_serve_parser(sub) -> None:
-    s = sub.add_parser("serve", help="open-loop Poisson load against one `photon-jax serve` process per model")
+    s = sub.add_parser("serve", help="open-loop Poisson load against one `photon-jax serve` process per model, "
+                                     "the servers measured in turn")
     s.add_argument("--models", default=DEFAULT_MODELS, help=f"presets, random weights (default {DEFAULT_MODELS})")
     s.add_argument("--modes", default="hiergen,recgen",
                    help="PHOTON modes, one server each (default hiergen,recgen); vanilla models run vanilla")
@@ -22,7 +23,9 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--prompt-len", type=int, default=32, help="prompt tokens of every request (default 32)")
     s.add_argument("--max-tokens", type=int, default=64, help="tokens every request is forced to (default 64)")
     s.add_argument("--duration", type=float, default=600, help="seconds one rate may run at most (default 600)")
-    s.add_argument("--seed", type=int, default=0, help="arrival times and prompts (default 0)")
+    s.add_argument("--rounds", type=int, default=1,
+                   help="times every (model, rate) is measured, interleaved; the median is reported (default 1)")
+    s.add_argument("--seed", type=int, default=0, help="arrival times and prompts (default 0; round r uses seed + r)")
     s.add_argument("--no-align", action="store_true", help="servers admit at any phase (serve --no-align)")
     s.add_argument("--stagger-slots", default=None, metavar="N,N",
                    help="instead of the load: decode-step time of N busy slots at one phase of the meta-context vs "
@@ -49,13 +52,16 @@ def run_serve_command(args: argparse.Namespace) -> int:
     from photon_jax.bench.models import load_models, parse_list, select_modes
     from photon_jax.reports import output
 
-    for flag in ("requests", "prompt_len", "max_tokens", "max_context"):
+    for flag in ("requests", "prompt_len", "max_tokens", "max_context", "rounds"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.kv_budget_gib <= 0 or args.duration <= 0:
         raise UserError("--kv-budget-gib and --duration must be > 0")
     rates = _rates(args.rate)
+    if not args.stagger_slots:  # the stagger measurement times --max-tokens steps, no prompt of --prompt-len
+        serve_load.check_lengths(args.prompt_len, args.max_tokens, args.max_context)
     output.check_writable(args.json_file, "--json-file")
+    output.check_writable(args.plot, "--plot")
     models = load_models(parse_list(args.models, "--models"), args.overrides)
     modes = select_modes(models, parse_list(args.modes, "--modes"))
     if args.stagger_slots:
@@ -63,7 +69,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
     pairs = [(m.name, None if mode == "vanilla" else mode) for m in models for mode in modes[m.name]]
     data = serve_load.bench_serve(pairs, args.kv_budget_gib, args.max_context, rates, args.requests, args.prompt_len,
                                   args.max_tokens, args.duration, args.overrides, args.seed, align=not args.no_align,
-                                  log=lambda m: print(m, flush=True) if not args.json else None)
+                                  log=lambda m: print(m, flush=True) if not args.json else None, rounds=args.rounds)
     print_json(data) if args.json else print(serve_load.table(data))
     if args.json_file:
         output.write_json(args.json_file, data)

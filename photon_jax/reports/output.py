@@ -61,5 +61,8 @@ def check_writable(path: str | None, flag: str) -> None:
     if p.is_dir():
         raise UserError(f"{flag} {path} is a directory; give a file name")
     parent = p.parent if str(p.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {path}: directory {parent} is not writable")
+    existing = next(d for d in (parent, *parent.parents) if d.exists())  # write_json makes the missing ones
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {path}: directory {existing} is not writable")
