@@ -20,7 +20,16 @@ from photon_jax.model.hierarchy import Hierarchy
 from photon_jax.serve import pool as pool_lib
 
 
-def _fill(programs, prompt_lens, budget):
+def layouts(unit: int, slots: int) -> dict[str, list[int]]:
+    """Prompt lengths of the busy rows: "aligned" all at one phase of the meta-context `unit` (two lengths, a
+    unit apart), "staggered" spread over every phase; base = a short prompt past the first unit."""
+    base = unit + 1
+    return {"aligned": [base + unit * (i % 2) for i in range(slots)],
+            "staggered": [base + (i % unit) for i in range(slots)]}
+
+
+def fill_pool(programs, prompt_lens, budget):
+    """A pool whose row i holds a random prompt of prompt_lens[i] tokens with `budget` tokens to go."""
     spec = programs.spec
     pool = pool_lib.empty_pool(programs.params, spec)
     rng = np.random.default_rng(0)
@@ -51,19 +60,20 @@ def measure_stagger(model_cfg, params, mode: str, slots: int, max_context: int, 
     unit = Hierarchy.of(cfg).meta_context
     spec = pool_lib.PoolSpec(cfg, mode, slots, pool_lib.capacity(cfg, max_context))
     programs = pool_lib.Programs(spec, params)
-    base = unit + 1  # a short prompt; the staggered rows add 0 .. B-1 tokens to it
-    layouts = {"aligned": [base + unit * (i % 2) for i in range(slots)],
-               "staggered": [base + (i % unit) for i in range(slots)]}
+    rows = layouts(unit, slots)
     budget = steps + 1
-    assert max(max(v) for v in layouts.values()) + budget <= spec.cap, "context too short for the measurement"
+    assert max(max(v) for v in rows.values()) + budget <= spec.cap, "context too short for the measurement"
     result = {"mode": mode, "slots": slots, "meta_context": unit, "steps": steps}
-    samples = {k: [] for k in layouts}
-    for name, lens in layouts.items():  # warm-up: compiles, first touches
-        _time_steps(programs, _fill(programs, lens, budget), 2)
+    samples = {k: [] for k in rows}
+    for name, lens in rows.items():  # warm-up: compiles, first touches; and the phases the busy rows are at
+        pool = fill_pool(programs, lens, budget)
+        result[f"{name}_phases"] = sorted({int(n) % unit for n, a in zip(np.asarray(pool["length"]),
+                                                                          np.asarray(pool["active"])) if a})
+        _time_steps(programs, pool, 2)
     for _ in range(repeats):  # interleaved, so drifting machine load hits both alike
-        for name, lens in layouts.items():
-            samples[name] += _time_steps(programs, _fill(programs, lens, budget), steps)
-    for name in layouts:
+        for name, lens in rows.items():
+            samples[name] += _time_steps(programs, fill_pool(programs, lens, budget), steps)
+    for name in rows:
         result[f"{name}_ms_per_step"] = 1e3 * statistics.median(samples[name])
         result[f"{name}_ms_mean"] = 1e3 * statistics.fmean(samples[name])
     result["staggered_over_aligned"] = result["staggered_ms_mean"] / result["aligned_ms_mean"]
