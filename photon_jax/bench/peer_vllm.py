@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,9 @@ from pathlib import Path
 import httpx
 
 from photon_jax.bench import peer_servers
+from photon_jax.data.loading.pipeline import eval_batches
 from photon_jax.errors import UserError
+from photon_jax.runs.workdir import data_dir_for, load_run
 
 METRICS = ("output_throughput", "request_goodput", "completed", "total_output_tokens", "mean_ttft_ms",
            "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "median_itl_ms", "p99_itl_ms",
@@ -120,9 +123,6 @@ def greedy_text(server, prompt: str, name: str, tokens: int) -> str:
 
 def write_text_prompts(run, workdir: str, path: str, tokens: int, count: int) -> None:
     """Windows of `tokens` tokens of the validation split (plays no training step saw), as text, JSONL."""
-    from photon_jax.data.loading.pipeline import eval_batches
-    from photon_jax.runs.workdir import data_dir_for
-
     rows = []
     for batch in eval_batches(data_dir_for(run.cfg, Path(workdir)), "validation", tokens, 16):
         rows += [run.tokenizer.decode([int(t) for t in row]) for row in batch["tokens"]]
@@ -146,7 +146,7 @@ def loads(args) -> list[dict]:
 def summarize(rows: list[dict], reference: str) -> list[dict]:
     """Median over rounds per (server, load), and output tokens/s and TPOT as ratios to the reference."""
     out = []
-    keys = sorted({(r["load"], r["server"]) for r in rows}, key=lambda k: [r["load"] for r in rows].index(k[0]))
+    keys = dict.fromkeys((r["load"], r["server"]) for r in rows)  # in the order they ran
     for load, server in keys:
         mine = [r for r in rows if r["load"] == load and r["server"] == server]
         med = {k: statistics.median(r[k] for r in mine if r[k] is not None) for k in METRICS
@@ -169,7 +169,9 @@ def table(summary: list[dict], reference: str) -> str:
     head = ("| load | server | output tok/s | x " + reference + " | TTFT p50 / p99 ms | TPOT p50 / p99 ms | "
             "ITL p50 / p99 ms | E2EL p50 ms | goodput req/s | completed | peak running |")
     lines = [head, "|" + "---|" * 11]
+    nan = float("nan")
     for r in summary:
+        r = {k: nan for k in METRICS} | r
         lines.append(f"| {r['load']} | {r['server']} | {r['output_throughput']:.0f} | "
                      f"{r.get('throughput_vs_ref', float('nan')):.2f} | {r['median_ttft_ms']:.0f} / "
                      f"{r['p99_ttft_ms']:.0f} | {r['median_tpot_ms']:.1f} / {r['p99_tpot_ms']:.1f} | "
@@ -224,8 +226,6 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one client run may take")
     args = p.parse_args(argv)
-    from photon_jax.runs.workdir import load_run
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -297,8 +297,6 @@ def _commit() -> str:
 
 
 def _slot_bytes(log: Path) -> int:
-    import re
-
     m = re.search(r"([\d,]+) bytes per slot", log.read_text())
     if not m:
         raise UserError(f"no 'bytes per slot' in {log}")
