@@ -77,7 +77,6 @@ class Request:
     id: int = 0
     arrived: float = 0.0
     first_token: float | None = None
-    open_samples: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +119,6 @@ class Scheduler:
         self.released: list = []  # slots freed on the host whose device rows must be marked inactive
         self.ids = itertools.count(1)
         self.peak_busy = 0
-        self.steps = 0
         self.tokens_out = 0
         self.observer = None  # metrics: first_token(seconds), gap(seconds between a sample's deliveries), tokens(k)
 
@@ -141,7 +139,6 @@ class Scheduler:
                             f"--max-queue {self.max_queue})")
         req.id = next(self.ids)
         req.arrived = time.perf_counter() if now is None else now
-        req.open_samples = req.n
         self.waiting.append(req)
         return req
 
@@ -231,7 +228,6 @@ class Scheduler:
 
     def update(self, plan: Plan, out: Output, now: float) -> None:
         """Hand each decoded row's new tokens to its request; free the rows that ended."""
-        self.steps += 1
         per_request: dict = {}
         for slot in range(plan.width):
             o = self.owner[slot]
